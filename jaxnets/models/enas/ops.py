@@ -1,0 +1,175 @@
+"""Building blocks shared by the fixed-arc and the shared-weight ENAS macro networks."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxnets.models.layers import Conv, batch_norm
+
+# Ops by id, as in the official code.
+CONV3, SEP3, CONV5, SEP5, AVG_POOL, MAX_POOL = range(6)
+KERNEL_SIZE = {CONV3: 3, SEP3: 3, CONV5: 5, SEP5: 5}
+SEPARABLE = (SEP3, SEP5)
+
+BN_EPSILON = 1e-5  # the official `batch_norm`
+MASKED_BN_EPSILON = 1e-3  # the official `batch_norm_with_mask`, after a search branch's kxk conv
+
+
+def he_normal(key, shape, dtype=jnp.float32, *, depthwise: bool = False):
+    """TF1 `keras.initializers.he_normal`: truncated at 2 std, std = sqrt(2 / fan_in), not rescaled.
+
+    fan_in follows TF: receptive field x input channels. TF stores a depthwise kernel as [k, k, C, 1],
+    so its fan_in is k*k*C; ours is stored [k, k, 1, C] (HWIO, groups=C), hence `depthwise`.
+    """
+    receptive = math.prod(shape[:-2])
+    fan_in = receptive * (shape[-1] if depthwise else shape[-2])
+    std = math.sqrt(2.0 / fan_in)
+    return (std * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)).astype(dtype)
+
+
+depthwise_he_normal = functools.partial(he_normal, depthwise=True)
+
+
+def filters_per_layer(num_layers: int, num_filters: int, doubling: bool) -> tuple[int, ...]:
+    """Output channels of every layer; in fixed mode C doubles after each pool layer."""
+    out, c = [], num_filters
+    for k in range(num_layers):
+        out.append(c)
+        if doubling and k in pool_layers(num_layers):
+            c *= 2
+    return tuple(out)
+
+
+def pool_layers(num_layers: int) -> tuple[int, ...]:
+    """Layers followed by a factorized reduction: official `[L//3 - 1, 2*(L//3) - 1]` (none if L < 3)."""
+    distance = num_layers // 3
+    return tuple(k for k in (distance - 1, 2 * distance - 1) if k >= 0)
+
+
+def pool3x3(x: jax.Array, op: int) -> jax.Array:
+    """3x3 stride-1 SAME pool; the average excludes padded cells (TF's `average_pooling2d`)."""
+    if op == AVG_POOL:
+        return nn.avg_pool(x, (3, 3), (1, 1), "SAME", count_include_pad=False)
+    if op == MAX_POOL:
+        return nn.max_pool(x, (3, 3), (1, 1), "SAME")
+    raise ValueError(f"op {op} is not a pool")
+
+
+class ConvBN(nn.Module):
+    """[ReLU ->] conv (no bias) -> BN; the one place the ENAS networks build a conv.
+
+    `separable`: depthwise kxk (multiplier 1) then pointwise 1x1, nothing between. With a `mask` the BN
+    is a `MaskedBatchNorm` (same variables), for the search network's channel mode.
+    """
+
+    features: int
+    kernel_size: int = 1
+    separable: bool = False
+    pre_relu: bool = False
+    epsilon: float = BN_EPSILON
+    dtype: Any = jnp.float32
+    conv_lowering: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool, mask: jax.Array | None = None):
+        if self.pre_relu:
+            x = nn.relu(x)
+        conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_normal, lowering=self.conv_lowering)
+        k = self.kernel_size
+        if self.separable:
+            c = x.shape[-1]
+            x = conv(c, k, padding=k // 2, groups=c, kernel_init=depthwise_he_normal, name="depthwise")(x)
+            x = conv(self.features, 1, name="pointwise")(x)
+        else:
+            x = conv(self.features, k, padding=k // 2, name="conv")(x)
+        if mask is not None:
+            return MaskedBatchNorm(epsilon=self.epsilon, dtype=self.dtype, name="bn")(x, mask, train)
+        return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(x)
+
+
+class FactorizedReduction(nn.Module):
+    """Stride-2 reduction without information loss: two offset 1x1 paths of C/2 each, concat, BN."""
+
+    features: int
+    dtype: Any = jnp.float32
+    conv_lowering: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool):  # [N, H, W, Cin] -> [N, ceil(H/2), ceil(W/2), features]
+        if self.features % 2:
+            raise ValueError(f"{self.name}: factorized reduction needs an even filter count, got {self.features}")
+        conv = functools.partial(
+            Conv, self.features // 2, 1, dtype=self.dtype, kernel_init=he_normal, lowering=self.conv_lowering
+        )
+        path1 = conv(name="path1_conv")(x[:, ::2, ::2, :])
+        # Path 2 is shifted by one pixel: pad bottom/right, drop the first row/column, then stride.
+        shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
+        path2 = conv(name="path2_conv")(shifted[:, ::2, ::2, :])
+        y = jnp.concatenate([path1, path2], axis=-1)
+        return batch_norm(train, self.dtype, epsilon=BN_EPSILON)(name="bn")(y)
+
+
+class MaskedBatchNorm(nn.Module):
+    """BN over the channels selected by a (traced) mask; the others output 0 and keep their statistics.
+
+    The static-shape form of the official `batch_norm_with_mask`, which gathers the selected channels,
+    normalises them and scatters moving-average updates back. Variables are named like nn.BatchNorm's.
+    """
+
+    epsilon: float = MASKED_BN_EPSILON
+    momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, train: bool):  # x: [N, H, W, C], mask: [C] bool
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if train:
+            x32 = x.astype(jnp.float32)
+            mean = x32.mean(axis=(0, 1, 2))
+            var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = jnp.where(mask, m * ra_mean.value + (1 - m) * mean, ra_mean.value)
+                ra_var.value = jnp.where(mask, m * ra_var.value + (1 - m) * var, ra_var.value)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = jnp.where(mask, scale * jax.lax.rsqrt(var + self.epsilon), 0.0)
+        shift = jnp.where(mask, bias - mean * mul, 0.0)
+        return x * mul.reshape(1, 1, 1, c).astype(self.dtype) + shift.reshape(1, 1, 1, c).astype(self.dtype)
+
+
+class Head(nn.Module):
+    """Global average pool -> dropout (keep_prob, train only) -> dense without bias."""
+
+    num_classes: int
+    keep_prob: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):  # [N, H, W, C] -> [N, num_classes] float32
+        x = x.mean(axis=(1, 2))
+        x = nn.Dropout(1.0 - self.keep_prob, deterministic=not train, name="dropout")(x)
+        x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, kernel_init=he_normal, name="fc")(x)
+        return x.astype(jnp.float32)
+
+
+def check_fields(model: nn.Module) -> None:
+    """Fails before anything is traced, naming the bad field."""
+    if model.num_layers < 1:
+        raise ValueError(f"{type(model).__name__}.num_layers must be >= 1, got {model.num_layers}")
+    if not 1 <= model.num_branches <= 6:
+        raise ValueError(f"{type(model).__name__}.num_branches must be in 1..6, got {model.num_branches}")
+    if model.num_filters < 1:
+        raise ValueError(f"{type(model).__name__}.num_filters must be >= 1, got {model.num_filters}")
+    if not 0.0 < model.keep_prob <= 1.0:
+        raise ValueError(f"{type(model).__name__}.keep_prob must be in (0, 1], got {model.keep_prob}")

@@ -1,0 +1,165 @@
+"""The shared-weight ENAS macro search network (`enas_macro_shared`): one program for every arc.
+
+The arc is a traced int array in the official flat layout, so a jitted train step compiles once and
+serves every sampled architecture: the op is picked with `nn.switch` (only that branch runs), skips are
+0/1 masks, and channel mode masks channels instead of slicing them (static shapes).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxnets.models.enas.arc import arc_length, check_channels, default_arc, layer_offsets, parse_arc
+from jaxnets.models.enas.ops import (
+    KERNEL_SIZE,
+    MASKED_BN_EPSILON,
+    SEPARABLE,
+    ConvBN,
+    FactorizedReduction,
+    Head,
+    check_fields,
+    pool3x3,
+    pool_layers,
+)
+from jaxnets.models.layers import batch_norm
+
+
+class SharedBranch(nn.Module):
+    """Op `op` with its own weights: 1x1 -> BN -> ReLU, then kxk conv/sep -> BN -> ReLU, or a 3x3 pool.
+
+    In channel mode `mask` [C] keeps the output channels [start, start + count) and zeroes the rest.
+    """
+
+    op: int
+    features: int
+    dtype: Any = jnp.float32
+    conv_lowering: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool, mask: jax.Array | None = None):
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype, conv_lowering=self.conv_lowering)
+        y = nn.relu(conv_bn(self.features, name="inp_conv")(x, train))
+        if self.op in KERNEL_SIZE:
+            out_conv = conv_bn(
+                self.features, KERNEL_SIZE[self.op], self.op in SEPARABLE, epsilon=MASKED_BN_EPSILON, name="out_conv"
+            )
+            return nn.relu(out_conv(y, train, mask))  # MaskedBatchNorm already zeroes unselected channels
+        y = pool3x3(y, self.op)
+        return y if mask is None else y * mask.reshape(1, 1, 1, -1).astype(y.dtype)
+
+
+class SharedLayer(nn.Module):
+    """Layer k: `prev` = [stem, out_0, ..., out_{k-1}], `spec` = this layer's slice of the flat arc."""
+
+    layer_id: int
+    num_branches: int
+    features: int
+    whole_channels: bool = True
+    dtype: Any = jnp.float32
+    conv_lowering: str = "auto"
+
+    def setup(self):
+        for b in range(self.num_branches):  # named branch_0 ... branch_{B-1}
+            setattr(self, f"branch_{b}", SharedBranch(b, self.features, self.dtype, self.conv_lowering))
+        if not self.whole_channels:
+            self.final_conv = ConvBN(self.features, dtype=self.dtype, conv_lowering=self.conv_lowering)
+
+    @nn.compact
+    def __call__(self, prev, spec, train: bool):
+        x = prev[-1]
+        if self.whole_channels:
+            out = self._select_op(x, spec[0], train)
+            skips = spec[1:]
+        else:
+            out = self._mix_channels(x, spec[: 2 * self.num_branches], train)
+            skips = spec[2 * self.num_branches :]
+        if self.layer_id == 0:
+            return out
+        for i in range(self.layer_id):  # bit i selects prev[i]; prev[-1] is the input, never a skip
+            out = out + skips[i].astype(out.dtype) * prev[i]
+        return batch_norm(train, self.dtype)(name="skip_bn")(out)
+
+    def _select_op(self, x, op, train):
+        def branch(b):
+            return lambda mdl, x: getattr(mdl, f"branch_{b}")(x, train)
+
+        branches = [branch(b) for b in range(self.num_branches)]
+        if self.is_initializing():  # build every op's weights, whatever arc `init` saw
+            outs = jnp.stack([fn(self, x) for fn in branches])
+            return outs[jnp.clip(op, 0, self.num_branches - 1)]  # what lax.switch returns, minus its compile
+        # OFFICIAL BUG not reproduced: the TF code registers its branches as late-binding lambdas
+        # (`lambda: y`), so every case returned the LAST branch and the sampled op never mattered.
+        # Here the op named by the arc really runs (and only it: lax.switch).
+        return nn.switch(op, branches, self, x)
+
+    def _mix_channels(self, x, starts_counts, train):
+        # Every branch runs; branch b keeps channels [start_b, start_b + count_b). The official stored
+        # [B*C, C] weight, row-masked to the kept channels, is this 1x1 conv over the zero-masked concat.
+        channel = jnp.arange(self.features)
+        outs = []
+        for b in range(self.num_branches):
+            start, count = starts_counts[2 * b], starts_counts[2 * b + 1]
+            mask = (channel >= start) & (channel < start + count)
+            outs.append(getattr(self, f"branch_{b}")(x, train, mask))
+        return nn.relu(self.final_conv(jnp.concatenate(outs, axis=-1), train))
+
+
+class ENASMacroSearch(nn.Module):
+    """The ENAS macro search space with shared weights; `apply(variables, x, arc, train=...)`.
+
+    `arc`: int array in the official flat layout (length L(L+1)/2 in whole-channel mode, L*2B + L(L-1)/2
+    in channel mode), traced or concrete; a concrete arc is validated. `arc=None` means every layer
+    op 0 (channel mode: every branch keeps all channels) and no skips, e.g. for a generic `init`.
+    C stays constant; each pool layer is followed by a factorized reduction of every stored tensor.
+    """
+
+    num_layers: int = 12
+    num_filters: int = 36
+    num_branches: int = 6
+    num_classes: int = 10
+    keep_prob: float = 0.9
+    whole_channels: bool = True
+    dtype: Any = jnp.float32
+    conv_lowering: str = "auto"
+
+    @nn.compact
+    def __call__(self, x, arc: jax.Array | None = None, train: bool = False):  # x: [N, H, W, 3]
+        check_fields(self)
+        arc = self._checked_arc(arc)
+        offsets = layer_offsets(self.num_layers, self.num_branches, self.whole_channels)
+        c = self.num_filters
+        layers = [ConvBN(c, 3, dtype=self.dtype, conv_lowering=self.conv_lowering, name="stem")(x, train)]
+        for k in range(self.num_layers):
+            layer = SharedLayer(
+                k, self.num_branches, c, self.whole_channels, self.dtype, self.conv_lowering, name=f"layer_{k}"
+            )
+            layers.append(layer(layers, arc[offsets[k] : offsets[k + 1]], train))
+            if k in pool_layers(self.num_layers):
+                layers = [
+                    FactorizedReduction(c, self.dtype, self.conv_lowering, name=f"pool_at_{k}_from_{i}")(t, train)
+                    for i, t in enumerate(layers)
+                ]
+        return Head(self.num_classes, self.keep_prob, self.dtype, name="head")(layers[-1], train)
+
+    def _checked_arc(self, arc):
+        expected = arc_length(self.num_layers, self.num_branches, self.whole_channels)
+        if arc is None:
+            arc = default_arc(self.num_layers, self.num_branches, self.whole_channels, self.num_filters)
+            return jnp.asarray(arc.flat(), jnp.int32)
+        if jnp.shape(arc) != (expected,):
+            raise ValueError(
+                f"arc has shape {jnp.shape(arc)}, expected ({expected},) for {self.num_layers} layers "
+                f"(whole_channels={self.whole_channels}, num_branches={self.num_branches})"
+            )
+        if not isinstance(arc, jax.core.Tracer):  # concrete: check its values too
+            parsed = parse_arc(
+                " ".join(map(str, np.asarray(arc).tolist())), self.num_layers, self.num_branches, self.whole_channels
+            )
+            check_channels(parsed, (self.num_filters,) * self.num_layers)
+        return jnp.asarray(arc, jnp.int32)

@@ -21,6 +21,7 @@ BN_EPSILON = 1e-5  # the official `batch_norm`
 MASKED_BN_EPSILON = 1e-3  # the official `batch_norm_with_mask`, after a search branch's kxk conv
 
 
+@functools.partial(jax.jit, static_argnames=("shape", "dtype", "depthwise"))  # one compile per shape, not 3
 def he_normal(key, shape, dtype=jnp.float32, *, depthwise: bool = False):
     """TF1 `keras.initializers.he_normal`: truncated at 2 std, std = sqrt(2 / fan_in), not rescaled.
 
@@ -55,7 +56,7 @@ def pool_layers(num_layers: int) -> tuple[int, ...]:
 def pool3x3(x: jax.Array, op: int) -> jax.Array:
     """3x3 stride-1 SAME pool; the average excludes padded cells (TF's `average_pooling2d`)."""
     if op == AVG_POOL:
-        return nn.avg_pool(x, (3, 3), (1, 1), "SAME", count_include_pad=False)
+        return nn.avg_pool(x, (3, 3), (1, 1), "SAME", count_include_pad=False).astype(x.dtype)
     if op == MAX_POOL:
         return nn.max_pool(x, (3, 3), (1, 1), "SAME")
     raise ValueError(f"op {op} is not a pool")
@@ -135,8 +136,9 @@ class MaskedBatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train:
             x32 = x.astype(jnp.float32)
-            mean = x32.mean(axis=(0, 1, 2))
+            mean = x32.mean(axis=(0, 1, 2), keepdims=True)
             var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
+            mean = mean.reshape(c)
             if not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = jnp.where(mask, m * ra_mean.value + (1 - m) * mean, ra_mean.value)

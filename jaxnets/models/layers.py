@@ -109,7 +109,8 @@ def _taps(x, kh, kw, stride):
 
 
 def _depthwise_shifted(x, kernel, stride):  # kernel: [kh, kw, C]
-    kh, kw, _ = kernel.shape
+    kh, kw, channels = kernel.shape
+    kernel = kernel.reshape(kh, kw, 1, 1, 1, channels)  # broadcast over [N, Ho, Wo] explicitly
     return sum(window * kernel[i, j] for i, j, window in _taps(x, kh, kw, stride))
 
 
@@ -177,7 +178,8 @@ class Conv(nn.Module):
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         y = conv2d(x, kernel, stride=self.stride, padding=self.padding, groups=self.groups, lowering=self.lowering)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(self.dtype)
+            bias = self.param("bias", self.bias_init, (self.features,))
+            y = y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
         return y
 
 

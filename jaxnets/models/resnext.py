@@ -1,0 +1,134 @@
+"""ResNeXt (Xie et al. 2017), torchvision-compatible, plus the CIFAR variants.
+
+One module serves every variant; the variants below are data. Parameter paths mirror torchvision's
+(`layer2_0/conv2/kernel` <-> `layer2.0.conv2.weight`) so conversion is a renaming.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxnets.models import layers
+from jaxnets.models.registry import register
+
+EXPANSION = 4  # bottleneck output = planes * 4
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 grouped (carries the stride, "v1.5") -> 1x1, with a projection shortcut when needed."""
+
+    planes: int
+    stride: int
+    groups: int
+    width_per_group: int
+    grouped_first_1x1: bool
+    zero_init_residual: bool
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, x):  # [N, H, W, C_in] -> [N, H/stride, W/stride, planes*4]
+        width = int(self.planes * self.width_per_group / 64) * self.groups
+        out_features = self.planes * EXPANSION
+        first_groups = self.groups if self.grouped_first_1x1 else 1
+
+        y = self.conv(width, 1, groups=first_groups, name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(width, 3, stride=self.stride, padding=1, groups=self.groups, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(out_features, 1, name="conv3")(y)
+        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        y = self.norm(scale_init=last_scale_init, name="bn3")(y)
+
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != out_features:
+            shortcut = self.conv(out_features, 1, stride=self.stride, name="downsample_conv")(x)
+            shortcut = self.norm(name="downsample_bn")(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class ResNeXt(nn.Module):
+    """ResNeXt with bottleneck blocks.
+
+    stem="imagenet": 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (torchvision). stem="cifar": 3x3/1 conv, BN,
+    ReLU, no pooling (the paper's ResNeXt-29 and the pytorch-cifar100 seed code).
+    grouped_first_1x1 reproduces the pytorch-cifar100 code, whose first 1x1 conv is grouped as well.
+    """
+
+    stage_sizes: Sequence[int]
+    groups: int = 32
+    width_per_group: int = 4
+    stage_planes: Sequence[int] = (64, 128, 256, 512)
+    stem: Literal["imagenet", "cifar"] = "imagenet"
+    grouped_first_1x1: bool = False
+    zero_init_residual: bool = False
+    num_classes: int = 1000
+    dtype: Any = jnp.float32
+    conv_lowering: layers.Lowering = "auto"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):  # [N, H, W, 3] -> [N, num_classes]
+        if len(self.stage_planes) != len(self.stage_sizes):
+            raise ValueError(
+                f"stage_sizes {tuple(self.stage_sizes)} and stage_planes {tuple(self.stage_planes)} "
+                "must have the same length"
+            )
+        conv = functools.partial(layers.Conv, dtype=self.dtype, lowering=self.conv_lowering)
+        norm = layers.batch_norm(train, self.dtype)
+
+        if self.stem == "imagenet":
+            x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
+            x = nn.relu(norm(name="bn1")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [N, H/4, W/4, 64]
+        elif self.stem == "cifar":
+            x = conv(64, 3, padding=1, name="conv1")(x)
+            x = nn.relu(norm(name="bn1")(x))  # [N, H, W, 64]
+        else:
+            raise ValueError(f"ResNeXt stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+
+        for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes, strict=True)):
+            for block in range(num_blocks):
+                x = Bottleneck(
+                    planes=planes,
+                    stride=2 if stage > 0 and block == 0 else 1,
+                    groups=self.groups,
+                    width_per_group=self.width_per_group,
+                    grouped_first_1x1=self.grouped_first_1x1,
+                    zero_init_residual=self.zero_init_residual,
+                    conv=conv,
+                    norm=norm,
+                    name=f"layer{stage + 1}_{block}",
+                )(x)
+
+        x = jnp.mean(x, axis=(1, 2))  # [N, planes[-1] * 4]
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=layers.torch_linear_init,
+            bias_init=layers.torch_linear_bias_init(x.shape[-1]),
+            name="fc",
+        )(x)
+        return x.astype(jnp.float32)
+
+
+# torchvision (ImageNet).
+register("resnext50_32x4d", ResNeXt, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4)
+register("resnext101_32x8d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8)
+register("resnext101_64x4d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4)
+register("resnext152_32x4d", ResNeXt, stage_sizes=(3, 8, 36, 3), groups=32, width_per_group=4)
+
+# The paper's CIFAR ResNeXt-29: three stages of three blocks, 64 channels per group in stage 1.
+_resnext29 = dict(stage_sizes=(3, 3, 3), stage_planes=(64, 128, 256), stem="cifar", width_per_group=64, num_classes=10)
+register("resnext29_8x64d", ResNeXt, groups=8, **_resnext29)
+register("resnext29_16x64d", ResNeXt, groups=16, **_resnext29)
+
+# The pytorch-cifar100 seed code: ImageNet stage layout on a CIFAR stem, grouped first 1x1.
+_seed_cifar = dict(groups=32, width_per_group=4, stem="cifar", grouped_first_1x1=True, num_classes=100)
+register("cifar_resnext50", ResNeXt, stage_sizes=(3, 4, 6, 3), **_seed_cifar)
+register("cifar_resnext101", ResNeXt, stage_sizes=(3, 4, 23, 3), **_seed_cifar)
+register("cifar_resnext152", ResNeXt, stage_sizes=(3, 4, 36, 3), **_seed_cifar)

@@ -1,0 +1,70 @@
+"""Model names, overrides and exact parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxnets.models import create_model, list_models
+
+REQUIRED_NAMES = [
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext152_32x4d", "resnext29_8x64d",
+    "resnext29_16x64d", "cifar_resnext50", "cifar_resnext101", "cifar_resnext152", "mobilenet_v2",
+    "cifar_mobilenet_v2", "enas_macro", "enas_macro_shared",
+]
+
+
+def num_params(name: str, image_size: int, **overrides) -> int:
+    model = create_model(name, **overrides)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
+    return sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
+
+
+def test_every_documented_name_is_registered():
+    assert set(REQUIRED_NAMES) <= set(list_models())
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [  # torchvision's own counts (1000 classes)
+        ("resnext50_32x4d", 25_028_904),
+        ("resnext101_32x8d", 88_791_336),
+        ("resnext101_64x4d", 83_455_272),
+        ("mobilenet_v2", 3_504_872),
+    ],
+)
+def test_imagenet_parameter_counts_equal_torchvision(name, expected):
+    assert num_params(name, 224) == expected
+
+
+@pytest.mark.parametrize(
+    "name,expected_millions",
+    [  # pytorch-cifar100 (100 classes), with its grouped first 1x1
+        ("cifar_resnext50", 14.79),
+        ("cifar_resnext101", 25.30),
+        ("cifar_resnext152", 33.34),
+        ("cifar_mobilenet_v2", 2.37),
+        # the paper's ResNeXt-29 (10 classes): 34.4M and 68.1M
+        ("resnext29_8x64d", 34.43),
+        ("resnext29_16x64d", 68.16),
+    ],
+)
+def test_cifar_parameter_counts_match_references(name, expected_millions):
+    assert round(num_params(name, 32) / 1e6, 2) == expected_millions
+
+
+def test_dense_first_1x1_gives_the_reference_count_without_the_seed_quirk():
+    assert round(num_params("cifar_resnext50", 32, grouped_first_1x1=False) / 1e6, 2) == 23.18
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model 'resnext51'; known models: .*resnext50_32x4d"):
+        create_model("resnext51")
+
+
+def test_unknown_override_names_the_field():
+    with pytest.raises(ValueError, match=r"model 'mobilenet_v2' has no field\(s\) num_class;"):
+        create_model("mobilenet_v2", num_class=10)
+
+
+def test_overrides_reach_the_module():
+    assert create_model("resnext50_32x4d", num_classes=7, dtype=jnp.bfloat16).num_classes == 7

@@ -1,8 +1,11 @@
 """ENAS macro networks: released parameter counts, op selection, one compile for every arc, training.
 
-Tiny configurations (8 filters, 8x8 inputs; 6 layers fixed, 4 layers search, whose compile time grows
-with layers x 6 branches) run the same code paths as the released ones; the released sizes are checked
-with `jax.eval_shape`, so nothing big is computed.
+Tiny configurations (8 filters, 8x8 inputs; 6 layers fixed, 4 layers search) run the same code paths as
+the released ones; the released sizes are checked with `jax.eval_shape`, so nothing big is computed.
+A search step compiles every op of every layer, forward and backward; on XLA:CPU the decomposed
+depthwise lowering doubles that compile time, so most tests use conv_lowering="xla": the fixed
+whole-channel model (all six ops) runs the default lowering, and one test checks that the search
+network computes the same with both.
 """
 
 import functools
@@ -29,6 +32,7 @@ from jaxnets.models.enas.shared import SharedBranch, SharedLayer
 from jaxnets.models.registry import create_model
 
 LAYERS, SEARCH_LAYERS, FILTERS, SIZE, BATCH = 6, 4, 8, 8, 4
+XLA = {"conv_lowering": "xla"}
 KEY = jax.random.key(0, impl="rbg")  # XLA:CPU compiles RBG initialisers much faster than threefry ones
 MODES = [True, False]  # whole_channels
 
@@ -48,18 +52,22 @@ def images(seed=0, n=BATCH):
 def fixed_arc(whole_channels):
     if whole_channels:
         return parse_arc(FIXED_ARC_TEXT, LAYERS, 6)
-    # Branch b keeps channels [b // 2, b // 2 + 4) in every layer (the fixed net only uses the counts), except
-    # that layer 0's branch 1 contributes none; skips as in FIXED_ARC_TEXT.
+    # Layer k runs branch k % 6 (channels [1, 5)), layer 0 also branch 3 (channels [0, 2)); the others
+    # have count 0 and are not built (the fixed net only uses the counts). Skips as in FIXED_ARC_TEXT.
     skips = parse_arc(FIXED_ARC_TEXT, LAYERS, 6).layers
-    heads = [[v for b in range(6) for v in (b // 2, 0 if (k, b) == (0, 1) else 4)] for k in range(LAYERS)]
+    heads = [[0, 0] * 6 for _ in range(LAYERS)]
+    for k, head in enumerate(heads):
+        head[2 * k : 2 * k + 2] = [1, 4]
+    heads[0][6:8] = [0, 2]
     text = " ".join(" ".join(map(str, head + list(layer.skips))) for head, layer in zip(heads, skips, strict=True))
     return parse_arc(text, LAYERS, 6, whole_channels=False)
 
 
 def tiny_model(kind, whole_channels, **kw):
-    if kind == "fixed":
-        kw = dict(arc=fixed_arc(whole_channels), num_branches=6) | kw
+    if kind == "fixed":  # the whole-channel one (all six ops) covers the default (CPU: decomposed) lowering
+        kw = dict(arc=fixed_arc(whole_channels), num_branches=6) | ({} if whole_channels else XLA) | kw
         return ENASMacroChild(num_layers=LAYERS, num_filters=FILTERS, whole_channels=whole_channels, **kw)
+    kw = XLA | kw  # see test_search_default_lowering_matches_xla
     return ENASMacroSearch(num_layers=SEARCH_LAYERS, num_filters=FILTERS, whole_channels=whole_channels, **kw)
 
 
@@ -195,6 +203,15 @@ def test_search_trains_100_arcs_with_one_compilation(whole_channels):
     assert len(traces) == 1 and step._cache_size() == 1
 
 
+def test_search_default_lowering_matches_xla():
+    x, arc = images(), sample_arc(2, True)
+    xla = tiny_model("search", True)
+    variables = xla.init(KEY, x)
+    default = tiny_model("search", True, conv_lowering="auto")
+    want = jax.jit(functools.partial(xla.apply, train=False))(variables, x, arc)
+    np.testing.assert_allclose(jax.jit(default.apply)(variables, x, arc), want, rtol=1e-4, atol=1e-5)
+
+
 # --- the op is really selected -----------------------------------------------------------------------------
 
 
@@ -243,9 +260,9 @@ def test_skip_bit_zero_is_the_stem():
     # Layer 2's input is out_1, always used; skip bit i adds prev[i] (bit 0: the stem).
     for bits in [(1, 0), (0, 1)]:
         spec = parse_arc(f"0  0 0  0 {bits[0]} {bits[1]}", 3, 6).layers[2]
-        layer = FixedLayer(2, spec, FILTERS)
+        layer = FixedLayer(2, spec, FILTERS, conv_lowering="xla")
         assert _used_inputs(layer, layer.init(KEY, prev, False), prev) == [*map(bool, bits), True]
-    layer = SharedLayer(2, 6, FILTERS)
+    layer = SharedLayer(2, 6, FILTERS, conv_lowering="xla")
     variables = layer.init(KEY, prev, jnp.zeros((3,), jnp.int32), False)
     for bits in [(1, 0), (0, 1), (0, 0), (1, 1)]:  # traced 0/1 masks, one compile
         assert _used_inputs(layer, variables, prev, jnp.asarray((0, *bits))) == [*map(bool, bits), True]

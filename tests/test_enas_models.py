@@ -195,9 +195,11 @@ def test_search_trains_100_arcs_with_one_compilation(whole_channels):
     model, step, traces = search_step(whole_channels)
     x = images()
     variables = model.init(KEY, x)
+    arcs = [sample_arc(100 + i, whole_channels) for i in range(100)]
+    assert len({tuple(np.asarray(a)) for a in arcs}) == 100
     losses = []
-    for i in range(100):
-        variables, loss = step(variables, x, sample_arc(100 + i, whole_channels), jax.random.key(i))
+    for i, arc in enumerate(arcs):
+        variables, loss = step(variables, x, arc, jax.random.key(i))  # arc is traced: no recompilation
         losses.append(loss)
     assert np.isfinite(np.asarray(losses)).all()
     assert len(traces) == 1 and step._cache_size() == 1

@@ -13,6 +13,8 @@ multiply-adds, and a 1x1 convolution ~5x slower than the equivalent matmul. On G
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 from typing import Any, Literal
@@ -183,9 +185,30 @@ class Conv(nn.Module):
         return y
 
 
+_BATCH_NORM_AXIS = contextvars.ContextVar("jaxnets_batch_norm_axis", default=None)
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(axis_name: str | None):
+    """Inside this context (at trace time), every BN computes batch statistics over `axis_name` too.
+
+    The data-parallel step wraps `model.apply` in it so BN sees the global batch, like
+    `nn.logical_axis_rules` sets sharding rules without threading them through every module.
+    """
+    token = _BATCH_NORM_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_NORM_AXIS.reset(token)
+
+
+def batch_norm_axis() -> str | None:
+    return _BATCH_NORM_AXIS.get()
+
+
 def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs) -> functools.partial:
     """BatchNorm with PyTorch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5) and float32 statistics."""
-    kwargs = {"momentum": 0.9, "epsilon": 1e-5, **kwargs}
+    kwargs = {"momentum": 0.9, "epsilon": 1e-5, "axis_name": batch_norm_axis() if train else None, **kwargs}
     return functools.partial(
         nn.BatchNorm, use_running_average=not train, dtype=dtype, param_dtype=jnp.float32, **kwargs
     )

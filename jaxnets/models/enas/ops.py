@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.models.layers import Conv, batch_norm
+from jaxnets.models.layers import Conv, batch_norm, batch_norm_axis
 
 # Ops by id, as in the official code.
 CONV3, SEP3, CONV5, SEP5, AVG_POOL, MAX_POOL = range(6)
@@ -135,9 +135,11 @@ class MaskedBatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train:
+            axis_name = batch_norm_axis()  # synchronised BN under data parallelism
+            average = (lambda v: jax.lax.pmean(v, axis_name)) if axis_name else (lambda v: v)
             x32 = x.astype(jnp.float32)
-            mean = x32.mean(axis=(0, 1, 2), keepdims=True)
-            var = jnp.square(x32 - mean).mean(axis=(0, 1, 2))
+            mean = average(x32.mean(axis=(0, 1, 2), keepdims=True))
+            var = average(jnp.square(x32 - mean).mean(axis=(0, 1, 2)))
             mean = mean.reshape(c)
             if not self.is_initializing():
                 m = self.momentum

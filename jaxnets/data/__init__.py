@@ -1,0 +1,23 @@
+"""Input pipelines (TFDS + tf.data) and the bundled offline digits dataset.
+
+    info = dataset_info(config)
+    batches = train_iterator(config, local_batch_size, start_step=step, process_index=i, process_count=n)
+    for batch in eval_iterator(config, local_batch_size, process_index=i, process_count=n): ...
+
+The dataset table, DatasetInfo and check_data_config import without TensorFlow; the pipeline functions
+import it on first use, so the rest of jaxnets (and a GPU box without TF) never needs it.
+"""
+
+from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config
+
+_PIPELINE = ("dataset_info", "train_iterator", "eval_iterator", "DatasetNotPreparedError")
+
+__all__ = ["DATASETS", "DataConfig", "DatasetInfo", "DatasetSpec", "check_data_config", *_PIPELINE]
+
+
+def __getattr__(name: str):
+    if name in _PIPELINE:
+        from jaxnets.data import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,138 @@
+"""The dataset table and the data fields of a config: what each dataset is, validated without TensorFlow.
+
+Everything here imports without TensorFlow, so a trainer can validate a config (and a GPU box without TF
+can read the table) before the input pipeline is ever built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+# Per-channel statistics of the training pixels scaled to [0, 1] (std over all train pixels, not the
+# average per-image std that some CIFAR code quotes).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The bundled digits' 1,347 training images after the 0..16 -> 0..255 rescale (tests/test_data.py checks).
+DIGITS_MEAN, DIGITS_STD = (0.3058,), (0.3761,)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    tfds_name: str
+    family: Literal["cifar", "imagenet", "digits"]  # selects the preprocessing
+    num_classes: int
+    channels: int
+    train_split: str
+    eval_split: str
+    image_size: int  # default of config.image_size
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    cache: bool  # default of config.cache: whether the (encoded) split fits in host memory
+    shuffle_buffer: int  # default of config.shuffle_buffer
+    prepare: str  # how to prepare it; {data_dir} is filled in
+
+
+_TFDS_BUILD = (
+    "run `tfds build {name} --data_dir {{data_dir}}` on a machine with network access "
+    "(or copy a prepared {{data_dir}}/{name} here)"
+)
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        "cifar10", "cifar", 10, 3, "train", "test", 32, CIFAR10_MEAN, CIFAR10_STD,
+        cache=True, shuffle_buffer=50_000, prepare=_TFDS_BUILD.format(name="cifar10"),
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", "cifar", 100, 3, "train", "test", 32, CIFAR100_MEAN, CIFAR100_STD,
+        cache=True, shuffle_buffer=50_000, prepare=_TFDS_BUILD.format(name="cifar100"),
+    ),
+    "imagenet2012": DatasetSpec(
+        "imagenet2012", "imagenet", 1000, 3, "train", "validation", 224, IMAGENET_MEAN, IMAGENET_STD,
+        cache=False, shuffle_buffer=16_384,
+        prepare="download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into "
+        "{data_dir}/downloads/manual, then run `tfds build imagenet2012 --data_dir {data_dir}` "
+        "(or pass --manual_dir DIR)",
+    ),
+    # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits and prepared offline on first use.
+    "digits": DatasetSpec(
+        "jaxnets_digits", "digits", 10, 1, "train", "test", 8, DIGITS_MEAN, DIGITS_STD,
+        cache=True, shuffle_buffer=1_347, prepare="bundled, it prepares itself; check that {data_dir} is writable",
+    ),
+}  # fmt: skip
+
+
+class DatasetInfo(NamedTuple):
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) of the batches, after preprocessing
+    num_train_examples: int  # all processes together
+    num_eval_examples: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data fields of a config with the per-dataset defaults filled in."""
+
+    spec: DatasetSpec
+    dataset: str
+    data_dir: str | None
+    image_size: int
+    train_split: str
+    eval_split: str
+    augment: bool
+    shuffle_buffer: int
+    cache: bool
+    seed: int
+
+
+def _field(config: Any, name: str, default: Any) -> Any:
+    value = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
+    return default if value is None else value
+
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data_dir": (lambda v: v is None or isinstance(v, str), "a path or None"),
+    "image_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "train_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'train' or 'train[:90%]'"),
+    "eval_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'test' or 'train[90%:]'"),
+    "augment": (lambda v: isinstance(v, bool), "True or False"),
+    "shuffle_buffer": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "cache": (lambda v: isinstance(v, bool), "True or False"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**31, "an int in [0, 2**31)"),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_data_config(config: Any) -> DataConfig:
+    """Validates the data fields of `config` and returns them with defaults filled in.
+
+    Reads `dataset` (required) and, all optional (None or absent means the dataset's default):
+    `data_dir`, `image_size`, `train_split`, `eval_split`, `augment` (default True), `shuffle_buffer`,
+    `cache`, `seed` (default 0). Raises ValueError naming the field. Touches no files.
+    """
+    name = _field(config, "dataset", None)
+    if not (isinstance(name, str) and name in DATASETS):
+        raise ValueError(f"config.dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    data = DataConfig(
+        spec=spec,
+        dataset=name,
+        data_dir=_field(config, "data_dir", None),
+        image_size=_field(config, "image_size", spec.image_size),
+        train_split=_field(config, "train_split", spec.train_split),
+        eval_split=_field(config, "eval_split", spec.eval_split),
+        augment=_field(config, "augment", True),
+        shuffle_buffer=_field(config, "shuffle_buffer", spec.shuffle_buffer),
+        cache=_field(config, "cache", spec.cache),
+        seed=_field(config, "seed", 0),
+    )
+    for field, (ok, expected) in _CHECKS.items():
+        value = getattr(data, field)
+        if not ok(value):
+            raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
+    return data

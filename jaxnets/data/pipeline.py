@@ -1,0 +1,176 @@
+"""TFDS + tf.data input pipelines: an infinite, resumable train stream and a padded, masked eval pass.
+
+Train order is a pure function of (config.seed, process_index, process_count, local batch, step):
+    epoch e of this process = its shard shuffled with a seed drawn from (config.seed, e),
+    stream = epoch start_epoch, start_epoch + 1, ... (batches run across epoch boundaries),
+    augmentation of the example at stream position p is keyed by (config.seed, process_index, p),
+so `train_iterator(..., start_step=k)` skips to exactly where an uninterrupted run is after k steps,
+without replaying earlier epochs. It holds for the same process count (each process shuffles its own shard).
+
+Nothing here downloads: a dataset that is not prepared fails at once with how to prepare it (the bundled
+digits prepare themselves from the package). Host-side work stays in tf.data; the trainer moves batches
+to devices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
+from jaxnets.data import preprocess
+from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
+
+Batch = dict[str, np.ndarray]
+
+try:  # JAX owns the accelerators; TF only runs the host-side pipeline.
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF already initialised its devices; nothing we can do, and nothing breaks.
+    pass
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    pass
+
+
+def _tfds_is_mocked() -> bool:
+    # Under tfds.testing.mock_data no dataset is on disk and download_and_prepare is a no-op that the mock
+    # installs; as_dataset then serves random examples, so there is nothing to check or prepare.
+    return "mock_data" in getattr(tfds.core.DatasetBuilder.download_and_prepare, "__qualname__", "")
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    return builder.data_path.exists() and builder.is_prepared()  # (is_prepared alone logs a warning when absent)
+
+
+def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)
+    if _tfds_is_mocked() or _is_prepared(builder):
+        return builder
+    if data.spec.family == "digits":  # bundled: prepares itself offline, in a few seconds
+        try:
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        except OSError:
+            if not _is_prepared(builder):
+                raise
+            # else another process sharing data_dir finished first and won the rename
+        return builder
+    root = builder.data_dir_root
+    raise DatasetNotPreparedError(
+        f"config.dataset: {data.dataset!r} is not prepared in {root}: {data.spec.prepare.format(data_dir=root)}"
+    )
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
+    if builder.info.splits:  # the prepared dataset's metadata
+        return builder.info.splits[split].num_examples
+    # tfds.testing.mock_data: no metadata, but the mocked dataset knows its (split-independent) length.
+    return int(builder.as_dataset(split=split).cardinality())
+
+
+def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf.data.Dataset:
+    # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg); small fixed-size images
+    # are decoded at read, so that a cache holds uint8 pixels and a resume skips without decoding cost.
+    decoders = {"image": tfds.decode.SkipDecoding()} if data.spec.family == "imagenet" else None
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,  # file order is part of the deterministic example order
+        decoders=decoders,
+        read_config=tfds.ReadConfig(try_autocache=False),  # config.cache decides
+    )
+    return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})  # drop ids, file names
+
+
+def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+def dataset_info(config: Any) -> DatasetInfo:
+    """Classes, batch image shape and split sizes; reads metadata only (prepares the bundled digits)."""
+    data = check_data_config(config)
+    builder = _builder(data)
+    return DatasetInfo(
+        num_classes=data.spec.num_classes,
+        image_shape=(data.image_size, data.image_size, data.spec.channels),
+        num_train_examples=_num_examples(builder, data.train_split),
+        num_eval_examples=_num_examples(builder, data.eval_split),
+    )
+
+
+def _check_batch(local_batch_size: int, process_index: int, process_count: int) -> None:
+    if not (isinstance(local_batch_size, int) and local_batch_size > 0):
+        raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
+
+
+def train_iterator(
+    config: Any, local_batch_size: int, *, start_step: int = 0, process_index: int = 0, process_count: int = 1
+) -> Iterator[Batch]:
+    """Infinite {"image": float32 [B, H, W, C], "label": int32 [B]}; batch `start_step` of the stream first."""
+    data = check_data_config(config)
+    _check_batch(local_batch_size, process_index, process_count)
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    builder = _builder(data)
+    # Equal shards (the at most process_count - 1 leftover examples are dropped) keep epochs in step.
+    split = tfds.even_splits(data.train_split, n=process_count, drop_remainder=True)[process_index]
+    num_examples = _num_examples(builder, split)
+    examples = _read(builder, data, split)
+    if data.cache:
+        examples = examples.cache()
+    buffer_size = min(data.shuffle_buffer, num_examples)
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:  # -> (stream position, example) for epoch e
+        shuffle_seed = tf.random.stateless_uniform([], [data.seed, e], minval=None, maxval=None, dtype=tf.int64)
+        shuffled = examples.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return shuffled.enumerate(start=e * num_examples)
+
+    key = tf.constant([data.seed, process_index], tf.int64)
+    transform = preprocess.TRAIN[data.spec.family]
+
+    def prepare(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        seed = tf.random.experimental.stateless_fold_in(key, position)
+        image = transform(example["image"], data.spec, data.image_size, data.augment, seed)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+    start_epoch, offset = divmod(start_step * local_batch_size, num_examples)
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _with_options(ds).as_numpy_iterator()
+
+
+def eval_iterator(
+    config: Any, local_batch_size: int, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[Batch]:
+    """One pass of {"image", "label", "mask": bool [B]}: the same number of batches on every process, padding
+    masked, so that every eval example is seen exactly once across processes."""
+    data = check_data_config(config)
+    _check_batch(local_batch_size, process_index, process_count)
+    builder = _builder(data)
+    splits = tfds.even_splits(data.eval_split, n=process_count)  # sizes differ by at most one
+    counts = [_num_examples(builder, split) for split in splits]
+    num_batches = math.ceil(max(counts) / local_batch_size)
+    num_examples = counts[process_index]
+    transform = preprocess.EVAL[data.spec.family]
+    no_seed = tf.zeros([2], tf.int64)
+
+    def prepare(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = transform(example["image"], data.spec, data.image_size, False, no_seed)
+        return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
+
+    ds = _read(builder, data, splits[process_index]).apply(tf.data.experimental.assert_cardinality(num_examples))
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    shape = (data.image_size, data.image_size, data.spec.channels)
+    pad = {"image": tf.zeros(shape, tf.float32), "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local_batch_size - num_examples))
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return _with_options(ds).as_numpy_iterator()

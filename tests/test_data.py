@@ -1,0 +1,277 @@
+"""Input pipelines: the bundled digits for real, CIFAR/ImageNet through tfds.testing.mock_data."""
+
+from __future__ import annotations
+
+import collections
+import math
+import socket
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from jaxnets import data  # noqa: E402
+from jaxnets.data import digits  # noqa: E402
+from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD  # noqa: E402
+
+
+def make_config(dataset: str, data_dir, **overrides) -> ml_collections.ConfigDict:
+    fields = dict(
+        dataset=dataset,
+        data_dir=str(data_dir),
+        image_size=None,
+        train_split=None,
+        eval_split=None,
+        augment=True,
+        shuffle_buffer=None,
+        cache=None,
+        seed=0,
+    )
+    fields.update(overrides)
+    return ml_collections.ConfigDict(fields)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the input pipeline tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")  # prepared by the first test that reads it
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def examples(batches, key="image"):
+    """Multiset of (pixels, label) of the unmasked examples, comparable across runs and processes."""
+    counter = collections.Counter()
+    for batch in batches:
+        mask = batch.get("mask", np.ones(len(batch["label"]), bool))
+        for image, label in zip(batch[key][mask], batch["label"][mask], strict=True):
+            counter[(image.tobytes(), int(label))] += 1
+    return counter
+
+
+# --- config validation --------------------------------------------------------------------------------
+
+
+def test_unknown_dataset_names_the_field_and_the_known_datasets():
+    with pytest.raises(ValueError) as error:
+        data.check_data_config(make_config("cifar11", "/nonexistent"))
+    assert str(error.value) == (
+        "config.dataset: unknown dataset 'cifar11'; known: cifar10, cifar100, imagenet2012, digits"
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("image_size", 0), ("shuffle_buffer", -1), ("augment", "yes"), ("seed", -1), ("train_split", "")],
+)
+def test_bad_field_is_named(field, value):
+    with pytest.raises(ValueError, match=rf"^config\.{field}: expected .*, got {value!r}$"):
+        data.check_data_config(make_config("cifar10", "/nonexistent", **{field: value}))
+
+
+def test_defaults_per_dataset():
+    checked = data.check_data_config(make_config("imagenet2012", "/d"))
+    assert (checked.image_size, checked.train_split, checked.eval_split, checked.cache) == (
+        224,
+        "train",
+        "validation",
+        False,
+    )
+    assert data.check_data_config(make_config("digits", "/d", image_size=32)).image_size == 32
+
+
+def test_table_and_config_check_import_without_tensorflow():
+    code = (
+        "import sys, jaxnets.data as d; "
+        "d.check_data_config({'dataset': 'cifar10'}); "
+        "assert 'tensorflow' not in sys.modules, 'jaxnets.data imported TensorFlow'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- not prepared: fail fast, say how, never download ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dataset, hint",
+    [("cifar10", "run `tfds build cifar10 --data_dir {d}`"), ("imagenet2012", "into {d}/downloads/manual")],
+)
+def test_unprepared_dataset_fails_fast_with_how_to_prepare(tmp_path, no_network, dataset, hint):
+    config = make_config(dataset, tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.train_iterator(config, 8)
+    elapsed = time.perf_counter() - start
+    message = str(error.value)
+    assert elapsed < 10, f"took {elapsed:.1f} s to report an unprepared dataset"
+    assert "\n" not in message
+    assert message.startswith(f"config.dataset: {dataset!r} is not prepared in {tmp_path}")
+    assert hint.format(d=tmp_path) in message
+    for call in (data.dataset_info, lambda c: data.eval_iterator(c, 8)):
+        with pytest.raises(data.DatasetNotPreparedError):
+            call(config)
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing half-written
+
+
+# --- the bundled digits, for real -----------------------------------------------------------------------
+
+
+def test_digits_split_is_fixed_stratified_and_stats_match():
+    raw = digits.load_npz()
+    assert raw["images"].shape == (1797, 8, 8) and raw["images"].max() == 16
+    test_index = raw["test_index"]
+    assert len(test_index) == len(np.unique(test_index)) == 450
+    per_class, test_per_class = np.bincount(raw["labels"]), np.bincount(raw["labels"][test_index])
+    np.testing.assert_array_less(np.abs(test_per_class - per_class * 450 / 1797), 1.0)
+    train = np.setdiff1d(np.arange(1797), test_index)
+    pixels = digits.rescale(raw["images"][train]) / 255.0
+    np.testing.assert_allclose([pixels.mean(), pixels.std()], [DIGITS_MEAN[0], DIGITS_STD[0]], atol=1e-4)
+
+
+def test_digits_prepare_offline_and_count(digits_dir, no_network):
+    info = data.dataset_info(make_config("digits", digits_dir))
+    assert info == data.DatasetInfo(
+        num_classes=10, image_shape=(8, 8, 1), num_train_examples=1347, num_eval_examples=450
+    )
+    assert (digits_dir / "jaxnets_digits" / "1.0.0" / "dataset_info.json").exists()
+    batches = list(data.eval_iterator(make_config("digits", digits_dir), 100))
+    assert len(batches) == 5 and sum(b["mask"].sum() for b in batches) == 450
+    labels = np.concatenate([b["label"][b["mask"]] for b in batches])
+    assert np.bincount(labels).tolist() == [45, 46, 44, 46, 45, 46, 45, 45, 43, 45]
+
+
+def test_digits_batches_shapes_and_ranges(digits_dir):
+    batch = next(data.train_iterator(make_config("digits", digits_dir, image_size=16), 32))
+    assert batch["image"].shape == (32, 16, 16, 1) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
+    lo, hi = (0 - DIGITS_MEAN[0]) / DIGITS_STD[0], (1 - DIGITS_MEAN[0]) / DIGITS_STD[0]
+    assert lo - 1e-5 <= batch["image"].min() and batch["image"].max() <= hi + 1e-5
+    assert set(batch["label"].tolist()) <= set(range(10))
+
+
+def test_train_epoch_is_a_permutation_and_epochs_differ(digits_dir):
+    config = make_config("digits", digits_dir, augment=False)
+    train = examples(data.eval_iterator(make_config("digits", digits_dir, eval_split="train"), 449))
+    batches = take(data.train_iterator(config, 449), 6)
+    first, second = batches[:3], batches[3:]
+    assert examples(first) == train and examples(second) == train  # 1347 = 3 x 449: each epoch sees each once
+    assert not np.array_equal(first[0]["label"], second[0]["label"])  # reshuffled every epoch
+
+
+def test_resume_is_exact_across_an_epoch_boundary(digits_dir):
+    config = make_config("digits", digits_dir)  # with augmentation
+    uninterrupted = take(data.train_iterator(config, 128), 14)  # an epoch is 10.5 steps
+    resumed = take(data.train_iterator(config, 128, start_step=9), 5)
+    for step, (expected, got) in enumerate(zip(uninterrupted[9:], resumed, strict=True), start=9):
+        np.testing.assert_array_equal(got["label"], expected["label"], err_msg=f"step {step}")
+        np.testing.assert_array_equal(got["image"], expected["image"], err_msg=f"step {step}")
+    other_seed = next(data.train_iterator(make_config("digits", digits_dir, seed=1), 128))
+    assert not np.array_equal(other_seed["image"], uninterrupted[0]["image"])
+
+
+def test_per_process_train_shards_are_disjoint_and_cover(digits_dir):
+    config = make_config("digits", digits_dir, augment=False)
+    train = examples(data.eval_iterator(make_config("digits", digits_dir, eval_split="train"), 449))
+    shards = [examples(take(data.train_iterator(config, 673, process_index=i, process_count=2), 1)) for i in (0, 1)]
+    assert sum(shards[0].values()) == sum(shards[1].values()) == 673  # 1347 // 2: one example dropped
+    assert shards[0] + shards[1] <= train  # disjoint: together no example more often than it exists
+    assert sum((train - shards[0] - shards[1]).values()) == 1
+
+
+def test_eval_every_example_once_across_processes(digits_dir):
+    config = make_config("digits", digits_dir)
+    single = examples(data.eval_iterator(config, 64))
+    per_process = [list(data.eval_iterator(config, 64, process_index=i, process_count=3)) for i in range(3)]
+    assert [len(batches) for batches in per_process] == [3, 3, 3]  # 150 each, ceil(150 / 64)
+    assert sum((examples(batches) for batches in per_process), collections.Counter()) == single
+    assert sum(single.values()) == 450
+    padded = per_process[0][-1]
+    assert padded["mask"].sum() == 150 - 128 and not padded["image"][~padded["mask"]].any()
+
+
+# --- CIFAR and ImageNet through tfds.testing.mock_data --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dataset, image_size, shape, classes",
+    [
+        ("cifar10", None, (32, 32, 3), 10),
+        ("cifar100", None, (32, 32, 3), 100),
+        ("imagenet2012", 64, (64, 64, 3), 1000),
+    ],
+)
+def test_mocked_datasets_train_and_eval(tmp_path, dataset, image_size, shape, classes):
+    spec = data.DATASETS[dataset]
+    lo = min((0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+    hi = max((1 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+    config = make_config(dataset, tmp_path, image_size=image_size)  # an empty data_dir: the mock serves
+    with tfds.testing.mock_data(num_examples=20):
+        info = data.dataset_info(config)
+        train = take(data.train_iterator(config, 8), 3)  # 24 > 20: crosses an epoch
+        evaluation = list(data.eval_iterator(config, 8))
+    assert (info.num_classes, info.image_shape, info.num_train_examples, info.num_eval_examples) == (
+        classes,
+        shape,
+        20,
+        20,
+    )
+    for batch in train:
+        assert batch["image"].shape == (8, *shape) and batch["image"].dtype == np.float32
+        assert batch["label"].dtype == np.int32 and 0 <= batch["label"].min() and batch["label"].max() < classes
+        assert lo - 1e-3 <= batch["image"].min() and batch["image"].max() <= hi + 1e-3
+    assert len(evaluation) == math.ceil(20 / 8)
+    assert [b["mask"].sum() for b in evaluation] == [8, 8, 4]
+    assert all(b["image"].shape == (8, *shape) and b["mask"].dtype == np.bool_ for b in evaluation)
+    assert not evaluation[-1]["image"][4:].any()
+
+
+def _split_aware_cifar(num_train, num_test):
+    """mock_data's default ignores the split; this one serves example i of a split as pixels (i % 256, i // 256)."""
+
+    def as_dataset(self, split, **kwargs):
+        sizes = {"train": collections.namedtuple("S", "num_examples")(num_train)}
+        sizes["test"] = sizes["train"]._replace(num_examples=num_test)
+        instructions = tfds.core.splits.AbstractSplit.from_spec(split).to_absolute(sizes)
+        index = np.concatenate([np.arange(sizes[a.splitname].num_examples)[a.from_ : a.to] for a in instructions])
+        images = np.zeros((len(index), 32, 32, 3), np.uint8)
+        images[:, 0, 0, 0], images[:, 0, 0, 1] = index % 256, index // 256
+        return tf.data.Dataset.from_tensor_slices({"image": images, "label": index % 10, "id": index.astype(str)})
+
+    return as_dataset
+
+
+def _indices(batches):
+    mean, std = np.array(data.DATASETS["cifar10"].mean), np.array(data.DATASETS["cifar10"].std)
+    out = []
+    for batch in batches:
+        pixels = np.round((batch["image"][:, 0, 0, :] * std + mean) * 255).astype(int)
+        keep = batch["mask"] if "mask" in batch else np.ones(len(pixels), bool)
+        out.extend((pixels[keep, 0] + 256 * pixels[keep, 1]).tolist())
+    return out
+
+
+def test_mocked_per_process_split_disjoint_covering_and_padded(tmp_path):
+    config = make_config("cifar10", tmp_path, augment=False)
+    with tfds.testing.mock_data(as_dataset_fn=_split_aware_cifar(num_train=301, num_test=50)):
+        evals = [list(data.eval_iterator(config, 8, process_index=i, process_count=3)) for i in range(3)]
+        trains = [take(data.train_iterator(config, 50, process_index=i, process_count=3), 2) for i in range(3)]
+    assert [len(batches) for batches in evals] == [3, 3, 3]  # 17, 17, 16 examples: ceil(17 / 8)
+    assert sorted(sum((_indices(batches) for batches in evals), [])) == list(range(50))
+    shards = [set(_indices(batches)) for batches in trains]  # 100 examples each of its 100-example shard
+    assert [len(s) for s in shards] == [100, 100, 100] and set.union(*shards) == set(range(300))

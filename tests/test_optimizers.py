@@ -220,6 +220,7 @@ def test_clipping(fields, expected):
         ),
         ({"momentum": 1.0}, "config.momentum must be in [0, 1), got 1.0"),
         ({"momentum": 0.0, "nesterov": True}, "config.nesterov needs config.momentum > 0, got True"),
+        ({"nesterov": "yes"}, "config.nesterov must be a bool, got 'yes'"),
         ({"adam_b2": 1.5}, "config.adam_b2 must be in [0, 1), got 1.5"),
         ({"weight_decay": -1e-4}, "config.weight_decay must be >= 0, got -0.0001"),
         (

@@ -85,6 +85,8 @@ def check_optim_config(config) -> None:
     """Raise a one-line ValueError naming the first bad optimisation field of `config`."""
     optimizer = _one_of(config, "optimizer", OPTIMIZERS)
     _check(config, "momentum", lambda v: 0 <= v < 1, "must be in [0, 1)")
+    if not isinstance(get(config, "nesterov"), bool):
+        _fail("nesterov", "must be a bool", get(config, "nesterov"))
     if get(config, "nesterov") and optimizer in ("sgd", "rmsprop") and get(config, "momentum") == 0:
         _fail("nesterov", "needs config.momentum > 0", True)
     _check(config, "rmsprop_decay", lambda v: 0 <= v < 1, "must be in [0, 1)")

@@ -55,7 +55,7 @@ def _cosine(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
 
     def schedule(step):
         progress = jnp.clip(step - warmup_steps, 0, decay_steps).astype(jnp.float32) / decay_steps
-        return end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+        return peak - (peak - end) * 0.5 * (1 - jnp.cos(jnp.pi * progress))  # exactly `peak` at progress 0
 
     return schedule
 
@@ -81,7 +81,8 @@ def _sgdr(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
         else:
             cycle = jnp.searchsorted(starts_arr, epoch, side="right") - 1
             t_cur, t_i = epoch - starts_arr[cycle], lengths_arr[cycle]
-        return lr_min + (lr_max - lr_min) * 0.5 * (1 + jnp.cos(jnp.pi * t_cur.astype(jnp.float32) / t_i))
+        # Written from lr_max down, so a restart gives exactly lr_max.
+        return lr_max - (lr_max - lr_min) * 0.5 * (1 - jnp.cos(jnp.pi * t_cur.astype(jnp.float32) / t_i))
 
     return schedule
 

@@ -2,7 +2,8 @@
 
 The transformation is one chain, in this order:
   per-tensor clip -> global-norm clip -> [coupled decay] -> preconditioner -> momentum -> [decoupled decay] -> -lr(step)
-so each optimizer performs torch.optim's update of the same name (SGD, RMSprop, Adam, AdamW). Clipping sees
+so sgd, rmsprop, adam and adamw perform torch.optim's updates of those names (with decoupled decay, sgd is
+SGDW; with coupled decay, any optimizer gets torch's `weight_decay`). Clipping sees
 the gradient it is given: in a data-parallel step, give it the all-reduced gradient; with l2_loss, that
 gradient includes the L2 term (as in ENAS).
 """
@@ -63,9 +64,8 @@ def _sgd(config) -> list[optax.GradientTransformation]:
 
 
 def _rmsprop(config) -> list[optax.GradientTransformation]:
-    # torch RMSprop: v = decay * v + (1 - decay) * g^2 from v = 0; g / (sqrt(v) + eps); then momentum (before
-    # the lr, so it differs from TF's RMSProp, which also puts eps inside the sqrt and starts v at 1, when the lr
-    # changes).
+    # torch RMSprop: v = decay * v + (1 - decay) * g^2 from v = 0; u = g / (sqrt(v) + eps); momentum on u; then lr.
+    # (TF's RMSProp differs: eps inside the sqrt, v starting at 1, and the lr applied inside the momentum.)
     rms = optax.scale_by_rms(
         decay=get(config, "rmsprop_decay"), eps=get(config, "rmsprop_epsilon"), initial_scale=0.0, eps_in_sqrt=False
     )

@@ -1,4 +1,4 @@
-"""Images/s of the train input pipeline (decode-free read, shuffle, augment, normalise, batch, to numpy).
+"""Images/s of the train input pipeline (cached read, shuffle, augment, normalise, batch, to numpy).
 
     python benchmarks/input_pipeline.py [--batch 128] [--examples 10000] [--batches 300] [--rounds 3]
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000, help="mocked CIFAR train examples")
     parser.add_argument("--batches", type=int, default=300, help="timed batches per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--digits-size", type=int, default=32)
+    parser.add_argument("--digits-size", type=int, default=8, help="8: the quickstart's size")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args()
 

@@ -241,6 +241,28 @@ def test_mocked_datasets_train_and_eval(tmp_path, dataset, image_size, shape, cl
     assert not evaluation[-1]["image"][4:].any()
 
 
+@pytest.mark.parametrize("cache", [True, False])
+def test_cache_reads_the_split_once(tmp_path, cache):
+    calls = []
+
+    def as_dataset(self, split, **kwargs):
+        def generate():
+            calls.append(split)
+            for i in range(20):
+                yield {"image": np.full((32, 32, 3), i, np.uint8), "label": i % 10}
+
+        spec = {"image": tf.TensorSpec((32, 32, 3), tf.uint8), "label": tf.TensorSpec((), tf.int64)}
+        ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+        return ds.apply(tf.data.experimental.assert_cardinality(20))
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        take(data.train_iterator(make_config("cifar10", tmp_path, cache=cache), 20), 3)  # 3 epochs
+    if cache:
+        assert len(calls) == 1
+    else:  # once per epoch, and prefetching may have started the next one
+        assert len(calls) >= 3
+
+
 def _split_aware_cifar(num_train, num_test):
     """mock_data's default ignores the split; this one serves example i of a split as pixels (i % 256, i // 256)."""
 
@@ -275,3 +297,48 @@ def test_mocked_per_process_split_disjoint_covering_and_padded(tmp_path):
     assert sorted(sum((_indices(batches) for batches in evals), [])) == list(range(50))
     shards = [set(_indices(batches)) for batches in trains]  # 100 examples each of its 100-example shard
     assert [len(s) for s in shards] == [100, 100, 100] and set.union(*shards) == set(range(300))
+
+
+# --- preprocessing semantics ----------------------------------------------------------------------------
+
+
+def test_cifar_train_augmentation_is_a_padded_shift_and_maybe_a_flip():
+    from jaxnets.data import preprocess
+
+    spec = data.DATASETS["cifar10"]
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    padded = np.pad(image, [(4, 4), (4, 4), (0, 0)]).astype(np.float32) / 255
+    candidates = [
+        (padded[y : y + 32, x : x + 32] - spec.mean) / spec.std for y in range(9) for x in range(9)
+    ]  # every crop of the zero-padded image
+    seen = set()
+    for i in range(20):
+        out = preprocess.cifar(tf.constant(image), spec, 32, True, tf.constant([0, i], tf.int64)).numpy()
+        matches = [
+            (k, flip)
+            for k, c in enumerate(candidates)
+            for flip in (False, True)
+            if np.allclose(out, c[:, ::-1] if flip else c, atol=1e-5)
+        ]
+        assert matches, f"augmented image {i} is not a shifted (and possibly flipped) copy"
+        seen.update(matches)
+    assert len(seen) > 10  # and the shifts and flips vary
+
+
+def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():
+    from jaxnets.data import preprocess
+
+    spec = data.DATASETS["imagenet2012"]
+    yy, xx = np.mgrid[0:300, 0:400]
+    jpeg = tf.io.encode_jpeg(np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8), quality=100)
+    decoded = tf.io.decode_jpeg(jpeg)
+    expected = tf.image.resize(decoded, [256, 341], antialias=True).numpy()[16:240, 58:282]  # 224 / 0.875 = 256
+    expected = (expected / 255 - np.array(spec.mean)) / np.array(spec.std)
+    got = preprocess.imagenet_eval(jpeg, spec, 224, False, None).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The JPEG fast path (decode only the random crop) gives what decoding first gives.
+    seed = tf.constant([3, 4], tf.int64)
+    np.testing.assert_array_equal(
+        preprocess.imagenet_train(jpeg, spec, 224, True, seed).numpy(),
+        preprocess.imagenet_train(decoded, spec, 224, True, seed).numpy(),
+    )

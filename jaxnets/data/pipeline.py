@@ -117,12 +117,15 @@ def train_iterator(
     """Infinite {"image": float32 [B, H, W, C], "label": int32 [B]}; batch `start_step` of the stream first."""
     data = check_data_config(config)
     _check_batch(local_batch_size, process_index, process_count)
+    start_step = int(start_step)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     builder = _builder(data)
     # Equal shards (the at most process_count - 1 leftover examples are dropped) keep epochs in step.
     split = tfds.even_splits(data.train_split, n=process_count, drop_remainder=True)[process_index]
     num_examples = _num_examples(builder, split)
+    if num_examples < 1:
+        raise ValueError(f"config.train_split: {data.train_split!r} has no examples for process {process_index}")
     examples = _read(builder, data, split)
     if data.cache:
         examples = examples.cache()

@@ -214,6 +214,7 @@ def test_eval_every_example_once_across_processes(digits_dir):
         ("cifar10", None, (32, 32, 3), 10),
         ("cifar100", None, (32, 32, 3), 100),
         ("imagenet2012", 64, (64, 64, 3), 1000),
+        ("digits", None, (8, 8, 1), 10),  # what the trainer's smoke tests of the quickstart see
     ],
 )
 def test_mocked_datasets_train_and_eval(tmp_path, dataset, image_size, shape, classes):

@@ -15,6 +15,7 @@ to devices.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,7 +60,7 @@ def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
             if not _is_prepared(builder):
                 raise
             # else another process sharing data_dir finished first and won the rename
-        return builder
+        return tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)  # reads the metadata
     root = builder.data_dir_root
     raise DatasetNotPreparedError(
         f"config.dataset: {data.dataset!r} is not prepared in {root}: {data.spec.prepare.format(data_dir=root)}"
@@ -105,7 +106,7 @@ def dataset_info(config: Any) -> DatasetInfo:
 
 
 def _check_batch(local_batch_size: int, process_index: int, process_count: int) -> None:
-    if not (isinstance(local_batch_size, int) and local_batch_size > 0):
+    if not (isinstance(local_batch_size, numbers.Integral) and local_batch_size > 0):
         raise ValueError(f"local_batch_size must be a positive int, got {local_batch_size!r}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
@@ -120,6 +121,7 @@ def train_iterator(
     start_step = int(start_step)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
+    local_batch_size = int(local_batch_size)
     builder = _builder(data)
     # Equal shards (the at most process_count - 1 leftover examples are dropped) keep epochs in step.
     split = tfds.even_splits(data.train_split, n=process_count, drop_remainder=True)[process_index]
@@ -158,6 +160,7 @@ def eval_iterator(
     masked, so that every eval example is seen exactly once across processes."""
     data = check_data_config(config)
     _check_batch(local_batch_size, process_index, process_count)
+    local_batch_size = int(local_batch_size)
     builder = _builder(data)
     splits = tfds.even_splits(data.eval_split, n=process_count)  # sizes differ by at most one
     counts = [_num_examples(builder, split) for split in splits]

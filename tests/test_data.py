@@ -37,8 +37,7 @@ def make_config(dataset: str, data_dir, **overrides) -> ml_collections.ConfigDic
     return ml_collections.ConfigDict(fields)
 
 
-@pytest.fixture
-def no_network(monkeypatch):
+def _refuse_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the input pipeline tried to open a network connection")
 
@@ -46,21 +45,31 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    _refuse_network(monkeypatch)
+
+
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")  # prepared by the first test that reads it
+    """A data_dir where the bundled digits were prepared, offline, by the pipeline itself."""
+    data_dir = tmp_path_factory.mktemp("tfds")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _refuse_network(monkeypatch)
+        data.dataset_info(make_config("digits", data_dir))
+    return data_dir
 
 
 def take(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def examples(batches, key="image"):
+def examples(batches):
     """Multiset of (pixels, label) of the unmasked examples, comparable across runs and processes."""
     counter = collections.Counter()
     for batch in batches:
         mask = batch.get("mask", np.ones(len(batch["label"]), bool))
-        for image, label in zip(batch[key][mask], batch["label"][mask], strict=True):
+        for image, label in zip(batch["image"][mask], batch["label"][mask], strict=True):
             counter[(image.tobytes(), int(label))] += 1
     return counter
 
@@ -144,7 +153,7 @@ def test_digits_split_is_fixed_stratified_and_stats_match():
     np.testing.assert_allclose([pixels.mean(), pixels.std()], [DIGITS_MEAN[0], DIGITS_STD[0]], atol=1e-4)
 
 
-def test_digits_prepare_offline_and_count(digits_dir, no_network):
+def test_digits_prepared_offline_and_counts(digits_dir):
     info = data.dataset_info(make_config("digits", digits_dir))
     assert info == data.DatasetInfo(
         num_classes=10, image_shape=(8, 8, 1), num_train_examples=1347, num_eval_examples=450

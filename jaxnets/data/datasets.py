@@ -30,7 +30,7 @@ class DatasetSpec:
     image_size: int  # default of config.image_size
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    cache: bool  # default of config.cache: whether the (encoded) split fits in host memory
+    cache: bool  # default of config.cache: whether the split fits in host memory
     shuffle_buffer: int  # default of config.shuffle_buffer
     prepare: str  # how to prepare it; {data_dir} is filled in
 
@@ -56,10 +56,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "{data_dir}/downloads/manual, then run `tfds build imagenet2012 --data_dir {data_dir}` "
         "(or pass --manual_dir DIR)",
     ),
-    # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits and prepared offline on first use.
+    # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits: prepares itself, offline, on first use.
     "digits": DatasetSpec(
         "jaxnets_digits", "digits", 10, 1, "train", "test", 8, DIGITS_MEAN, DIGITS_STD,
-        cache=True, shuffle_buffer=1_347, prepare="bundled, it prepares itself; check that {data_dir} is writable",
+        cache=True, shuffle_buffer=1_347, prepare="",
     ),
 }  # fmt: skip
 

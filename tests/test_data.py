@@ -119,7 +119,16 @@ def test_table_and_config_check_import_without_tensorflow():
 
 @pytest.mark.parametrize(
     "dataset, hint",
-    [("cifar10", "run `tfds build cifar10 --data_dir {d}`"), ("imagenet2012", "into {d}/downloads/manual")],
+    [
+        (
+            "cifar10",
+            "run `python -m jaxnets.data.prepare cifar10 --data_dir {d}` (or `tfds build cifar10 --data_dir {d}`)",
+        ),
+        (
+            "imagenet2012",
+            "in {d}/downloads/manual (or pass --manual_dir DIR), then run `python -m jaxnets.data.prepare",
+        ),
+    ],
 )
 def test_unprepared_dataset_fails_fast_with_how_to_prepare(tmp_path, no_network, dataset, hint):
     config = make_config(dataset, tmp_path)
@@ -136,6 +145,14 @@ def test_unprepared_dataset_fails_fast_with_how_to_prepare(tmp_path, no_network,
         with pytest.raises(data.DatasetNotPreparedError):
             call(config)
     assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing half-written
+
+
+def test_prepare_command_prepares_the_bundled_digits(tmp_path, no_network, capsys):
+    from jaxnets.data import prepare
+
+    prepare.main(["digits", "--data_dir", str(tmp_path)])
+    assert "digits prepared in" in capsys.readouterr().out
+    assert data.dataset_info(make_config("digits", tmp_path)).num_train_examples == 1347
 
 
 # --- the bundled digits, for real -----------------------------------------------------------------------

@@ -35,26 +35,30 @@ class DatasetSpec:
     prepare: str  # how to prepare it; {data_dir} is filled in
 
 
-_TFDS_BUILD = (
-    "run `tfds build {name} --data_dir {{data_dir}}` on a machine with network access "
-    "(or copy a prepared {{data_dir}}/{name} here)"
-)
+def _build(name: str) -> str:
+    # `tfds build` is the usual way, but its CLI needs apache-beam installed (tensorflow/datasets#5463).
+    args = f"{name} --data_dir {{data_dir}}"
+    return f"`python -m jaxnets.data.prepare {args}` (or `tfds build {args}`)"
+
+
+def _downloadable(name: str) -> str:
+    return f"run {_build(name)} on a machine with network access, or copy a prepared {{data_dir}}/{name} here"
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
         "cifar10", "cifar", 10, 3, "train", "test", 32, CIFAR10_MEAN, CIFAR10_STD,
-        cache=True, shuffle_buffer=50_000, prepare=_TFDS_BUILD.format(name="cifar10"),
+        cache=True, shuffle_buffer=50_000, prepare=_downloadable("cifar10"),
     ),
     "cifar100": DatasetSpec(
         "cifar100", "cifar", 100, 3, "train", "test", 32, CIFAR100_MEAN, CIFAR100_STD,
-        cache=True, shuffle_buffer=50_000, prepare=_TFDS_BUILD.format(name="cifar100"),
+        cache=True, shuffle_buffer=50_000, prepare=_downloadable("cifar100"),
     ),
     "imagenet2012": DatasetSpec(
         "imagenet2012", "imagenet", 1000, 3, "train", "validation", 224, IMAGENET_MEAN, IMAGENET_STD,
         cache=False, shuffle_buffer=16_384,
-        prepare="download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into "
-        "{data_dir}/downloads/manual, then run `tfds build imagenet2012 --data_dir {data_dir}` "
-        "(or pass --manual_dir DIR)",
+        prepare="put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
+        "{data_dir}/downloads/manual (or pass --manual_dir DIR), then run " + _build("imagenet2012"),
     ),
     # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits: prepares itself, offline, on first use.
     "digits": DatasetSpec(

@@ -171,7 +171,8 @@ def main() -> None:
         results.append(measure(name, families[name], args.batch, args.size, args.rounds))
         r = results[-1]
         print(f"{name}: jaxnets {r['jaxnets_seconds']:.3f}s  pytorch {r['pytorch_seconds']:.3f}s  "
-              f"ratio {r['ratio_jaxnets_over_pytorch']:.2f}x  (compile {r['jaxnets_compile_seconds']:.1f}s)", flush=True)
+              f"ratio {r['ratio_jaxnets_over_pytorch']:.2f}x  (compile {r['jaxnets_compile_seconds']:.1f}s)",
+              flush=True)
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "models_cpu.json"), "w") as f:

@@ -30,7 +30,8 @@ def randomise_batch_norm(module, seed):
 
 @pytest.mark.parametrize("separable_as_full_conv", [False, True])
 def test_fixed_child_matches_pytorch(separable_as_full_conv):
-    config = dict(num_layers=6, num_filters=8, num_branches=6, num_classes=10, separable_as_full_conv=separable_as_full_conv)
+    config = dict(num_layers=6, num_filters=8, num_branches=6, num_classes=10,
+                  separable_as_full_conv=separable_as_full_conv)
     torch.manual_seed(0)
     reference = torch_enas.ENASMacroChild(arc=ARC, **config).eval()
     randomise_batch_norm(reference, seed=1)

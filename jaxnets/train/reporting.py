@@ -1,0 +1,73 @@
+"""What a run reports: a progress line, TensorBoard scalars and `metrics.jsonl` in the workdir.
+
+`metrics.jsonl` holds one JSON object per log point with a `step` field; eval metrics are named
+`eval_*`. TensorBoard goes through tensorboardX so the trainer never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger("jaxnets")
+
+
+class Reporter:
+    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, global_batch_size: int,
+                 is_main_process: bool = True):
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.global_batch_size = global_batch_size
+        self.enabled = is_main_process
+        self._last_time: float | None = None
+        self._last_step: int | None = None
+        self._writer = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(workdir, flush_secs=30)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115  closed in close()
+
+    def write(self, step: int, metrics: dict) -> None:
+        """Records scalars; `train_*` points also print a progress line with images/s and ETA."""
+        if not self.enabled:
+            return
+        scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+        for name, value in scalars.items():
+            self._writer.add_scalar(name, value, step)
+
+    def progress(self, step: int, metrics: dict) -> None:
+        now = time.perf_counter()
+        extra = {}
+        if self._last_time is not None and step > self._last_step:
+            seconds_per_step = (now - self._last_time) / (step - self._last_step)
+            extra["images_per_second"] = self.global_batch_size / seconds_per_step
+            eta = _format_duration(seconds_per_step * (self.total_steps - step))
+        else:
+            eta = "?"
+        self._last_time, self._last_step = now, step
+        metrics = {**metrics, **extra}
+        self.write(step, metrics)
+        if self.enabled:
+            epoch = step / self.steps_per_epoch
+            rate = f"{extra['images_per_second']:.0f} img/s" if extra else "- img/s"
+            log.info(
+                "step %d/%d  epoch %.2f  loss %.4f  lr %.5g  %s  ETA %s", step, self.total_steps, epoch,
+                float(metrics["train_loss"]), float(metrics["train_learning_rate"]), rate, eta,
+            )
+
+    def close(self) -> None:
+        if self.enabled:
+            self._writer.close()
+            self._jsonl.close()
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,58 @@
+"""Checks a config before anything compiles: one line that names the field and says what to do."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxnets.models import create_model, list_models
+
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the field."""
+
+
+def check_config(config, device_count: int | None = None) -> None:
+    from jaxnets.data import check_data_config  # TensorFlow stays inside the data package
+    from jaxnets.optim import check_optim_config
+
+    device_count = jax.device_count() if device_count is None else device_count
+    if config.model not in list_models():
+        raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
+    try:
+        create_model(config.model, **config.model_overrides.to_dict())
+    except ValueError as e:
+        raise ConfigError(f"config.model_overrides: {e}") from None
+    if "arc" in config.model_overrides and isinstance(config.model_overrides.arc, str):
+        _check_arc(config)
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {DTYPES}")
+    for field in ("global_batch_size", "eval_batch_size"):
+        value = config[field]
+        if value <= 0 or value % device_count:
+            raise ConfigError(
+                f"config.{field}={value} is not a positive multiple of the {device_count} devices; "
+                f"use a multiple of {device_count}"
+            )
+    if config.num_epochs <= 0:
+        raise ConfigError(f"config.num_epochs must be > 0, got {config.num_epochs}")
+    if config.ema_decay is not None and not 0.0 < config.ema_decay < 1.0:
+        raise ConfigError(f"config.ema_decay must be in (0, 1), got {config.ema_decay}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    for check in (check_data_config, check_optim_config):
+        try:
+            check(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
+def _check_arc(config) -> None:
+    from jaxnets.models.enas import parse_arc
+
+    model = create_model(config.model, **config.model_overrides.to_dict())
+    try:
+        parse_arc(config.model_overrides.arc, model.num_layers, model.num_branches, model.whole_channels)
+    except ValueError as e:
+        raise ConfigError(f"config.model_overrides.arc: {e}") from None

@@ -1,0 +1,89 @@
+"""Each bad input fails before anything compiles, with one line naming the field."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxnets.train import base_config, train_and_evaluate
+from jaxnets.train.loop import NonFiniteLossError
+from jaxnets.train.validate import ConfigError, check_config
+
+REPO = pathlib.Path(__file__).parents[1]
+
+
+def config_with(**fields):
+    c = base_config()
+    c.dataset = "digits"
+    c.global_batch_size = 64
+    c.eval_batch_size = 64
+    for key, value in fields.items():
+        if key == "model_overrides":
+            with c.unlocked():
+                c.model_overrides.update(value)
+        else:
+            c[key] = value
+    return c
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"model": "resnext51"}, r"config.model: unknown model 'resnext51'; known: .*resnext50_32x4d"),
+        ({"dataset": "cifar11"}, r"config.dataset: .*'cifar11'.*cifar10"),
+        ({"schedule": "cosine_restarts"}, r"config.schedule must be one of .*'sgdr', got 'cosine_restarts'"),
+        ({"learning_rate": -0.1}, r"config.learning_rate must be > 0, got -0.1"),
+        ({"learning_rate": 0.0}, r"config.learning_rate must be > 0, got 0.0"),
+        ({"global_batch_size": 100}, r"config.global_batch_size=100 is not a positive multiple of the 8 devices"),
+        (
+            {"model_overrides": {"num_class": 3}},
+            r"config.model_overrides: model 'resnext29_8x64d' has no field\(s\) num_class",
+        ),
+        ({"dtype": "float16"}, r"config.dtype: 'float16' is not one of"),
+        (
+            {"model": "enas_macro", "model_overrides": {"num_layers": 3, "num_branches": 4, "arc": "0 1 0 4 1 1"}},
+            r"config.model_overrides.arc: .*layer 2.*op id 4",
+        ),
+        (
+            {"model": "enas_macro", "model_overrides": {"num_layers": 3, "arc": "0 1 0 3 1"}},
+            r"config.model_overrides.arc: arc has 5 integers, expected 6 for 3 layers",
+        ),
+    ],
+)
+def test_bad_config_names_the_field(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(config_with(**fields), device_count=8)
+
+
+def test_training_checks_the_config_before_compiling(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="config.learning_rate"):
+        train_and_evaluate(config_with(learning_rate=-1.0), str(tmp_path))
+    assert time.perf_counter() - start < 5.0
+    assert not list(tmp_path.iterdir()), "nothing is written for a config that cannot run"
+
+
+def test_mistyped_override_key_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path),
+         "--config.learning_rat=0.1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "train.py: unknown config field 'learning_rat' Did you mean \"learning_rate\" instead of \"learning_rat\"?"
+    ], result.stderr[-2000:]
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    config = config_with(learning_rate=1e30, num_train_steps=30, log_every_steps=1, schedule="constant")
+    config.model_overrides.stage_sizes = (1, 1, 1)
+    config.model_overrides.stage_planes = (16, 16, 16)
+    with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+): the run stops here") as failure:
+        train_and_evaluate(config, str(tmp_path))
+    bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, bad_step)), "every step before the bad one is logged, the bad one is not"

@@ -1,0 +1,107 @@
+"""Data parallelism: 8 devices train exactly like 1 on the same global batch, and ResNeXt's compiled
+step keeps per-device work local (no all-gather), only the all-reduces it asks for."""
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxnets.optim import create_optimizer, create_schedule
+from jaxnets.train import base_config, parallel, steps
+from jaxnets.train.loop import build_model
+from jaxnets.train.state import create_train_state
+
+GLOBAL_BATCH = 16
+
+
+def tiny_resnext_config(sync_batch_norm: bool = True, conv_lowering: str = "auto") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.model = "cifar_resnext50"  # grouped 1x1 and 3x3 convs: the ones XLA's partitioner all-gathers
+    c.model_overrides.conv_lowering = conv_lowering
+    c.model_overrides.stage_sizes = (1, 1)
+    c.model_overrides.stage_planes = (16, 32)
+    c.model_overrides.groups = 4
+    c.sync_batch_norm = sync_batch_norm
+    c.learning_rate = 0.05
+    c.schedule = "constant"
+    c.num_epochs = 1
+    return c
+
+
+def build(config, devices):
+    mesh = parallel.create_mesh(devices)
+    model = build_model(config, num_classes=10)
+    schedule, tx = create_schedule(config, 100), create_optimizer(config, 100)
+    init = functools.partial(create_train_state, model, tx, (8, 8, 3), 0, False)
+    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    step = parallel.data_parallel_train_step(
+        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, config=config), mesh)
+    return mesh, state, step
+
+
+def batches(num):
+    rng = np.random.default_rng(0)
+    for _ in range(num):
+        yield {"image": rng.standard_normal((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
+               "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)}
+
+
+def losses(config, devices, num_steps=4):
+    mesh, state, step = build(config, devices)
+    out = []
+    for batch in batches(num_steps):
+        state, metrics = step(state, parallel.device_batch(batch, mesh))
+        out.append(float(metrics["loss"]))
+    return np.array(out), state
+
+
+def test_eight_devices_follow_the_one_device_trajectory():
+    assert jax.device_count() == 8, "conftest.py sets XLA_FLAGS for 8 CPU devices"
+    config = tiny_resnext_config(sync_batch_norm=True)
+    one, state_one = losses(config, jax.devices()[:1])
+    eight, state_eight = losses(config, jax.devices())
+    assert len(set(np.round(one, 3))) > 1, "the loss must move, or the comparison proves nothing"
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 jax.device_get(state_eight.params), jax.device_get(state_one.params))
+
+
+def test_per_device_batch_norm_differs_from_synchronised():
+    per_device, _ = losses(tiny_resnext_config(sync_batch_norm=False), jax.devices(), num_steps=2)
+    synchronised, _ = losses(tiny_resnext_config(sync_batch_norm=True), jax.devices(), num_steps=2)
+    assert not np.allclose(per_device, synchronised, rtol=1e-4), "sync_batch_norm must change the statistics"
+
+
+def compiled_step_hlo(config) -> str:
+    mesh, state, step = build(config, jax.devices())
+    return step.lower(state, parallel.device_batch(next(batches(1)), mesh)).compile().as_text()
+
+
+# The native grouped convolution ("xla" lowering, what GPUs and TPUs run) is what XLA's SPMD partitioner
+# all-gathers; the CPU's "decomposed" lowering has no grouped convolution left to trip it.
+@pytest.mark.parametrize("sync_batch_norm", [True, False])
+@pytest.mark.parametrize("conv_lowering", ["xla", "decomposed"])
+def test_compiled_resnext_step_has_no_all_gather(sync_batch_norm, conv_lowering):
+    hlo = compiled_step_hlo(tiny_resnext_config(sync_batch_norm, conv_lowering))
+    assert "all-gather" not in hlo, "the batch would be gathered onto every device"
+    assert "all-to-all" not in hlo and "collective-permute" not in hlo
+    assert "all-reduce" in hlo  # gradients, BN statistics and metrics
+
+
+def test_a_batch_sharded_jit_would_all_gather():
+    """The reason for shard_map: the same model under a plain batch-sharded jit gathers the batch."""
+    config = tiny_resnext_config(conv_lowering="xla")
+    model = build_model(config, num_classes=10)
+    mesh = parallel.create_mesh()
+    variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+
+    def loss(variables, batch):
+        logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    grad = jax.jit(jax.grad(loss), in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
+    hlo = grad.lower(variables, parallel.device_batch(next(batches(1)), mesh)).compile().as_text()
+    assert "all-gather" in hlo

@@ -1,0 +1,37 @@
+"""Trains a jaxnets model: `python train.py --config configs/quickstart.py --workdir /tmp/run`.
+
+Any config field overrides from the command line (`--config.num_train_steps=100`). Launch the same
+command on every host of a pod.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import jaxnets.train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics.jsonl go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+    """absl's parser, except that a mistyped `--config.<key>` is one line, not a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except AttributeError as e:  # ml_collections: unknown key, with a "did you mean" hint
+        hint = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ")
+        sys.exit(f"train.py: unknown config field {hint}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -6,25 +6,10 @@ The ResNeXt-50 recipe (configs/resnext50.py) with the deeper, wider model: 90 ep
 256 images x0.1 at epochs 30 and 60, wd 1e-4.
 """
 
-from jaxnets.train import base_config
+from configs import resnext50
 
 
 def get_config():
-    c = base_config()
+    c = resnext50.get_config()
     c.model = "resnext101_32x8d"
-    c.dataset = "imagenet2012"
-    c.image_size = 224
-    c.global_batch_size = 256
-    c.eval_batch_size = 1000
-    c.num_epochs = 90
-    c.optimizer = "sgd"
-    c.momentum = 0.9
-    c.learning_rate = 0.1 * c.global_batch_size / 256  # linear scaling with the batch
-    c.schedule = "multistep"
-    c.lr_decay_epochs = (30, 60)
-    c.lr_decay_factor = 0.1
-    c.weight_decay = 1e-4
-    c.weight_decay_mode = "coupled"  # PyTorch's SGD weight_decay: wd * w added to the gradient
-    c.log_every_steps = 100
-    c.eval_every_epochs = 1.0
     return c

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
+from parity import randomise_batch_norm
 
 from jaxnets.models import create_model
 from jaxnets.reference import torch_enas
@@ -14,18 +15,6 @@ from jaxnets.reference import torch_enas
 # Six layers (reductions after layers 1 and 3) using all six ops, with skips from the stem and across
 # both reductions.
 ARC = "0  4 1  1 0 1  5 1 0 1  2 0 1 1 0  3 1 0 0 1 1"
-
-
-def randomise_batch_norm(module, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-                m.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                m.bias.copy_(0.1 * torch.randn(n, generator=generator))
 
 
 @pytest.mark.parametrize("separable_as_full_conv", [False, True])

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from parity import randomise_batch_norm
 
 from jaxnets.convert.torchvision import convert_state_dict
 from jaxnets.models import create_model
@@ -15,19 +16,6 @@ TORCH_BUILDERS = {
     "resnext50_32x4d": torchvision_resnext.resnext50_32x4d,
     "mobilenet_v2": torchvision_mobilenetv2.mobilenet_v2,
 }
-
-
-def randomise_batch_norm(module: torch.nn.Module, seed: int) -> None:
-    """Fresh BN layers are the identity in eval mode, which would hide a mis-mapped statistic."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-                m.weight.copy_(0.5 + torch.rand(n, generator=generator))
-                m.bias.copy_(0.1 * torch.randn(n, generator=generator))
 
 
 @pytest.mark.parametrize("size", [224, 64])

@@ -5,12 +5,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from test_train_parallel import batches, tiny_resnext_config
 
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.train import parallel, steps
 from jaxnets.train.loop import build_model
 from jaxnets.train.state import create_train_state
-from test_train_parallel import batches, tiny_resnext_config
 
 
 def one_step(config, ema: bool):

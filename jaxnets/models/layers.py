@@ -5,9 +5,9 @@ kernel is always the Flax/HWIO layout `[kh, kw, in/groups, out]`, whatever the l
 checkpoint written on a GPU opens on a CPU and vice versa.
 
 Why the lowering matters (measured on the 2-core CPU machines, forward+backward, see DESIGN.md and
-benchmarks/): XLA:CPU's native grouped convolution is 40-70x slower than the same maths expressed as
-dense convolutions or batched matmuls, its depthwise convolution ~8x slower than nine shifted
-multiply-adds, and a 1x1 convolution ~5x slower than the equivalent matmul. On GPU and TPU the native
+benchmarks/): XLA:CPU's native grouped convolution is 25-70x slower than the same maths expressed as
+dense block-diagonal convolutions or batched matmuls, its depthwise convolution ~8x slower than nine
+shifted multiply-adds, and a 1x1 convolution ~5x slower than the equivalent matmul. On GPU and TPU the native
 `lax.conv_general_dilated` is what cuDNN / the TPU compiler want, so "auto" keeps it there.
 """
 
@@ -29,9 +29,9 @@ LOWERINGS = ("auto", "xla", "decomposed")
 LOWERING_ENV_VAR = "JAXNETS_CONV_LOWERING"
 
 # Below this many input channels per group the CPU lowering builds one dense block-diagonal kernel
-# (wasting `groups`x FLOPs but running at dense-conv speed); at or above it, one batched matmul per
-# kernel tap is cheaper. Measured fwd+bwd at batch 64/32: 4 ch/group 0.30 s vs 0.53 s; 32 ch/group
-# 0.38 s vs 0.14 s; 8 ch/group a tie.
+# (`groups`x the FLOPs, at dense-conv speed); from it on, one batched matmul per kernel tap. Chosen on
+# the whole ResNeXt-50 step (benchmarks/README.md): 0.76 s at 16, 0.77 s at 9, 1.01 s at 5; at 33 the
+# 1024-channel stage goes block-diagonal, where XLA:CPU's dense conv degrades to 14.8 s.
 _BLOCK_DIAGONAL_MAX_GROUP_WIDTH = 16
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")

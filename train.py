@@ -11,6 +11,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import jaxnets.train
+from jaxnets.train.checkpoint import IncompatibleCheckpointError, WorkdirError
+from jaxnets.train.validate import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics.jsonl go.")
@@ -30,7 +32,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
+    try:
+        jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ConfigError, WorkdirError, IncompatibleCheckpointError) as e:  # the user's to fix: one line
+        sys.exit(f"train.py: {e}")
 
 
 if __name__ == "__main__":

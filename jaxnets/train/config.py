@@ -68,4 +68,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Reporting.
     c.log_every_steps = 50
     c.eval_every_epochs = 1.0
+
+    # Checkpoints (workdir/checkpoints/<step>; a run resumes from the newest good one).
+    c.checkpoint_every_steps = 1000  # and at the end, and on SIGTERM/SIGINT
+    c.max_to_keep = 3
+    c.keep_best = False  # also keep the best checkpoint by eval top-1 in workdir/checkpoints_best
+    c.init_from = placeholder(str)  # a workdir or step: start from its params and batch_stats only
     return c

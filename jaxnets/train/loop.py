@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
 
 from jaxnets.models import create_model
-from jaxnets.train import parallel, steps
+from jaxnets.train import checkpoint, parallel, steps
 from jaxnets.train.reporting import Reporter
 from jaxnets.train.state import TrainState, create_train_state
 from jaxnets.train.validate import check_config
@@ -29,12 +32,12 @@ def build_model(config, num_classes: int):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir`; returns the final eval metrics."""
+    """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the final eval metrics."""
     from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
     from jaxnets.optim import create_optimizer, create_schedule
 
     check_config(config)  # before anything compiles
-    os.makedirs(workdir, exist_ok=True)
+    checkpoint.check_writable(workdir)
     mesh = parallel.create_mesh()
     process_index, process_count = jax.process_index(), jax.process_count()
     info = data.dataset_info(config)
@@ -53,7 +56,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     schedule = create_schedule(config, steps_per_epoch)
     tx = create_optimizer(config, steps_per_epoch)
     init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed, config.ema_decay is not None)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    replicated = parallel.replicated(mesh)
+    # What a checkpoint holds besides the state: enough for a notebook to rebuild the model.
+    meta = {"config": json.loads(config.to_json()), "num_classes": info.num_classes,
+            "image_shape": list(info.image_shape)}
+    checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep, keep_best=config.keep_best,
+                                         is_main_process=process_index == 0)
+    try:
+        state = _initial_state(config, meta, checkpoints, init, replicated)  # restores before compiling
+    except BaseException:
+        checkpoints.close()
+        raise
     train_step = parallel.data_parallel_train_step(
         functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, config=config), mesh
     )
@@ -69,8 +82,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
                 "eval_top5": float(totals["top5"]) / count, "eval_examples": count}
 
-    reporter = Reporter(workdir, total_steps, steps_per_epoch, config.global_batch_size, process_index == 0)
     start_step = int(state.step)
+    if process_index == 0:
+        _forget_metrics_after(workdir, start_step)  # a resumed run's metrics.jsonl reads as one run
+    reporter = Reporter(workdir, total_steps, steps_per_epoch, config.global_batch_size, process_index == 0)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
              total_steps, steps_per_epoch, config.global_batch_size, mesh.size)
     batches = parallel.prefetch_to_device(
@@ -79,8 +94,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         mesh,
     )
 
-    def finish(step: int, metrics) -> None:
-        """Reads a dispatched step's metrics (blocks only on that step)."""
+    def finish(step: int, metrics) -> bool:
+        """Reads a dispatched step's metrics (blocks only on that step); -> whether its update was finite."""
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -89,24 +104,111 @@ def train_and_evaluate(config, workdir: str) -> dict:
             )
         if step % config.log_every_steps == 0 or step == total_steps:
             reporter.progress(step, {f"train_{k}": v for k, v in metrics.items()})
+        return math.isfinite(float(metrics["grad_norm"]))
 
     eval_metrics: dict = {}
     pending = None
     try:
-        for step in range(start_step + 1, total_steps + 1):
-            state, metrics = train_step(state, next(batches))  # dispatch step t ...
-            if pending is not None:
-                finish(*pending)  # ... then read step t-1's metrics while t runs
-            pending = (step, metrics)
-            if step % eval_every == 0 or step == total_steps:
-                finish(*pending)
-                pending = None
-                eval_metrics = evaluate(state)
-                reporter.write(step, eval_metrics)
-                log.info("step %d  eval top-1 %.4f  top-5 %.4f  loss %.4f", step, eval_metrics["eval_top1"],
-                         eval_metrics["eval_top5"], eval_metrics["eval_loss"])
+        with StopSignals() as stop:
+            for step in range(start_step + 1, total_steps + 1):
+                state, metrics = train_step(state, next(batches))  # dispatch step t ...
+                if pending is not None:
+                    finish(*pending)  # ... then read step t-1's metrics while t runs
+                pending = (step, metrics)
+                evaluating = step % eval_every == 0 or step == total_steps
+                saving = step % config.checkpoint_every_steps == 0 or step == total_steps or stop.requested
+                if evaluating or saving:
+                    finite = finish(*pending)  # a state is saved only once its loss and update are known finite
+                    pending = None
+                if evaluating:
+                    eval_metrics = evaluate(state)
+                    reporter.write(step, eval_metrics)
+                    log.info("step %d  eval top-1 %.4f  top-5 %.4f  loss %.4f", step, eval_metrics["eval_top1"],
+                             eval_metrics["eval_top5"], eval_metrics["eval_loss"])
+                if saving and not finite:  # NaN parameters: the next step's loss is NaN and stops the run
+                    log.warning("step %d: the gradient norm is not finite; this state is not saved", step)
+                elif saving:  # asynchronous: orbax copies the state to host memory, then writes it in a thread
+                    checkpoints.save(step, state, meta, eval_metrics if evaluating else None)
+                if stop.requested:
+                    log.warning("%s: saved step %d, stopping", stop.requested, step)
+                    break
     finally:
+        checkpoints.close()  # waits for the saves in flight
         reporter.close()
     return eval_metrics
 
 
+def _initial_state(config, meta: dict, checkpoints: checkpoint.Checkpoints, init, sharding) -> TrainState:
+    """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s parameters)."""
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init))
+    restored = checkpoints.restore_latest(abstract, meta["config"])
+    if restored is not None:
+        step, state = restored
+        log.info("resuming from %s at step %d", checkpoints.directory, step)
+        return state
+    state = jax.jit(init, out_shardings=sharding)()
+    if config.init_from:
+        from jaxnets.checkpoint_loading import read_meta, resolve_step_dir, restore_variables
+
+        step_dir = resolve_step_dir(config.init_from)
+        differing = checkpoint.model_differences(read_meta(step_dir)["config"], meta["config"])
+        if differing:
+            raise checkpoint.IncompatibleCheckpointError(
+                f"config.init_from: {step_dir} is of another model (differs in {', '.join(differing)})"
+            )
+        loaded = restore_variables(step_dir, sharding)
+        state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
+                              ema_params=None if state.ema_params is None else loaded["params"])
+        log.info("parameters and BN statistics from %s; step, optimizer and rng start afresh", step_dir)
+    return state
+
+
+def _forget_metrics_after(workdir: str, step: int) -> None:
+    """Drops the metrics.jsonl lines a killed run wrote after its last checkpoint (they are redone)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and _line_step(line) is not None and _line_step(line) <= step]
+    if len(kept) != len(lines):
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill
+
+
+class StopSignals:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to finish its step, save and return.
+
+    A second SIGINT interrupts at once. Outside the main thread (where Python cannot install handlers)
+    this does nothing. Single process only: on a multi-host job each host stops where its own signal
+    lands, so a pod should rely on the periodic checkpoints.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s received: finishing this step, then saving", name)
+        self.requested = name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False

@@ -41,6 +41,9 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.ema_decay must be in (0, 1), got {config.ema_decay}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    for field in ("checkpoint_every_steps", "max_to_keep"):
+        if config[field] < 1:
+            raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
     for check in (check_data_config, check_optim_config):
         try:
             check(config)

@@ -1,0 +1,237 @@
+"""Checkpoints: resume is bit-exact (after SIGKILL too), SIGTERM saves and exits 0, broken steps are
+skipped, a model change is refused, and a checkpoint written on 8 devices opens on 1.
+
+One uninterrupted 40-step run (checkpoints every 4 steps, 8 CPU devices) is the reference for all of them.
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnets.train import checkpoint as ckpt
+from jaxnets.train import train_and_evaluate
+from jaxnets.train.loop import NonFiniteLossError, build_model
+from jaxnets.train.state import create_train_state
+
+REPO = pathlib.Path(__file__).parents[1]
+STEPS, EVERY = 40, 4
+
+
+def quickstart_config():
+    spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 100.0, "checkpoint_every_steps": EVERY}
+# The same config as train.py flags, for the subprocess tests.
+FLAGS = ["--config", "configs/quickstart.py", *(f"--config.{k}={v}" for k, v in SHORT.items())]
+
+
+def tiny_config(**fields):
+    """The quickstart, 40 steps, every step logged, eval at the end only."""
+    c = quickstart_config()
+    for key, value in {**SHORT, **fields}.items():
+        c[key] = value
+    return c
+
+
+def train_losses(workdir) -> dict[int, float]:
+    rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+
+
+def committed_steps(workdir) -> list[int]:
+    directory = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    final = train_and_evaluate(tiny_config(), str(workdir))
+    return workdir, final
+
+
+def test_reference_run_saves_every_n_steps_and_at_the_end(reference):
+    workdir, final = reference
+    assert committed_steps(workdir) == [32, 36, 40]  # max_to_keep=3
+    assert sorted(train_losses(workdir)) == list(range(1, STEPS + 1))
+    meta = json.loads((workdir / "checkpoints" / "40" / "config" / "metadata").read_text())
+    assert meta["config"]["model_overrides"]["groups"] == 4 and meta["num_classes"] == 10
+
+
+def test_resume_in_process_is_bit_exact(reference, tmp_path):
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints" / "32", tmp_path / "checkpoints" / "32")
+    train_and_evaluate(tiny_config(), str(tmp_path))
+    expected, resumed = train_losses(workdir), train_losses(tmp_path)
+    assert sorted(resumed) == list(range(33, STEPS + 1)), "resumed at step 33"
+    assert [resumed[s] for s in resumed] == [expected[s] for s in resumed], "resume must be bit for bit"
+
+
+def run_train_py(workdir, *extra, **popen):
+    return subprocess.Popen(
+        [sys.executable, "train.py", *FLAGS, "--workdir", str(workdir), *extra], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen,
+    )
+
+
+def wait_for(predicate, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"train.py ended early: {process.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_sigkill_then_restart_is_bit_exact(reference, tmp_path):
+    workdir, _ = reference
+    process = run_train_py(tmp_path)
+    wait_for(lambda: (tmp_path / "checkpoints" / str(EVERY) / "commit_success.txt").exists(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(committed_steps(tmp_path))
+    assert killed_at < STEPS, "killed before the end"
+    train_and_evaluate(tiny_config(), str(tmp_path))  # the restart, in-process (same numbers as train.py)
+    expected, resumed = train_losses(workdir), train_losses(tmp_path)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert resumed == expected, f"killed after step {killed_at}: the resumed run must match bit for bit"
+
+
+def test_sigterm_saves_that_step_and_exits_0(tmp_path):
+    process = run_train_py(tmp_path, "--config.num_train_steps=100000")  # the whole quickstart: 840 steps
+    wait_for(lambda: len(train_losses(tmp_path)) >= 3 if (tmp_path / "metrics.jsonl").exists() else False, process)
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    returncode = process.wait(timeout=30)
+    latency = time.monotonic() - start
+    stderr = process.stderr.read()
+    assert returncode == 0, stderr[-3000:]
+    last_logged = max(train_losses(tmp_path))
+    assert max(committed_steps(tmp_path)) == last_logged < 840, "the step it stopped at is saved"
+    assert "SIGTERM" in stderr
+    print(f"SIGTERM to exit: {latency:.2f} s, stopped at step {last_logged}")
+
+
+def abstract_state(config):
+    from jaxnets import data
+    from jaxnets.optim import create_optimizer
+    from jaxnets.train import parallel
+
+    info = data.dataset_info(config)
+    model = build_model(config, info.num_classes)
+    init = functools.partial(create_train_state, model, create_optimizer(config, 21), info.image_shape, 0, False)
+    sharding = parallel.replicated(parallel.create_mesh())
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init))
+
+
+def truncate_largest_array_file(step_dir: pathlib.Path):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", ["truncated array file", "no commit marker", "stale temporary directory"])
+def test_broken_latest_checkpoint_is_skipped(reference, tmp_path, damage, caplog):
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    latest = tmp_path / "checkpoints" / "40"
+    if damage == "truncated array file":
+        truncate_largest_array_file(latest)
+    elif damage == "no commit marker":
+        (latest / "commit_success.txt").unlink()
+    else:  # a save killed before orbax renamed its temporary directory
+        latest.rename(tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp-1795520658")
+    config = tiny_config()
+    checkpoints = ckpt.Checkpoints(str(tmp_path), max_to_keep=3)
+    try:
+        step, state = checkpoints.restore_latest(abstract_state(config), json.loads(config.to_json()))
+    finally:
+        checkpoints.close()
+    assert step == 36 and int(state.step) == 36
+    assert "40" in caplog.text and ("skipping step 40" in caplog.text or "never finished" in caplog.text)
+    assert committed_steps(tmp_path) == [32, 36], "the broken step is moved out of the way"
+
+
+def test_resume_with_another_model_is_refused_naming_the_fields(reference, tmp_path):
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")
+    config = tiny_config()
+    config.model_overrides.groups = 8
+    start = time.perf_counter()
+    with pytest.raises(ckpt.IncompatibleCheckpointError, match=r"model_overrides.groups: checkpoint 4, config 8"):
+        train_and_evaluate(config, str(tmp_path))
+    assert time.perf_counter() - start < 10.0, "refused before compiling"
+
+
+def test_unwritable_workdir_fails_before_training(tmp_path):
+    # Tests run as root, which chmod does not stop: a path under a regular file is unwritable for anyone.
+    (tmp_path / "file").write_text("")
+    start = time.perf_counter()
+    with pytest.raises(ckpt.WorkdirError, match=r"workdir '.*/file/run' is not writable \(Not a directory\)"):
+        train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
+    assert time.perf_counter() - start < 5.0
+
+
+def test_load_checkpoint_on_one_device_gives_the_logged_accuracy(reference):
+    """Written on 8 devices; opened in a fresh process with 1 device and nothing but jaxnets imported."""
+    workdir, final = reference
+    script = f"""
+import jax, jax.numpy as jnp, numpy as np
+import jaxnets
+model, variables, config = jaxnets.load_checkpoint({str(workdir)!r})
+assert jax.device_count() == 1
+assert {{a.sharding.device_set.pop() for a in jax.tree.leaves(variables)}} == {{jax.devices()[0]}}
+from jaxnets import data
+correct = count = 0
+for batch in data.eval_iterator(config, 50):
+    logits = model.apply(variables, jnp.asarray(batch["image"]), train=False)
+    correct += int(np.sum((np.argmax(logits, -1) == batch["label"]) * batch["mask"]))
+    count += int(batch["mask"].sum())
+print(correct / count, count)
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    top1, count = result.stdout.split()
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert int(count) == 450
+    assert float(top1) == [r["eval_top1"] for r in logged if r["step"] == STEPS and "eval_top1" in r][0]
+
+
+def test_non_finite_loss_leaves_no_non_finite_checkpoint(tmp_path):
+    config = tiny_config(learning_rate=1e30, schedule="constant", warmup_epochs=0.0, checkpoint_every_steps=1)
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+): the run stops here") as failure:
+        train_and_evaluate(config, str(tmp_path))
+    bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])
+    saved = committed_steps(tmp_path)
+    assert saved and max(saved) < bad_step, f"no checkpoint of step {bad_step} or later"
+    from jaxnets.checkpoint_loading import restore_variables
+
+    step_dir = str(tmp_path / "checkpoints" / str(max(saved)))
+    variables = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+
+
+def test_init_from_takes_parameters_only(reference, tmp_path):
+    workdir, _ = reference
+    config = tiny_config(num_train_steps=1, init_from=str(workdir), keep_best=True)
+    fresh = train_and_evaluate(config, str(tmp_path))
+    assert sorted(train_losses(tmp_path)) == [1], "the step counter starts afresh"
+    assert (tmp_path / "checkpoints_best" / "1" / "commit_success.txt").exists(), "keep_best keeps the evaluated step"
+    # Trained parameters: the first step's loss is the reference's late loss, not a fresh network's ~2.3.
+    assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.5

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -21,7 +22,7 @@ import pytest
 
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import train_and_evaluate
-from jaxnets.train.loop import NonFiniteLossError, build_model
+from jaxnets.train.loop import NonFiniteLossError, StopSignals, build_model
 from jaxnets.train.state import create_train_state
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -235,3 +236,14 @@ def test_init_from_takes_parameters_only(reference, tmp_path):
     assert (tmp_path / "checkpoints_best" / "1" / "commit_success.txt").exists(), "keep_best keeps the evaluated step"
     # Trained parameters: the first step's loss is the reference's late loss, not a fresh network's ~2.3.
     assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.5
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")
+def test_sigint_asks_to_stop_and_a_second_one_interrupts():
+    previous = signal.getsignal(signal.SIGINT)
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested == "SIGINT", "the first Ctrl-C asks the loop to save and stop"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is previous, "the handlers are restored"

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import random
 import shutil
 import signal
 import subprocess
@@ -247,3 +248,32 @@ def test_sigint_asks_to_stop_and_a_second_one_interrupts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is previous, "the handlers are restored"
+
+
+def test_quickstart_survives_five_random_sigkills(tmp_path):
+    """The whole quickstart, SIGKILLed at 5 random moments: every restart of the same command resumes
+    from the newest checkpoint (never from step 0), and the run still reaches >= 97% test top-1."""
+    command = [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run")]
+    rng = random.Random(0)
+    newest_at_kill = []
+    for attempt in range(6):
+        newest = max(committed_steps(tmp_path / "run"), default=0) if (tmp_path / "run" / "checkpoints").exists() else 0
+        with open(tmp_path / f"stderr{attempt}.log", "w") as log:
+            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+            if attempt < 5:  # a random moment after this attempt has saved something new
+                wait_for(lambda n=newest: (tmp_path / "run" / "checkpoints").exists()
+                         and max(committed_steps(tmp_path / "run"), default=0) > n, process, timeout=240)
+                time.sleep(rng.uniform(0.0, 1.5))
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                newest_at_kill.append(max(committed_steps(tmp_path / "run")))
+            else:
+                assert process.wait(timeout=300) == 0, (tmp_path / f"stderr{attempt}.log").read_text()[-3000:]
+        if attempt > 0:
+            log_text = (tmp_path / f"stderr{attempt}.log").read_text()
+            assert f"at step {newest_at_kill[attempt - 1]}" in log_text and "resuming from" in log_text
+
+    assert len(set(newest_at_kill)) == 5 and min(newest_at_kill) > 0, newest_at_kill
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if "eval_top1" in r][-1]
+    assert final["step"] == 840 and final["eval_top1"] >= 0.97, final

@@ -82,7 +82,8 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     config = config_with(learning_rate=1e30, num_train_steps=30, log_every_steps=1, schedule="constant")
     config.model_overrides.stage_sizes = (1, 1, 1)
     config.model_overrides.stage_planes = (16, 16, 16)
-    with pytest.raises(NonFiniteLossError, match=r"loss is (nan|inf) at step (\d+): the run stops here") as failure:
+    stops = r"(loss|gradient norm) is (nan|inf) at step (\d+): the run stops here"
+    with pytest.raises(NonFiniteLossError, match=stops) as failure:
         train_and_evaluate(config, str(tmp_path))
     bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

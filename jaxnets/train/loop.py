@@ -94,17 +94,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
         mesh,
     )
 
-    def finish(step: int, metrics) -> bool:
-        """Reads a dispatched step's metrics (blocks only on that step); -> whether its update was finite."""
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {step}: the run stops here (lower config.learning_rate, or set "
-                "config.grad_clip_norm)"
-            )
+    def finish(step: int, metrics) -> None:
+        """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
+        for name, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
+            value = float(metrics[key])
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, or set "
+                    "config.grad_clip_norm)"
+                )
         if step % config.log_every_steps == 0 or step == total_steps:
             reporter.progress(step, {f"train_{k}": v for k, v in metrics.items()})
-        return math.isfinite(float(metrics["grad_norm"]))
 
     eval_metrics: dict = {}
     pending = None
@@ -118,16 +118,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 evaluating = step % eval_every == 0 or step == total_steps
                 saving = step % config.checkpoint_every_steps == 0 or step == total_steps or stop.requested
                 if evaluating or saving:
-                    finite = finish(*pending)  # a state is saved only once its loss and update are known finite
+                    finish(*pending)  # a state is saved only once its loss and update are known finite
                     pending = None
                 if evaluating:
                     eval_metrics = evaluate(state)
                     reporter.write(step, eval_metrics)
                     log.info("step %d  eval top-1 %.4f  top-5 %.4f  loss %.4f", step, eval_metrics["eval_top1"],
                              eval_metrics["eval_top5"], eval_metrics["eval_loss"])
-                if saving and not finite:  # NaN parameters: the next step's loss is NaN and stops the run
-                    log.warning("step %d: the gradient norm is not finite; this state is not saved", step)
-                elif saving:  # asynchronous: orbax copies the state to host memory, then writes it in a thread
+                if saving:  # asynchronous: orbax copies the state to host memory, then writes it in a thread
                     checkpoints.save(step, state, meta, eval_metrics if evaluating else None)
                 if stop.requested:
                     log.warning("%s: saved step %d, stopping", stop.requested, step)

@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 import jaxnets.train
 from jaxnets.train.checkpoint import IncompatibleCheckpointError, WorkdirError
+from jaxnets.train.loop import NonFiniteLossError
 from jaxnets.train.validate import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
@@ -33,10 +34,12 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
+    from jaxnets.data import DatasetNotPreparedError  # (imports TensorFlow, which --help does not need)
+
     try:
         jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, WorkdirError, IncompatibleCheckpointError) as e:  # the user's to fix: one line
-        sys.exit(f"train.py: {e}")
+    except (ConfigError, DatasetNotPreparedError, WorkdirError, IncompatibleCheckpointError, NonFiniteLossError) as e:
+        sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -215,18 +216,67 @@ print(correct / count, count)
     assert float(top1) == [r["eval_top1"] for r in logged if r["step"] == STEPS and "eval_top1" in r][0]
 
 
-def test_non_finite_loss_leaves_no_non_finite_checkpoint(tmp_path):
-    config = tiny_config(learning_rate=1e30, schedule="constant", warmup_epochs=0.0, checkpoint_every_steps=1)
-    with pytest.raises(NonFiniteLossError, match=r"at step (\d+): the run stops here") as failure:
-        train_and_evaluate(config, str(tmp_path))
-    bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])
-    saved = committed_steps(tmp_path)
-    assert saved and max(saved) < bad_step, f"no checkpoint of step {bad_step} or later"
+@pytest.fixture
+def poison_steps(monkeypatch):
+    """poison_steps(3, 4): the train batches of those steps carry a NaN pixel."""
+    from jaxnets import data
+
+    def poison(*bad_steps):
+        clean = data.train_iterator
+
+        def train_iterator(config, local_batch_size, *, start_step=0, **kwargs):
+            stream = clean(config, local_batch_size, start_step=start_step, **kwargs)
+            for step, batch in enumerate(stream, start=start_step + 1):
+                if step in bad_steps:
+                    batch = {**batch, "image": np.array(batch["image"])}
+                    batch["image"][0, 0, 0, 0] = np.nan
+                yield batch
+
+        monkeypatch.setattr(data, "train_iterator", train_iterator)
+
+    return poison
+
+
+def assert_finite_checkpoint(step_dir):
     from jaxnets.checkpoint_loading import restore_variables
 
-    step_dir = str(tmp_path / "checkpoints" / str(max(saved)))
-    variables = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    variables = restore_variables(str(step_dir), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
+
+
+def test_injected_nan_stops_the_run_at_its_step_with_no_nan_checkpoint(tmp_path, poison_steps):
+    poison_steps(6)
+    with pytest.raises(NonFiniteLossError, match=r"^(loss|gradient norm) is nan at step 6: the run stops here"):
+        train_and_evaluate(tiny_config(checkpoint_every_steps=1), str(tmp_path))
+    assert committed_steps(tmp_path)[-1] == 5
+    assert_finite_checkpoint(tmp_path / "checkpoints" / "5")
+
+
+def test_overflowing_updates_stop_the_run_with_no_non_finite_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"(loss|gradient norm|parameter norm) is (nan|inf) at step (\d+)"):
+        train_and_evaluate(tiny_config(learning_rate=1e30, warmup_epochs=0.0, checkpoint_every_steps=1), str(tmp_path))
+    for step in committed_steps(tmp_path):
+        assert_finite_checkpoint(tmp_path / "checkpoints" / str(step))
+
+
+def test_skipping_discards_non_finite_steps_up_to_the_limit(tmp_path, poison_steps, caplog):
+    poison_steps(3, 4)
+    train_and_evaluate(tiny_config(num_train_steps=8, checkpoint_every_steps=1, skip_nonfinite_steps=2), str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["train_skipped"] for r in rows if "train_skipped" in r} == {
+        1: 0, 2: 0, 3: 1, 4: 1, 5: 0, 6: 0, 7: 0, 8: 0}
+    discarded = r"step 4: (loss|gradient norm) is nan; its update is discarded \(2 of config.skip_nonfinite_steps=2 "
+    assert re.search(discarded, caplog.text)
+    assert committed_steps(tmp_path)[-3:] == [6, 7, 8]
+    assert_finite_checkpoint(tmp_path / "checkpoints" / "8")
+
+
+def test_one_non_finite_step_too_many_stops_the_run(tmp_path, poison_steps):
+    poison_steps(3, 4)
+    with pytest.raises(NonFiniteLossError, match=r"^(loss|gradient norm) is nan at step 4: the run stops here"):
+        train_and_evaluate(tiny_config(checkpoint_every_steps=1, skip_nonfinite_steps=1), str(tmp_path))
+    assert committed_steps(tmp_path)[-1] == 3  # step 3's update was discarded: its state is step 2's
+    assert_finite_checkpoint(tmp_path / "checkpoints" / "3")
 
 
 def test_init_from_takes_parameters_only(reference, tmp_path):

@@ -43,6 +43,7 @@ def config_with(**fields):
             r"config.model_overrides: model 'resnext29_8x64d' has no field\(s\) num_class",
         ),
         ({"dtype": "float16"}, r"config.dtype: 'float16' is not one of"),
+        ({"skip_nonfinite_steps": -1}, r"config.skip_nonfinite_steps must be >= 0, got -1"),
         (
             {"model": "enas_macro", "model_overrides": {"num_layers": 3, "num_branches": 4, "arc": "0 1 0 4 1 1"}},
             r"config.model_overrides.arc: .*layer 2.*op id 4",
@@ -78,11 +79,25 @@ def test_mistyped_override_key_is_one_line(tmp_path):
     ], result.stderr[-2000:]
 
 
+def test_unprepared_dataset_is_one_line_from_train_py(tmp_path):
+    empty = tmp_path / "tensorflow_datasets"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
+         "--config.dataset=cifar10", f"--config.data_dir={empty}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train.py: config.dataset: 'cifar10' is not prepared in {empty}: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     config = config_with(learning_rate=1e30, num_train_steps=30, log_every_steps=1, schedule="constant")
     config.model_overrides.stage_sizes = (1, 1, 1)
     config.model_overrides.stage_planes = (16, 16, 16)
-    stops = r"(loss|gradient norm) is (nan|inf) at step (\d+): the run stops here"
+    stops = r"(loss|gradient norm|parameter norm) is (nan|inf) at step (\d+): the run stops here"
     with pytest.raises(NonFiniteLossError, match=stops) as failure:
         train_and_evaluate(config, str(tmp_path))
     bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])

@@ -1,4 +1,4 @@
-"""The train step's options: parameter EMA, label smoothing, bf16 compute."""
+"""The train step's options: parameter EMA, label smoothing, bf16 compute, skipping non-finite steps."""
 
 import functools
 
@@ -13,7 +13,7 @@ from jaxnets.train.loop import build_model
 from jaxnets.train.state import create_train_state
 
 
-def one_step(config, ema: bool):
+def one_step(config, ema: bool, poisoned: bool = False):
     mesh = parallel.create_mesh(jax.devices()[:1])
     model = build_model(config, num_classes=10)
     schedule, tx = create_schedule(config, 100), create_optimizer(config, 100)
@@ -21,7 +21,10 @@ def one_step(config, ema: bool):
     step = parallel.data_parallel_train_step(
         functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, config=config), mesh)
     before = jax.device_get(state)
-    after, metrics = step(state, parallel.device_batch(next(batches(1)), mesh))
+    batch = next(batches(1))
+    if poisoned:
+        batch["image"][0, 0, 0, 0] = np.nan
+    after, metrics = step(state, parallel.device_batch(batch, mesh))
     return before, jax.device_get(after), metrics
 
 
@@ -51,3 +54,38 @@ def test_bfloat16_compute_trains_with_float32_state():
     _, after, metrics = one_step(config, ema=False)
     assert np.isfinite(float(metrics["loss"]))
     assert {leaf.dtype for leaf in jax.tree.leaves((after.params, after.batch_stats))} == {np.dtype(np.float32)}
+
+
+def assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_parameter_norm_is_that_of_the_updated_parameters():
+    _, after, metrics = one_step(tiny_resnext_config(), ema=False)
+    expected = np.sqrt(sum(np.sum(np.square(p, dtype=np.float64)) for p in jax.tree.leaves(after.params)))
+    np.testing.assert_allclose(float(metrics["param_norm"]), expected, rtol=1e-5)
+    assert "skipped" not in metrics  # the check costs nothing unless it is asked for
+
+
+# (A NaN pixel makes the gradient NaN; the loss too on GPU, but XLA:CPU's ReLU maps NaN to 0, so the
+# CPU forward pass can stay finite. Every check below reads the gradient norm.)
+def test_a_non_finite_step_is_discarded_when_skipping_is_on():
+    config = tiny_resnext_config()
+    config.skip_nonfinite_steps = 1
+    config.ema_decay = 0.5
+    before, after, metrics = one_step(config, ema=True, poisoned=True)
+    assert np.isnan(float(metrics["grad_norm"])) and float(metrics["skipped"]) == 1.0
+    assert int(after.step) == int(before.step) + 1  # the data position moves on
+    assert_trees_equal((after.params, after.batch_stats, after.opt_state, after.ema_params),
+                       (before.params, before.batch_stats, before.opt_state, before.ema_params))
+
+    before, after, metrics = one_step(config, ema=True)
+    assert float(metrics["skipped"]) == 0.0
+    with np.testing.assert_raises(AssertionError):
+        assert_trees_equal(after.params, before.params)
+
+
+def test_without_skipping_a_non_finite_step_is_applied_as_is():
+    before, after, metrics = one_step(tiny_resnext_config(), ema=False, poisoned=True)
+    assert np.isnan(float(metrics["grad_norm"]))
+    assert not all(np.isfinite(p).all() for p in jax.tree.leaves(after.params))  # the loop stops the run

@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_clip_per_tensor = placeholder(float)
     c.label_smoothing = 0.0
     c.ema_decay = placeholder(float)  # parameter EMA used for eval, e.g. 0.9999
+    # 0: the first step with a non-finite loss, gradient norm or parameter norm stops the run. N > 0: such a
+    # step's update is discarded (the data moves on) and only the (N+1)-th of them in a row stops the run.
+    c.skip_nonfinite_steps = 0
 
     # Reporting.
     c.log_every_steps = 50

@@ -23,7 +23,7 @@ log = logging.getLogger("jaxnets")
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
+    """A step's loss, gradient norm or updated-parameter norm is NaN or Inf (beyond config.skip_nonfinite_steps)."""
 
 
 def build_model(config, num_classes: int):
@@ -94,15 +94,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
         mesh,
     )
 
+    skipped_in_a_row = 0
+
     def finish(step: int, metrics) -> None:
         """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
-        for name, key in (("loss", "loss"), ("gradient norm", "grad_norm")):
-            value = float(metrics[key])
-            if not math.isfinite(value):
+        nonlocal skipped_in_a_row
+        non_finite = _first_non_finite(metrics)
+        if non_finite:
+            name, value = non_finite
+            skipped_in_a_row += 1
+            if skipped_in_a_row > config.skip_nonfinite_steps:
                 raise NonFiniteLossError(
-                    f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, or set "
-                    "config.grad_clip_norm)"
+                    f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, set "
+                    "config.grad_clip_norm, or allow config.skip_nonfinite_steps)"
                 )
+            log.warning("step %d: %s is %s; its update is discarded (%d of config.skip_nonfinite_steps=%d in a row)",
+                        step, name, value, skipped_in_a_row, config.skip_nonfinite_steps)
+        else:
+            skipped_in_a_row = 0
         if step % config.log_every_steps == 0 or step == total_steps:
             reporter.progress(step, {f"train_{k}": v for k, v in metrics.items()})
 
@@ -134,6 +143,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoints.close()  # waits for the saves in flight
         reporter.close()
     return eval_metrics
+
+
+def _first_non_finite(metrics) -> tuple[str, float] | None:
+    """The first of a step's loss, gradient norm and updated-parameter norm that is NaN or Inf, with its value."""
+    for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"), ("parameter norm", "param_norm")):
+        value = float(metrics[key])
+        if not math.isfinite(value):
+            return name, value
+    return None
 
 
 def _initial_state(config, meta: dict, checkpoints: checkpoint.Checkpoints, init, sharding) -> TrainState:

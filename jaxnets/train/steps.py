@@ -56,12 +56,18 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config):
         "total_loss": total_loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
         "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),  # of the updated parameters: a finite gradient can still overflow
         "learning_rate": schedule(state.step),
     }
     metrics = jax.lax.pmean(metrics, DATA_AXIS)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
     )
+    if config.skip_nonfinite_steps:  # a non-finite update is discarded; only the step count moves on
+        finite = jnp.all(jnp.isfinite(jnp.stack([metrics[k] for k in ("loss", "grad_norm", "param_norm")])))
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state = kept.replace(step=new_state.step)
+        metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
 

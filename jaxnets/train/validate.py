@@ -41,6 +41,8 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.ema_decay must be in (0, 1), got {config.ema_decay}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if config.skip_nonfinite_steps < 0:
+        raise ConfigError(f"config.skip_nonfinite_steps must be >= 0, got {config.skip_nonfinite_steps}")
     for field in ("checkpoint_every_steps", "max_to_keep"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")

@@ -32,7 +32,7 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    # absl's handler formats the log lines (absl.app installs it); these two libraries are quieted to warnings:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
     from jaxnets.data import DatasetNotPreparedError  # (imports TensorFlow, which --help does not need)

@@ -67,8 +67,9 @@ def test_parameter_norm_is_that_of_the_updated_parameters():
     assert "skipped" not in metrics  # the check costs nothing unless it is asked for
 
 
-# (A NaN pixel makes the gradient NaN; the loss too on GPU, but XLA:CPU's ReLU maps NaN to 0, so the
-# CPU forward pass can stay finite. Every check below reads the gradient norm.)
+# A NaN pixel always makes the gradient NaN (the first conv's weight gradient multiplies the input). The
+# loss need not be NaN: for this batch eager mode gives NaN logits, but the jitted XLA:CPU forward pass a
+# finite loss (XLA's fusions are known not to propagate every NaN). So these checks read the gradient norm.
 def test_a_non_finite_step_is_discarded_when_skipping_is_on():
     config = tiny_resnext_config()
     config.skip_nonfinite_steps = 1

@@ -13,7 +13,16 @@ from __future__ import annotations
 import json
 import os
 
-COMMIT_MARKER = "commit_success.txt"  # as jaxnets.train.checkpoint (not imported: it pulls in the trainer)
+# The on-disk layout, shared with the trainer (jaxnets.train.checkpoint), which writes it with orbax.
+CHECKPOINT_DIR = "checkpoints"  # workdir/checkpoints/<step>/{state,config}/
+COMMIT_MARKER = "commit_success.txt"  # orbax writes it last: a step without it never finished
+
+
+def step_numbers(directory: str) -> list[int]:
+    """The steps saved under `directory` (committed or not), ascending; [] when it does not exist."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
 def resolve_step_dir(path: str) -> str:
@@ -21,13 +30,11 @@ def resolve_step_dir(path: str) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(os.path.join(path, "state")):
         return path
-    directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    steps = sorted(
-        (int(name) for name in os.listdir(directory) if name.isdigit()
-         and os.path.exists(os.path.join(directory, name, COMMIT_MARKER))),
-    ) if os.path.isdir(directory) else []
+    directory = os.path.join(path, CHECKPOINT_DIR)
+    directory = directory if os.path.isdir(directory) else path
+    steps = [s for s in step_numbers(directory) if os.path.exists(os.path.join(directory, str(s), COMMIT_MARKER))]
     if not steps:
-        raise FileNotFoundError(f"no committed checkpoint in {path} (expected <workdir>/checkpoints/<step>/)")
+        raise FileNotFoundError(f"no committed checkpoint in {path} (expected <workdir>/{CHECKPOINT_DIR}/<step>/)")
     return os.path.join(directory, str(steps[-1]))
 
 
@@ -59,10 +66,9 @@ def restore_variables(step_dir: str, sharding) -> dict:
 def load_checkpoint(path, device=None):
     """-> (model, variables, config) for a workdir or one checkpoint step, on one device."""
     import jax
-    import jax.numpy as jnp
     import ml_collections
 
-    from jaxnets.models import create_model
+    from jaxnets.models import create_model_from_config
 
     step_dir = resolve_step_dir(path)
     meta = read_meta(step_dir)
@@ -70,9 +76,7 @@ def load_checkpoint(path, device=None):
     device = jax.devices("cpu")[0] if device is None else device
     restored = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(device))
     params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    model = create_model(config.model, num_classes=meta["num_classes"], dtype=dtype,
-                         **config.model_overrides.to_dict())
+    model = create_model_from_config(config, meta["num_classes"])
     return model, {"params": params, "batch_stats": restored["batch_stats"]}, config
 
 

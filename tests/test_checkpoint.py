@@ -22,9 +22,11 @@ import jax
 import numpy as np
 import pytest
 
+from jaxnets.models import create_model_from_config
 from jaxnets.train import checkpoint as ckpt
 from jaxnets.train import train_and_evaluate
-from jaxnets.train.loop import NonFiniteLossError, StopSignals, build_model
+from jaxnets.train.loop import NonFiniteLossError
+from jaxnets.train.signals import StopSignals
 from jaxnets.train.state import create_train_state
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -135,7 +137,7 @@ def abstract_state(config):
     from jaxnets.train import parallel
 
     info = data.dataset_info(config)
-    model = build_model(config, info.num_classes)
+    model = create_model_from_config(config, info.num_classes)
     init = functools.partial(create_train_state, model, create_optimizer(config, 21), info.image_shape, 0, False)
     sharding = parallel.replicated(parallel.create_mesh())
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init))

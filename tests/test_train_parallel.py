@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from jaxnets.models import create_model_from_config
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.train import base_config, parallel, steps
-from jaxnets.train.loop import build_model
 from jaxnets.train.state import create_train_state
 
 GLOBAL_BATCH = 16
@@ -33,7 +33,7 @@ def tiny_resnext_config(sync_batch_norm: bool = True, conv_lowering: str = "auto
 
 def build(config, devices):
     mesh = parallel.create_mesh(devices)
-    model = build_model(config, num_classes=10)
+    model = create_model_from_config(config, num_classes=10)
     schedule, tx = create_schedule(config, 100), create_optimizer(config, 100)
     init = functools.partial(create_train_state, model, tx, (8, 8, 3), 0, False)
     state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
@@ -94,7 +94,7 @@ def test_compiled_resnext_step_has_no_all_gather(sync_batch_norm, conv_lowering)
 def test_a_batch_sharded_jit_would_all_gather():
     """The reason for shard_map: the same model under a plain batch-sharded jit gathers the batch."""
     config = tiny_resnext_config(conv_lowering="xla")
-    model = build_model(config, num_classes=10)
+    model = create_model_from_config(config, num_classes=10)
     mesh = parallel.create_mesh()
     variables = jax.jit(model.init)(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
 

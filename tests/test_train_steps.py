@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 from test_train_parallel import batches, tiny_resnext_config
 
+from jaxnets.models import create_model_from_config
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.train import parallel, steps
-from jaxnets.train.loop import build_model
 from jaxnets.train.state import create_train_state
 
 
 def one_step(config, ema: bool, poisoned: bool = False):
     mesh = parallel.create_mesh(jax.devices()[:1])
-    model = build_model(config, num_classes=10)
+    model = create_model_from_config(config, num_classes=10)
     schedule, tx = create_schedule(config, 100), create_optimizer(config, 100)
     state = jax.jit(functools.partial(create_train_state, model, tx, (8, 8, 3), 0, ema))()
     step = parallel.data_parallel_train_step(

@@ -3,6 +3,7 @@
     info = dataset_info(config)
     batches = train_iterator(config, local_batch_size, start_step=step, process_index=i, process_count=n)
     for batch in eval_iterator(config, local_batch_size, process_index=i, process_count=n): ...
+    evals = eval_batches(config, local_batch_size, ...)  # the same, iterable once per evaluation
 
 The dataset table, DatasetInfo and check_data_config import without TensorFlow; the pipeline functions
 import it on first use, so the rest of jaxnets (and a GPU box without TF) never needs it.
@@ -10,7 +11,9 @@ import it on first use, so the rest of jaxnets (and a GPU box without TF) never 
 
 from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config
 
-_PIPELINE = ("dataset_info", "train_iterator", "eval_iterator", "DatasetNotPreparedError")
+_PIPELINE = (
+    "dataset_info", "train_iterator", "eval_iterator", "eval_batches", "EvalBatches", "DatasetNotPreparedError"
+)
 
 __all__ = ["DATASETS", "DataConfig", "DatasetInfo", "DatasetSpec", "check_data_config", *_PIPELINE]
 

@@ -158,6 +158,21 @@ def eval_iterator(
 ) -> Iterator[Batch]:
     """One pass of {"image", "label", "mask": bool [B]}: the same number of batches on every process, padding
     masked, so that every eval example is seen exactly once across processes."""
+    return iter(eval_batches(config, local_batch_size, process_index=process_index, process_count=process_count))
+
+
+class EvalBatches:
+    """The eval set as batches, iterable once per evaluation: built once, and (with config.cache) decoded once."""
+
+    def __init__(self, batches: tf.data.Dataset):
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches.as_numpy_iterator()
+
+
+def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, process_count: int = 1) -> EvalBatches:
+    """`eval_iterator`'s batches, for a run that evaluates many times."""
     data = check_data_config(config)
     _check_batch(local_batch_size, process_index, process_count)
     local_batch_size = int(local_batch_size)
@@ -178,5 +193,7 @@ def eval_iterator(
     shape = (data.image_size, data.image_size, data.spec.channels)
     pad = {"image": tf.zeros(shape, tf.float32), "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local_batch_size - num_examples))
-    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return _with_options(ds).as_numpy_iterator()
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    if data.cache:  # the eval images never change: later passes read the preprocessed batches from memory
+        ds = ds.cache()
+    return EvalBatches(_with_options(ds.prefetch(tf.data.AUTOTUNE)))

@@ -9,7 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 from flax import linen as nn
+
+# The compute dtypes a run config may name (`config.dtype`); parameters and BN statistics stay float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 _REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
 
@@ -32,6 +36,12 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     module, defaults = _REGISTRY[name]
     _check_fields(name, module, overrides)
     return module(**{**defaults, **overrides})
+
+
+def create_model_from_config(config, num_classes: int) -> nn.Module:
+    """The model a training config describes: `config.model`, its `model_overrides` and `config.dtype`."""
+    return create_model(config.model, num_classes=num_classes, dtype=COMPUTE_DTYPES[config.dtype],
+                        **config.model_overrides.to_dict())
 
 
 def _check_fields(name: str, module: type[nn.Module], kwargs: dict[str, Any]) -> None:

@@ -21,12 +21,12 @@ import uuid
 import flax
 import orbax.checkpoint as ocp
 
+from jaxnets.checkpoint_loading import CHECKPOINT_DIR, COMMIT_MARKER, step_numbers
+
 log = logging.getLogger("jaxnets")
 
-CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
 BROKEN_DIR = "checkpoints_broken"
-COMMIT_MARKER = "commit_success.txt"
 TMP_MARKER = ".orbax-checkpoint-tmp"
 # Fields that change the parameters' structure: a checkpoint cannot continue under other values.
 # (conv_lowering changes how convs are computed, never the parameters.)
@@ -83,12 +83,6 @@ def _json(value):
     return json.loads(json.dumps(value))  # tuples -> lists, as they come back from disk
 
 
-def step_dirs(directory: str) -> list[int]:
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
 class Checkpoints:
     """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start."""
 
@@ -131,7 +125,7 @@ class Checkpoints:
         `abstract_state` is a TrainState of jax.ShapeDtypeStruct with the shardings to restore onto.
         Raises IncompatibleCheckpointError, naming the fields, if the checkpoint is of another model.
         """
-        for step in reversed(step_dirs(self.directory)):
+        for step in reversed(step_numbers(self.directory)):
             if not os.path.exists(os.path.join(self.directory, str(step), COMMIT_MARKER)):
                 self._move_aside(step, f"no {COMMIT_MARKER}: the save did not finish")
                 continue

@@ -6,29 +6,22 @@ import functools
 import json
 import logging
 import math
-import os
-import signal
-import threading
 
 import jax
 import jax.numpy as jnp
 
-from jaxnets.models import create_model
+from jaxnets.models import create_model_from_config
 from jaxnets.train import checkpoint, parallel, steps
 from jaxnets.train.reporting import Reporter
+from jaxnets.train.signals import StopSignals
 from jaxnets.train.state import TrainState, create_train_state
-from jaxnets.train.validate import check_config
+from jaxnets.train.validate import ConfigError, check_config
 
 log = logging.getLogger("jaxnets")
 
 
 class NonFiniteLossError(FloatingPointError):
     """A step's loss, gradient norm or updated-parameter norm is NaN or Inf (beyond config.skip_nonfinite_steps)."""
-
-
-def build_model(config, num_classes: int):
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    return create_model(config.model, num_classes=num_classes, dtype=dtype, **config.model_overrides.to_dict())
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -43,7 +36,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     info = data.dataset_info(config)
     steps_per_epoch = info.num_train_examples // config.global_batch_size
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.global_batch_size={config.global_batch_size} exceeds the {info.num_train_examples} "
             f"training examples of {config.dataset}"
         )
@@ -52,7 +45,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         total_steps = min(total_steps, config.num_train_steps)
     eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
 
-    model = build_model(config, info.num_classes)
+    model = create_model_from_config(config, info.num_classes)
     schedule = create_schedule(config, steps_per_epoch)
     tx = create_optimizer(config, steps_per_epoch)
     init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed, config.ema_decay is not None)
@@ -72,10 +65,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     )
     eval_step = parallel.data_parallel_eval_step(functools.partial(steps.eval_step, model=model), mesh)
 
+    eval_batches = data.eval_batches(config, config.eval_batch_size // process_count, process_index=process_index,
+                                     process_count=process_count)
+
     def evaluate(state: TrainState) -> dict:
-        local_batch = config.eval_batch_size // process_count
         totals = None
-        for batch in data.eval_iterator(config, local_batch, process_index=process_index, process_count=process_count):
+        for batch in eval_batches:
             sums = eval_step(state, parallel.device_batch(batch, mesh))
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         count = float(totals["count"])
@@ -83,9 +78,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 "eval_top5": float(totals["top5"]) / count, "eval_examples": count}
 
     start_step = int(state.step)
-    if process_index == 0:
-        _forget_metrics_after(workdir, start_step)  # a resumed run's metrics.jsonl reads as one run
-    reporter = Reporter(workdir, total_steps, steps_per_epoch, config.global_batch_size, process_index == 0)
+    reporter = Reporter(workdir, total_steps, steps_per_epoch, config.global_batch_size,
+                        is_main_process=process_index == 0, start_step=start_step)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
              total_steps, steps_per_epoch, config.global_batch_size, mesh.size)
     batches = parallel.prefetch_to_device(
@@ -99,6 +93,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     def finish(step: int, metrics) -> None:
         """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
         nonlocal skipped_in_a_row
+        metrics = jax.device_get(metrics)  # one transfer of a few scalars
         non_finite = _first_non_finite(metrics)
         if non_finite:
             name, value = non_finite
@@ -177,54 +172,3 @@ def _initial_state(config, meta: dict, checkpoints: checkpoint.Checkpoints, init
                               ema_params=None if state.ema_params is None else loaded["params"])
         log.info("parameters and BN statistics from %s; step, optimizer and rng start afresh", step_dir)
     return state
-
-
-def _forget_metrics_after(workdir: str, step: int) -> None:
-    """Drops the metrics.jsonl lines a killed run wrote after its last checkpoint (they are redone)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = [line for line in lines if line.strip() and _line_step(line) is not None and _line_step(line) <= step]
-    if len(kept) != len(lines):
-        with open(path, "w") as f:
-            f.writelines(kept)
-
-
-def _line_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a line cut short by a kill
-
-
-class StopSignals:
-    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to finish its step, save and return.
-
-    A second SIGINT interrupts at once. Outside the main thread (where Python cannot install handlers)
-    this does nothing. Single process only: on a multi-host job each host stops where its own signal
-    lands, so a pod should rely on the periodic checkpoints.
-    """
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("%s received: finishing this step, then saving", name)
-        self.requested = name
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        return False

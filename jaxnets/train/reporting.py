@@ -15,10 +15,12 @@ import numpy as np
 
 log = logging.getLogger("jaxnets")
 
+METRICS_FILE = "metrics.jsonl"
+
 
 class Reporter:
     def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, global_batch_size: int,
-                 is_main_process: bool = True):
+                 is_main_process: bool = True, start_step: int = 0):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.global_batch_size = global_batch_size
@@ -30,7 +32,9 @@ class Reporter:
             from tensorboardX import SummaryWriter
 
             self._writer = SummaryWriter(workdir, flush_secs=30)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115  closed in close()
+            path = os.path.join(workdir, METRICS_FILE)
+            _forget_lines_after(path, start_step)  # a resumed run's metrics.jsonl reads as one run
+            self._jsonl = open(path, "a")  # noqa: SIM115  closed in close()
 
     def write(self, step: int, metrics: dict) -> None:
         """Records scalars; `train_*` points also print a progress line with images/s and ETA."""
@@ -71,3 +75,22 @@ class Reporter:
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _forget_lines_after(path: str, step: int) -> None:
+    """Drops the lines a killed run wrote after its last checkpoint (the resumed run writes them again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if (line_step := _line_step(line)) is not None and line_step <= step]
+    if len(kept) != len(lines):
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a blank line, or one cut short by a kill

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxnets.models import create_model, list_models
-
-DTYPES = ("float32", "bfloat16")
+from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
 
 
 class ConfigError(ValueError):
@@ -21,13 +19,13 @@ def check_config(config, device_count: int | None = None) -> None:
     if config.model not in list_models():
         raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
     try:
-        create_model(config.model, **config.model_overrides.to_dict())
+        model = create_model(config.model, **config.model_overrides.to_dict())
     except ValueError as e:
         raise ConfigError(f"config.model_overrides: {e}") from None
     if "arc" in config.model_overrides and isinstance(config.model_overrides.arc, str):
-        _check_arc(config)
-    if config.dtype not in DTYPES:
-        raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {DTYPES}")
+        _check_arc(config.model_overrides.arc, model)
+    if config.dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {tuple(COMPUTE_DTYPES)}")
     for field in ("global_batch_size", "eval_batch_size"):
         value = config[field]
         if value <= 0 or value % device_count:
@@ -53,11 +51,10 @@ def check_config(config, device_count: int | None = None) -> None:
             raise ConfigError(str(e)) from None
 
 
-def _check_arc(config) -> None:
+def _check_arc(arc: str, model) -> None:
     from jaxnets.models.enas import parse_arc
 
-    model = create_model(config.model, **config.model_overrides.to_dict())
     try:
-        parse_arc(config.model_overrides.arc, model.num_layers, model.num_branches, model.whole_channels)
+        parse_arc(arc, model.num_layers, model.num_branches, model.whole_channels)
     except ValueError as e:
         raise ConfigError(f"config.model_overrides.arc: {e}") from None

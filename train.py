@@ -11,9 +11,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import jaxnets.train
-from jaxnets.train.checkpoint import IncompatibleCheckpointError, WorkdirError
-from jaxnets.train.loop import NonFiniteLossError
-from jaxnets.train.validate import ConfigError
+from jaxnets.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics.jsonl go.")
@@ -35,12 +33,10 @@ def main(argv):
     # absl's handler formats the log lines (absl.app installs it); these two libraries are quieted to warnings:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
-    from jaxnets.data import DatasetNotPreparedError  # (imports TensorFlow, which --help does not need)
-
     try:
         jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, DatasetNotPreparedError, WorkdirError, IncompatibleCheckpointError, NonFiniteLossError) as e:
-        sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback
+    except UserError as e:
+        sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback, exit code 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ def get_config():
     c = base_config()
     c.model = "cifar_resnext50"
     c.dataset = "cifar100"
-    c.image_size = 32
     c.global_batch_size = 128
     c.num_epochs = 200
     c.learning_rate = 0.1

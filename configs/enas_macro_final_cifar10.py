@@ -19,7 +19,6 @@ def get_config():
     c.model = "enas_macro"
     c.model_overrides.arc = " ".join(PUBLISHED_FINAL_ARC.split())
     c.dataset = "cifar10"
-    c.image_size = 32
     c.global_batch_size = 100
     c.eval_batch_size = 500
     c.num_epochs = 310

@@ -2,26 +2,24 @@
 
     python train.py --config configs/mobilenet_v2.py --workdir gs://BUCKET/mobilenet_v2
 
-300 epochs, batch 256, SGD momentum 0.9, lr 0.045 decayed x0.98 every epoch, wd 4e-5, random-resized
-crop 224 + flip.
+300 epochs, batch 256, SGD momentum 0.9, lr 0.045 per 256 images (scaled linearly with the global
+batch) decayed x0.98 every epoch, wd 4e-5, random-resized crop 224 + flip.
 """
 
 from jaxnets.train import base_config
-
-IMAGENET_TRAIN_EXAMPLES = 1_281_167
 
 
 def get_config():
     c = base_config()
     c.model = "mobilenet_v2"
     c.dataset = "imagenet2012"
-    c.image_size = 224
     c.global_batch_size = 256
     c.eval_batch_size = 1000
     c.num_epochs = 300
-    c.learning_rate = 0.045
+    c.learning_rate = 0.045  # per 256 images: scaled linearly to global_batch_size when the config is resolved
+    c.learning_rate_batch_size = 256
     c.schedule = "staircase"
-    c.lr_decay_every_steps = IMAGENET_TRAIN_EXAMPLES // c.global_batch_size  # once per epoch
+    c.lr_decay_every_epochs = 1.0
     c.lr_decay_rate = 0.98
     c.weight_decay = 4e-5
     c.weight_decay_mode = "coupled"  # PyTorch's SGD weight_decay: wd * w added to the gradient

@@ -18,7 +18,6 @@ def get_config():
     c.model_overrides.groups = 4
     c.model_overrides.width_per_group = 16
     c.dataset = "digits"
-    c.image_size = 8
     c.global_batch_size = 64
     c.eval_batch_size = 64
     c.num_epochs = 40

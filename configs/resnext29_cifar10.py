@@ -12,7 +12,6 @@ def get_config():
     c = base_config()
     c.model = "resnext29_8x64d"
     c.dataset = "cifar10"
-    c.image_size = 32
     c.global_batch_size = 128
     c.num_epochs = 300
     c.learning_rate = 0.1

@@ -14,13 +14,13 @@ def get_config():
     c = base_config()
     c.model = "resnext50_32x4d"
     c.dataset = "imagenet2012"
-    c.image_size = 224
     c.global_batch_size = 256
     c.eval_batch_size = 1000
     c.num_epochs = 90
     c.optimizer = "sgd"
     c.momentum = 0.9
-    c.learning_rate = 0.1 * c.global_batch_size / 256  # linear scaling with the batch
+    c.learning_rate = 0.1  # per 256 images: scaled linearly to global_batch_size when the config is resolved
+    c.learning_rate_batch_size = 256
     c.schedule = "multistep"
     c.lr_decay_epochs = (30, 60)
     c.lr_decay_factor = 0.1

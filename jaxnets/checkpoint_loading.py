@@ -10,54 +10,23 @@ whatever the topology that wrote them: the target sharding is given explicitly, 
 
 from __future__ import annotations
 
-import json
-import os
+from etils import epath
 
-# The on-disk layout, shared with the trainer (jaxnets.train.checkpoint), which writes it with orbax.
-CHECKPOINT_DIR = "checkpoints"  # workdir/checkpoints/<step>/{state,config}/
-COMMIT_MARKER = "commit_success.txt"  # orbax writes it last: a step without it never finished
+from jaxnets.checkpoint_layout import STATE_ITEM, read_meta, resolve_step_dir, state_structure
 
 
-def step_numbers(directory: str) -> list[int]:
-    """The steps saved under `directory` (committed or not), ascending; [] when it does not exist."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def resolve_step_dir(path: str) -> str:
-    """A step directory (`.../checkpoints/<step>`), or a workdir / its `checkpoints/`: the newest committed step."""
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    directory = os.path.join(path, CHECKPOINT_DIR)
-    directory = directory if os.path.isdir(directory) else path
-    steps = [s for s in step_numbers(directory) if os.path.exists(os.path.join(directory, str(s), COMMIT_MARKER))]
-    if not steps:
-        raise FileNotFoundError(f"no committed checkpoint in {path} (expected <workdir>/{CHECKPOINT_DIR}/<step>/)")
-    return os.path.join(directory, str(steps[-1]))
-
-
-def read_meta(step_dir: str) -> dict:
-    """The JSON saved beside the state: {"config": {...}, "num_classes": int, "image_shape": [H, W, C], ...}."""
-    with open(os.path.join(step_dir, "config", "metadata")) as f:
-        return json.load(f)
-
-
-def restore_variables(step_dir: str, sharding) -> dict:
+def restore_variables(step_dir, sharding) -> dict:
     """{"params", "batch_stats", "ema_params"} of a step, placed with `sharding` (the optimizer state is not read)."""
     import jax
     import orbax.checkpoint as ocp
 
-    state_dir = os.path.join(step_dir, "state")
+    saved = state_structure(step_dir)
+    wanted = {k: saved[k] for k in ("params", "batch_stats", "ema_params") if saved.get(k) is not None}
     with ocp.PyTreeCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(state_dir).item_metadata.tree
-        wanted = {k: metadata[k] for k in ("params", "batch_stats", "ema_params") if metadata.get(k) is not None}
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), wanted)
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        restored = checkpointer.restore(
-            state_dir, args=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
-        )
+        args = ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
+        restored = checkpointer.restore(epath.Path(step_dir) / STATE_ITEM, args=args)
     restored.setdefault("batch_stats", {})
     restored.setdefault("ema_params", None)
     return restored

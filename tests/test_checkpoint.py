@@ -4,8 +4,7 @@ skipped, a model change is refused, and a checkpoint written on 8 devices opens 
 One uninterrupted 40-step run (checkpoints every 4 steps, 8 CPU devices) is the reference for all of them.
 """
 
-import functools
-import importlib.util
+import hashlib
 import json
 import os
 import pathlib
@@ -21,23 +20,15 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers import REPO, load_recipe
 
-from jaxnets.models import create_model_from_config
+from jaxnets.checkpoint_layout import read_meta
+from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
+from jaxnets.train import build_trainer, train_and_evaluate
 from jaxnets.train import checkpoint as ckpt
-from jaxnets.train import train_and_evaluate
-from jaxnets.train.loop import NonFiniteLossError
 from jaxnets.train.signals import StopSignals
-from jaxnets.train.state import create_train_state
 
-REPO = pathlib.Path(__file__).parents[1]
 STEPS, EVERY = 40, 4
-
-
-def quickstart_config():
-    spec = importlib.util.spec_from_file_location("quickstart", REPO / "configs" / "quickstart.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 100.0, "checkpoint_every_steps": EVERY}
@@ -47,7 +38,7 @@ FLAGS = ["--config", "configs/quickstart.py", *(f"--config.{k}={v}" for k, v in 
 
 def tiny_config(**fields):
     """The quickstart, 40 steps, every step logged, eval at the end only."""
-    c = quickstart_config()
+    c = load_recipe("quickstart")
     for key, value in {**SHORT, **fields}.items():
         c[key] = value
     return c
@@ -74,7 +65,7 @@ def test_reference_run_saves_every_n_steps_and_at_the_end(reference):
     workdir, final = reference
     assert committed_steps(workdir) == [32, 36, 40]  # max_to_keep=3
     assert sorted(train_losses(workdir)) == list(range(1, STEPS + 1))
-    meta = json.loads((workdir / "checkpoints" / "40" / "config" / "metadata").read_text())
+    meta = read_meta(workdir / "checkpoints" / "40")
     assert meta["config"]["model_overrides"]["groups"] == 4 and meta["num_classes"] == 10
 
 
@@ -131,18 +122,6 @@ def test_sigterm_saves_that_step_and_exits_0(tmp_path):
     print(f"SIGTERM to exit: {latency:.2f} s, stopped at step {last_logged}")
 
 
-def abstract_state(config):
-    from jaxnets import data
-    from jaxnets.optim import create_optimizer
-    from jaxnets.train import parallel
-
-    info = data.dataset_info(config)
-    model = create_model_from_config(config, info.num_classes)
-    init = functools.partial(create_train_state, model, create_optimizer(config, 21), info.image_shape, 0, False)
-    sharding = parallel.replicated(parallel.create_mesh())
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init))
-
-
 def truncate_largest_array_file(step_dir: pathlib.Path):
     files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
     largest = max(files, key=lambda p: p.stat().st_size)
@@ -160,10 +139,10 @@ def test_broken_latest_checkpoint_is_skipped(reference, tmp_path, damage, caplog
         (latest / "commit_success.txt").unlink()
     else:  # a save killed before orbax renamed its temporary directory
         latest.rename(tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp-1795520658")
-    config = tiny_config()
+    trainer = build_trainer(tiny_config())
     checkpoints = ckpt.Checkpoints(str(tmp_path), max_to_keep=3)
     try:
-        step, state = checkpoints.restore_latest(abstract_state(config), json.loads(config.to_json()))
+        step, state = checkpoints.restore_latest(trainer.abstract_state(), trainer.checkpoint_meta()["config"])
     finally:
         checkpoints.close()
     assert step == 36 and int(state.step) == 36
@@ -177,16 +156,58 @@ def test_resume_with_another_model_is_refused_naming_the_fields(reference, tmp_p
     config = tiny_config()
     config.model_overrides.groups = 8
     start = time.perf_counter()
-    with pytest.raises(ckpt.IncompatibleCheckpointError, match=r"model_overrides.groups: checkpoint 4, config 8"):
+    with pytest.raises(IncompatibleCheckpointError, match=r"model_overrides.groups: checkpoint 4, config 8"):
         train_and_evaluate(config, str(tmp_path))
     assert time.perf_counter() - start < 10.0, "refused before compiling"
+
+
+def file_digests(root: pathlib.Path) -> dict[str, str]:
+    """Every file under `root`: relative path -> sha256 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "flag, differing",
+    [
+        ("--config.ema_decay=0.999",
+         r"ema_params\.\S+ is not in the checkpoint.*ema_decay: checkpoint None, config 0\.999"),
+        ("--config.optimizer=adam", r"opt_state\.\S+ is .*optimizer: checkpoint 'sgd', config 'adam'"),
+    ],
+)
+def test_resume_with_a_train_state_of_another_structure_is_refused_and_changes_nothing(
+    reference, tmp_path, flag, differing
+):
+    """The train.py command of the reference run, plus one flag that changes the train state's structure."""
+    workdir, _ = reference
+    shutil.copytree(workdir, tmp_path / "run")
+    before = file_digests(tmp_path / "run")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "train.py", *FLAGS, "--workdir", str(tmp_path / "run"), flag], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"train\.py: \S+/checkpoints/40 holds a train state of another structure \(.*{differing}.*: "
+                        r".*--config\.init_from=\S+/checkpoints/40 .*; nothing in the workdir was changed", last), last
+    assert elapsed < 30.0, f"refused after {elapsed:.1f} s"
+    assert file_digests(tmp_path / "run") == before, "checkpoints, metrics.jsonl and events are byte-identical"
+
+
+def test_resume_with_clipping_added_is_refused_naming_the_field(reference, tmp_path):
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    with pytest.raises(IncompatibleCheckpointError, match=r"opt_state\.0\.\S+ .*grad_clip_norm: checkpoint None, "
+                       r"config 1\.0"):
+        train_and_evaluate(tiny_config(grad_clip_norm=1.0), str(tmp_path))
+    assert committed_steps(tmp_path) == [32, 36, 40] and not (tmp_path / "checkpoints_broken").exists()
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):
     # Tests run as root, which chmod does not stop: a path under a regular file is unwritable for anyone.
     (tmp_path / "file").write_text("")
     start = time.perf_counter()
-    with pytest.raises(ckpt.WorkdirError, match=r"workdir '.*/file/run' is not writable \(Not a directory\)"):
+    with pytest.raises(WorkdirError, match=r"workdir '.*/file/run' is not writable \(Not a directory\)"):
         train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
     assert time.perf_counter() - start < 5.0
 

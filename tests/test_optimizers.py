@@ -4,10 +4,10 @@ import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import optim_config
 
 from jaxnets.optim import (
     check_optim_config,
@@ -16,11 +16,6 @@ from jaxnets.optim import (
     regularization_loss,
     weight_decay_mask,
 )
-
-
-def make_config(**fields) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"learning_rate": 0.1, "num_epochs": 200, "schedule": "constant", **fields})
-
 
 PARAMS = {
     "conv": {"kernel": np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "bias": np.array([0.5, -1.0], np.float32)},
@@ -117,7 +112,7 @@ def reference(optimizer, lr=0.1, momentum=0.0, nesterov=False, decay=0.9, eps=1e
     ],
 )
 def test_steps_equal_the_written_out_update(fields, expected):
-    actual = run_optax(make_config(**fields))
+    actual = run_optax(optim_config(**fields))
     # atol: optax's Adam bias correction 1 - 0.999^t is float32 (1.3e-5 relative error at t=1).
     jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5), actual, expected)
 
@@ -125,7 +120,7 @@ def test_steps_equal_the_written_out_update(fields, expected):
 def test_one_step_by_hand():
     # w = 1 (kernel[0, 0]), gradient 0.5 * 1 + 0.1 = 0.6, lr 0.1.
     def first_weight(**fields):
-        return float(run_optax(make_config(**fields), steps=1)["conv"]["kernel"][0, 0])
+        return float(run_optax(optim_config(**fields), steps=1)["conv"]["kernel"][0, 0])
 
     assert first_weight(momentum=0.9) == pytest.approx(1 - 0.1 * 0.6)
     assert first_weight(momentum=0.9, nesterov=True) == pytest.approx(1 - 0.1 * (0.6 + 0.9 * 0.6))  # 0.886
@@ -139,7 +134,7 @@ def test_one_step_by_hand():
 
 def test_updates_follow_the_schedule():
     # One warm-up epoch of 4 steps: lr 0, 0.025, 0.05, 0.075, then 0.1.
-    tx = create_optimizer(make_config(momentum=0.0, warmup_epochs=1.0), steps_per_epoch=4)
+    tx = create_optimizer(optim_config(momentum=0.0, warmup_epochs=1.0), steps_per_epoch=4)
     params = {"w": jnp.zeros(2)}
     state, seen = tx.init(params), []
     for _ in range(6):
@@ -149,13 +144,13 @@ def test_updates_follow_the_schedule():
 
 
 def test_l2_loss_value_and_gradient_is_2_wd_w():
-    config = make_config(weight_decay=0.01, weight_decay_mode="l2_loss")
+    config = optim_config(weight_decay=0.01, weight_decay_mode="l2_loss")
     # sum(w^2): kernel 1 + 4 + 0.25 + 9 = 14.25, conv bias 1.25, bn scale 5, bn bias 0.09.
     assert float(regularization_loss(PARAMS, config)) == pytest.approx(0.01 * 20.59, rel=1e-6)
     grads = jax.grad(regularization_loss)(PARAMS, config)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, 2 * 0.01 * w, rtol=1e-6), grads, PARAMS)
 
-    excluding = make_config(weight_decay=0.01, weight_decay_mode="l2_loss", weight_decay_exclude_bn_and_bias=True)
+    excluding = optim_config(weight_decay=0.01, weight_decay_mode="l2_loss", weight_decay_exclude_bn_and_bias=True)
     assert float(regularization_loss(PARAMS, excluding)) == pytest.approx(0.01 * 14.25, rel=1e-6)
     grads = jax.grad(regularization_loss)(PARAMS, excluding)
     np.testing.assert_allclose(grads["conv"]["kernel"], 0.02 * PARAMS["conv"]["kernel"], rtol=1e-6)
@@ -165,7 +160,7 @@ def test_l2_loss_value_and_gradient_is_2_wd_w():
 
 @pytest.mark.parametrize("mode", ["coupled", "decoupled"])
 def test_regularization_loss_is_zero_outside_l2_loss_mode(mode):
-    assert float(regularization_loss(PARAMS, make_config(weight_decay=0.01, weight_decay_mode=mode))) == 0.0
+    assert float(regularization_loss(PARAMS, optim_config(weight_decay=0.01, weight_decay_mode=mode))) == 0.0
 
 
 def test_mask_excludes_exactly_the_leaves_of_ndim_at_most_1():
@@ -201,7 +196,7 @@ GRADS = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.0, 12.0])}  # norms 5 and
     ],
 )
 def test_clipping(fields, expected):
-    tx = create_optimizer(make_config(learning_rate=1.0, momentum=0.0, **fields), steps_per_epoch=1)
+    tx = create_optimizer(optim_config(learning_rate=1.0, momentum=0.0, **fields), steps_per_epoch=1)
     updates, _ = tx.update(GRADS, tx.init(GRADS), GRADS)
     jax.tree.map(lambda u, e: np.testing.assert_allclose(-u, e, rtol=1e-6), updates, expected)
 
@@ -267,7 +262,7 @@ def test_clipping(fields, expected):
     ],
 )
 def test_validation_messages(fields, message):
-    config = make_config(**fields)
+    config = optim_config(**fields)
     for check in (check_optim_config, lambda c: create_schedule(c, 10), lambda c: create_optimizer(c, 10)):
         with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
             check(config)
@@ -275,4 +270,4 @@ def test_validation_messages(fields, message):
 
 def test_steps_per_epoch_must_be_a_positive_integer():
     with pytest.raises(ValueError, match=re.escape("steps_per_epoch must be a positive integer, got 0")):
-        create_schedule(make_config(), 0)
+        create_schedule(optim_config(), 0)

@@ -4,15 +4,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
+from helpers import optim_config
 
 from jaxnets.optim import SCHEDULES, create_schedule
-
-
-def make_config(**fields) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({"learning_rate": 0.1, "num_epochs": 200, **fields})
 
 
 def lrs(config, steps_per_epoch: int, steps) -> np.ndarray:
@@ -25,7 +21,7 @@ SPE = 3  # steps per epoch: small, so every step of the 310 epochs is evaluated
 
 
 def sgdr_by_epoch(num_epochs: int = 311) -> np.ndarray:
-    lr = lrs(make_config(**SGDR, num_epochs=310), SPE, np.arange(num_epochs * SPE))
+    lr = lrs(optim_config(**SGDR, num_epochs=310), SPE, np.arange(num_epochs * SPE))
     per_epoch = lr.reshape(num_epochs, SPE)
     np.testing.assert_array_equal(per_epoch, per_epoch[:, :1].repeat(SPE, axis=1))  # constant within an epoch
     return per_epoch[:, 0]
@@ -52,7 +48,7 @@ def test_sgdr_values_by_hand():
 
 
 def test_sgdr_t_mul_1_restarts_every_t0_epochs():
-    config = make_config(**{**SGDR, "sgdr_t0_epochs": 4, "sgdr_t_mul": 1})
+    config = optim_config(**{**SGDR, "sgdr_t0_epochs": 4, "sgdr_t_mul": 1})
     lr = lrs(config, 1, np.arange(12))
     expected = [0.0005 + 0.02475 * (1 + math.cos(math.pi * (e % 4) / 4)) for e in range(12)]
     np.testing.assert_allclose(lr, expected, rtol=1e-6)
@@ -61,18 +57,26 @@ def test_sgdr_t_mul_1_restarts_every_t0_epochs():
 def test_staircase_enas_semantics_around_the_boundaries():
     # lr_init * rate^floor(max(step - start, 0) / every): start 100, every 50, rate 0.5.
     fields = {"schedule": "staircase", "lr_decay_start_steps": 100, "lr_decay_every_steps": 50, "lr_decay_rate": 0.5}
-    config = make_config(**fields)
+    config = optim_config(**fields)
     steps = [0, 99, 100, 149, 150, 199, 200, 249, 250]
     expected = [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125]
     np.testing.assert_allclose(lrs(config, 7, steps), expected, rtol=1e-6)
     # min_learning_rate is ENAS's lr_dec_min floor.
-    floored = lrs(make_config(**fields, min_learning_rate=0.02), 7, steps)
+    floored = lrs(optim_config(**fields, min_learning_rate=0.02), 7, steps)
     np.testing.assert_allclose(floored, [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02], rtol=1e-6)
+
+
+def test_staircase_interval_in_epochs_follows_the_steps_per_epoch():
+    # torchvision's MobileNetV2 recipe: x0.98 once per epoch, whatever the batch size makes an epoch.
+    config = optim_config(schedule="staircase", lr_decay_every_epochs=1.0, lr_decay_rate=0.98)
+    for steps_per_epoch in (7, 13):
+        steps = [0, steps_per_epoch - 1, steps_per_epoch, 3 * steps_per_epoch]
+        np.testing.assert_allclose(lrs(config, steps_per_epoch, steps), [0.1, 0.1, 0.098, 0.1 * 0.98**3], rtol=1e-6)
 
 
 def test_multistep_seed_recipe_with_one_warmup_epoch():
     # 200 epochs, lr 0.1 x0.2 at epochs 60/120/160, 1 warm-up epoch; 10 steps per epoch.
-    config = make_config(schedule="multistep", lr_decay_epochs=(60, 120, 160), lr_decay_factor=0.2, warmup_epochs=1.0)
+    config = optim_config(schedule="multistep", lr_decay_epochs=(60, 120, 160), lr_decay_factor=0.2, warmup_epochs=1.0)
     steps = [0, 1, 5, 9, 10, 599, 600, 1199, 1200, 1599, 1600, 1999]
     expected = [0.0, 0.01, 0.05, 0.09, 0.1, 0.1, 0.02, 0.02, 0.004, 0.004, 0.0008, 0.0008]
     np.testing.assert_allclose(lrs(config, 10, steps), expected, rtol=1e-6)
@@ -81,24 +85,24 @@ def test_multistep_seed_recipe_with_one_warmup_epoch():
 def test_cosine_with_warmup_peaks_after_warmup_and_ends_at_min():
     # 2 warm-up epochs of 5 steps, then cosine from 0.1 to 0.001 over the remaining 40 steps of 10 epochs.
     fields = {"schedule": "cosine", "num_epochs": 10, "warmup_epochs": 2.0, "min_learning_rate": 0.001}
-    config = make_config(**fields)
+    config = optim_config(**fields)
     steps = [0, 5, 10, 20, 30, 50, 60]
     # step 20: a quarter into the decay, 0.001 + 0.0495 * (1 + cos(pi/4)) = 0.0855018; step 30: the midpoint.
     expected = [0.0, 0.05, 0.1, 0.0855018, 0.0505, 0.001, 0.001]
     np.testing.assert_allclose(lrs(config, 5, steps), expected, rtol=1e-5)
     assert lrs(config, 5, [10])[0] == np.float32(0.1)  # the peak, exactly
     # Capping the run (a smoke test) must not move the horizon: num_epochs sets it, not num_train_steps.
-    np.testing.assert_array_equal(lrs(make_config(**fields, num_train_steps=3), 5, steps), lrs(config, 5, steps))
+    np.testing.assert_array_equal(lrs(optim_config(**fields, num_train_steps=3), 5, steps), lrs(config, 5, steps))
 
 
 def test_constant_with_fractional_warmup():
-    config = make_config(schedule="constant", warmup_epochs=0.5)  # 0.5 * 8 = 4 warm-up steps
+    config = optim_config(schedule="constant", warmup_epochs=0.5)  # 0.5 * 8 = 4 warm-up steps
     np.testing.assert_allclose(lrs(config, 8, [0, 1, 2, 3, 4, 100]), [0.0, 0.025, 0.05, 0.075, 0.1, 0.1], rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
 def test_every_schedule_is_float32_and_jit_safe(name):
-    config = make_config(schedule=name, lr_decay_epochs=(2,), warmup_epochs=0.0 if name == "sgdr" else 1.0)
+    config = optim_config(schedule=name, lr_decay_epochs=(2,), warmup_epochs=0.0 if name == "sgdr" else 1.0)
     schedule = create_schedule(config, 4)
     steps = np.arange(0, 40, 3, dtype=np.int32)
     eager = np.asarray(schedule(steps))

@@ -1,13 +1,14 @@
 """Every recipe in configs/ runs its real code path for 2 steps, with a tiny model, on mock data."""
 
-import importlib.util
 import json
 import math
 import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
+from helpers import load_recipe
 
+from jaxnets.data import DATASETS
 from jaxnets.models import create_model
 from jaxnets.train import train_and_evaluate
 
@@ -19,13 +20,6 @@ TINY_MODEL = {
     "mobilenet": {"width_multiplier": 0.25},  # and one block per stage
     "enas": {"num_layers": 3, "num_filters": 8, "arc": "0  1 0  3 1 1"},
 }
-
-
-def load_config(path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def shrink(config, workdir):
@@ -43,7 +37,7 @@ def shrink(config, workdir):
     config.num_train_steps = 2
     config.global_batch_size = 8
     config.eval_batch_size = 8
-    config.image_size = min(config.image_size, 32)
+    config.image_size = min(config.image_size or DATASETS[config.dataset].image_size, 32)
     config.shuffle_buffer = 16
     config.log_every_steps = 1
     config.data_dir = str(workdir / "tfds")
@@ -52,7 +46,7 @@ def shrink(config, workdir):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_recipe_trains_two_steps(path, tmp_path):
-    config = shrink(load_config(path), tmp_path)
+    config = shrink(load_recipe(path.stem), tmp_path)
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=24):
         final = train_and_evaluate(config, str(workdir))

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from jaxnets.train import base_config, train_and_evaluate
-from jaxnets.train.loop import NonFiniteLossError
-from jaxnets.train.validate import ConfigError, check_config
+from jaxnets import errors
+from jaxnets.errors import ConfigError, NonFiniteLossError
+from jaxnets.train import base_config, resolve_config, train_and_evaluate
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -52,11 +52,21 @@ def config_with(**fields):
             {"model": "enas_macro", "model_overrides": {"num_layers": 3, "arc": "0 1 0 3 1"}},
             r"config.model_overrides.arc: arc has 5 integers, expected 6 for 3 layers",
         ),
+        (
+            {"model": "enas_macro_shared"},
+            r"config.model: 'enas_macro_shared' is the ENAS search space .* use --config.model=enas_macro with "
+            r"--config.model_overrides.arc=",
+        ),
+        ({"task": "search"}, r"config.task: unknown task 'search'; known: classification"),
+        ({"image_size": 0}, r"config.image_size: expected a positive int, got 0"),
+        ({"learning_rate_batch_size": 0}, r"config.learning_rate_batch_size must be None or a positive int, got 0"),
+        ({"schedule": "staircase", "lr_decay_every_epochs": -1.0}, r"config.lr_decay_every_epochs must be None or > 0"),
+        ({"eval_every_epochs": 0.0}, r"config.eval_every_epochs must be > 0, got 0.0"),
     ],
 )
 def test_bad_config_names_the_field(fields, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(config_with(**fields), device_count=8)
+        resolve_config(config_with(**fields), device_count=8)
 
 
 def test_training_checks_the_config_before_compiling(tmp_path):

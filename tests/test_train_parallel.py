@@ -1,59 +1,26 @@
 """Data parallelism: 8 devices train exactly like 1 on the same global batch, and ResNeXt's compiled
 step keeps per-device work local (no all-gather), only the all-reduces it asks for."""
 
-import functools
-
 import jax
-import ml_collections
 import numpy as np
 import optax
 import pytest
+from helpers import SYNTHETIC_DATASET, random_batches, tiny_resnext_config
 
 from jaxnets.models import create_model_from_config
-from jaxnets.optim import create_optimizer, create_schedule
-from jaxnets.train import base_config, parallel, steps
-from jaxnets.train.state import create_train_state
-
-GLOBAL_BATCH = 16
-
-
-def tiny_resnext_config(sync_batch_norm: bool = True, conv_lowering: str = "auto") -> ml_collections.ConfigDict:
-    c = base_config()
-    c.model = "cifar_resnext50"  # grouped 1x1 and 3x3 convs: the ones XLA's partitioner all-gathers
-    c.model_overrides.conv_lowering = conv_lowering
-    c.model_overrides.stage_sizes = (1, 1)
-    c.model_overrides.stage_planes = (16, 32)
-    c.model_overrides.groups = 4
-    c.sync_batch_norm = sync_batch_norm
-    c.learning_rate = 0.05
-    c.schedule = "constant"
-    c.num_epochs = 1
-    return c
+from jaxnets.train import build_trainer, parallel
 
 
 def build(config, devices):
-    mesh = parallel.create_mesh(devices)
-    model = create_model_from_config(config, num_classes=10)
-    schedule, tx = create_schedule(config, 100), create_optimizer(config, 100)
-    init = functools.partial(create_train_state, model, tx, (8, 8, 3), 0, False)
-    state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
-    step = parallel.data_parallel_train_step(
-        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, config=config), mesh)
-    return mesh, state, step
-
-
-def batches(num):
-    rng = np.random.default_rng(0)
-    for _ in range(num):
-        yield {"image": rng.standard_normal((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
-               "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)}
+    trainer = build_trainer(config, devices=devices, dataset_info=SYNTHETIC_DATASET)
+    return trainer, trainer.init_state()
 
 
 def losses(config, devices, num_steps=4):
-    mesh, state, step = build(config, devices)
+    trainer, state = build(config, devices)
     out = []
-    for batch in batches(num_steps):
-        state, metrics = step(state, parallel.device_batch(batch, mesh))
+    for batch in random_batches(num_steps):
+        state, metrics = trainer.train_step(state, trainer.shard(batch))
         out.append(float(metrics["loss"]))
     return np.array(out), state
 
@@ -76,8 +43,8 @@ def test_per_device_batch_norm_differs_from_synchronised():
 
 
 def compiled_step_hlo(config) -> str:
-    mesh, state, step = build(config, jax.devices())
-    return step.lower(state, parallel.device_batch(next(batches(1)), mesh)).compile().as_text()
+    trainer, state = build(config, jax.devices())
+    return trainer.train_step.lower(state, trainer.shard(next(random_batches(1)))).compile().as_text()
 
 
 # The native grouped convolution ("xla" lowering, what GPUs and TPUs run) is what XLA's SPMD partitioner
@@ -103,5 +70,5 @@ def test_a_batch_sharded_jit_would_all_gather():
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
     grad = jax.jit(jax.grad(loss), in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
-    hlo = grad.lower(variables, parallel.device_batch(next(batches(1)), mesh)).compile().as_text()
+    hlo = grad.lower(variables, parallel.device_batch(next(random_batches(1)), mesh)).compile().as_text()
     assert "all-gather" in hlo

@@ -10,12 +10,13 @@ import it on first use, so the rest of jaxnets (and a GPU box without TF) never 
 """
 
 from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config
+from jaxnets.errors import DatasetNotPreparedError
 
-_PIPELINE = (
-    "dataset_info", "train_iterator", "eval_iterator", "eval_batches", "EvalBatches", "DatasetNotPreparedError"
-)
+_PIPELINE = ("dataset_info", "train_iterator", "eval_iterator", "eval_batches", "EvalBatches")
 
-__all__ = ["DATASETS", "DataConfig", "DatasetInfo", "DatasetSpec", "check_data_config", *_PIPELINE]
+__all__ = [
+    "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec", "check_data_config", *_PIPELINE
+]
 
 
 def __getattr__(name: str):

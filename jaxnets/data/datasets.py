@@ -92,7 +92,8 @@ class DataConfig:
 
 
 def _field(config: Any, name: str, default: Any) -> Any:
-    value = config.get(name, None) if hasattr(config, "get") else getattr(config, name, None)
+    """`config[name]`, or the dataset's `default` when it is None (the config's way of saying "the dataset's")."""
+    value = config.get(name, None)
     return default if value is None else value
 
 
@@ -108,6 +109,12 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _required(config: Any, name: str) -> Any:
+    if name not in config:
+        raise ValueError(f"config.{name} is missing (jaxnets.train.base_config() has every field)")
+    return config[name]
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -115,9 +122,10 @@ def _is_int(value: Any) -> bool:
 def check_data_config(config: Any) -> DataConfig:
     """Validates the data fields of `config` and returns them with defaults filled in.
 
-    Reads `dataset` (required) and, all optional (None or absent means the dataset's default):
-    `data_dir`, `image_size`, `train_split`, `eval_split`, `augment` (default True), `shuffle_buffer`,
-    `cache`, `seed` (default 0). Raises ValueError naming the field. Touches no files.
+    Reads `dataset`, `augment` and `seed`, and (None or absent means the dataset's own value from
+    DATASETS) `data_dir`, `image_size`, `train_split`, `eval_split`, `shuffle_buffer`, `cache`. The
+    defaults of the fields themselves live in `jaxnets.train.base_config`. Raises ValueError naming the
+    field. Touches no files.
     """
     name = _field(config, "dataset", None)
     if not (isinstance(name, str) and name in DATASETS):
@@ -130,10 +138,10 @@ def check_data_config(config: Any) -> DataConfig:
         image_size=_field(config, "image_size", spec.image_size),
         train_split=_field(config, "train_split", spec.train_split),
         eval_split=_field(config, "eval_split", spec.eval_split),
-        augment=_field(config, "augment", True),
+        augment=_required(config, "augment"),
         shuffle_buffer=_field(config, "shuffle_buffer", spec.shuffle_buffer),
         cache=_field(config, "cache", spec.cache),
-        seed=_field(config, "seed", 0),
+        seed=_required(config, "seed"),
     )
     for field, (ok, expected) in _CHECKS.items():
         value = getattr(data, field)

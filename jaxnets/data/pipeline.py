@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
 from jaxnets.data import preprocess
 from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
+from jaxnets.errors import DatasetNotPreparedError
 
 Batch = dict[str, np.ndarray]
 
@@ -35,8 +36,6 @@ except RuntimeError:  # TF already initialised its devices; nothing we can do, a
     pass
 
 
-class DatasetNotPreparedError(FileNotFoundError):
-    pass
 
 
 def _tfds_is_mocked() -> bool:

@@ -1,7 +1,6 @@
-"""The optimisation fields of the flat training config: defaults, reading, and validation.
+"""Validation of the optimisation fields of the flat training config (their defaults: `jaxnets.train.base_config`).
 
 `check_optim_config` runs before anything compiles and raises one `ValueError` line naming the field.
-A field a config does not define takes its value from `DEFAULTS`.
 """
 
 import numbers
@@ -14,48 +13,13 @@ OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 # decoupled: Loshchilov & Hutter (AdamW, SGDW), `lr * weight_decay * w` added after the optimizer.
 WEIGHT_DECAY_MODES = ("l2_loss", "coupled", "decoupled")
 
-# None: no default; required by the schedule or option that reads it.
-DEFAULTS = {
-    "optimizer": "sgd",
-    "momentum": 0.9,
-    "nesterov": False,
-    "rmsprop_decay": 0.9,
-    "rmsprop_epsilon": 1e-8,
-    "adam_b1": 0.9,
-    "adam_b2": 0.999,
-    "adam_eps": 1e-8,
-    "learning_rate": None,
-    "schedule": "constant",
-    "warmup_epochs": 0.0,
-    "num_epochs": None,
-    # The official ENAS flag defaults (lr_dec_start, lr_dec_every, lr_dec_rate).
-    "lr_decay_start_steps": 0,
-    "lr_decay_every_steps": 10000,
-    "lr_decay_rate": 0.1,
-    "lr_decay_epochs": (),
-    "lr_decay_factor": 0.1,
-    "min_learning_rate": 0.0,
-    "sgdr_t0_epochs": 10,
-    "sgdr_t_mul": 2,
-    "weight_decay": 0.0,
-    "weight_decay_mode": "l2_loss",
-    "weight_decay_exclude_bn_and_bias": False,
-    "grad_clip_norm": None,
-    "grad_clip_per_tensor": None,
-}
-
-
-def get(config, name: str):
-    """`config.<name>`, or its default when the config does not define it."""
-    return config.get(name, DEFAULTS[name])
-
 
 def _fail(name: str, requirement: str, value) -> None:
     raise ValueError(f"config.{name} {requirement}, got {value!r}")
 
 
 def _number(config, name: str, *, integer: bool = False):
-    value = get(config, name)
+    value = config[name]
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         _fail(name, "must be an integer" if integer else "must be a number", value)
@@ -70,14 +34,14 @@ def _check(config, name: str, ok, requirement: str, *, integer: bool = False):
 
 
 def _one_of(config, name: str, known: tuple[str, ...]) -> str:
-    value = get(config, name)
+    value = config[name]
     if value not in known:
         _fail(name, "must be one of " + ", ".join(map(repr, known)), value)
     return value
 
 
 def _optional_positive(config, name: str) -> None:
-    if get(config, name) is not None:
+    if config[name] is not None:
         _check(config, name, lambda v: v > 0, "must be None or > 0")
 
 
@@ -85,9 +49,9 @@ def check_optim_config(config) -> None:
     """Raise a one-line ValueError naming the first bad optimisation field of `config`."""
     optimizer = _one_of(config, "optimizer", OPTIMIZERS)
     _check(config, "momentum", lambda v: 0 <= v < 1, "must be in [0, 1)")
-    if not isinstance(get(config, "nesterov"), bool):
-        _fail("nesterov", "must be a bool", get(config, "nesterov"))
-    if get(config, "nesterov") and optimizer in ("sgd", "rmsprop") and get(config, "momentum") == 0:
+    if not isinstance(config["nesterov"], bool):
+        _fail("nesterov", "must be a bool", config["nesterov"])
+    if config["nesterov"] and optimizer in ("sgd", "rmsprop") and config["momentum"] == 0:
         _fail("nesterov", "needs config.momentum > 0", True)
     _check(config, "rmsprop_decay", lambda v: 0 <= v < 1, "must be in [0, 1)")
     _check(config, "rmsprop_epsilon", lambda v: v >= 0, "must be >= 0")
@@ -95,12 +59,12 @@ def check_optim_config(config) -> None:
     _check(config, "adam_b2", lambda v: 0 <= v < 1, "must be in [0, 1)")
     _check(config, "adam_eps", lambda v: v >= 0, "must be >= 0")
 
-    if get(config, "learning_rate") is None:
+    if config["learning_rate"] is None:
         _fail("learning_rate", "is required", None)
     lr = _check(config, "learning_rate", lambda v: v > 0, "must be > 0")
     schedule = _one_of(config, "schedule", SCHEDULES)
     warmup = _check(config, "warmup_epochs", lambda v: v >= 0, "must be >= 0")
-    num_epochs = get(config, "num_epochs")
+    num_epochs = config["num_epochs"]
     if num_epochs is not None or schedule == "cosine":
         if num_epochs is None:
             _fail("num_epochs", "is required by schedule 'cosine' (it sets the decay horizon)", None)
@@ -111,10 +75,13 @@ def check_optim_config(config) -> None:
         _check(config, "min_learning_rate", lambda v: 0 <= v <= lr, f"must be in [0, config.learning_rate={lr!r}]")
     if schedule == "staircase":
         _check(config, "lr_decay_start_steps", lambda v: v >= 0, "must be >= 0", integer=True)
-        _check(config, "lr_decay_every_steps", lambda v: v > 0, "must be > 0", integer=True)
+        if config["lr_decay_every_epochs"] is None:
+            _check(config, "lr_decay_every_steps", lambda v: v > 0, "must be > 0", integer=True)
+        else:
+            _check(config, "lr_decay_every_epochs", lambda v: v > 0, "must be None or > 0")
         _check(config, "lr_decay_rate", lambda v: v > 0, "must be > 0")
     elif schedule == "multistep":
-        epochs = get(config, "lr_decay_epochs")
+        epochs = config["lr_decay_epochs"]
         if (
             not isinstance(epochs, (tuple, list))
             or not epochs
@@ -134,7 +101,7 @@ def check_optim_config(config) -> None:
     mode = _one_of(config, "weight_decay_mode", WEIGHT_DECAY_MODES)
     if optimizer == "adamw" and mode != "decoupled":
         _fail("weight_decay_mode", "must be 'decoupled' with optimizer 'adamw'", mode)
-    if not isinstance(get(config, "weight_decay_exclude_bn_and_bias"), bool):
-        _fail("weight_decay_exclude_bn_and_bias", "must be a bool", get(config, "weight_decay_exclude_bn_and_bias"))
+    if not isinstance(config["weight_decay_exclude_bn_and_bias"], bool):
+        _fail("weight_decay_exclude_bn_and_bias", "must be a bool", config["weight_decay_exclude_bn_and_bias"])
     _optional_positive(config, "grad_clip_norm")
     _optional_positive(config, "grad_clip_per_tensor")

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnets.optim.config import get
 from jaxnets.optim.schedules import create_schedule
 
 
@@ -31,10 +30,10 @@ def regularization_loss(params, config) -> jax.Array:
 
     ENAS semantics: over ALL params (BN scales/offsets and biases too) unless weight_decay_exclude_bn_and_bias.
     """
-    weight_decay = get(config, "weight_decay")
-    if get(config, "weight_decay_mode") != "l2_loss" or weight_decay == 0:
+    weight_decay = config["weight_decay"]
+    if config["weight_decay_mode"] != "l2_loss" or weight_decay == 0:
         return jnp.zeros((), jnp.float32)
-    exclude = get(config, "weight_decay_exclude_bn_and_bias")
+    exclude = config["weight_decay_exclude_bn_and_bias"]
     squares = [jnp.sum(jnp.square(p.astype(jnp.float32))) for p in jax.tree.leaves(params) if _decayed(p, exclude)]
     return weight_decay * sum(squares, jnp.zeros((), jnp.float32))
 
@@ -54,8 +53,8 @@ def clip_by_norm_per_tensor(max_norm: float) -> optax.GradientTransformation:
 
 
 def _momentum(config) -> list[optax.GradientTransformation]:
-    momentum = get(config, "momentum")
-    return [optax.trace(decay=momentum, nesterov=get(config, "nesterov"))] if momentum > 0 else []
+    momentum = config["momentum"]
+    return [optax.trace(decay=momentum, nesterov=config["nesterov"])] if momentum > 0 else []
 
 
 def _sgd(config) -> list[optax.GradientTransformation]:
@@ -67,14 +66,14 @@ def _rmsprop(config) -> list[optax.GradientTransformation]:
     # torch RMSprop: v = decay * v + (1 - decay) * g^2 from v = 0; u = g / (sqrt(v) + eps); momentum on u; then lr.
     # (TF's RMSProp differs: eps inside the sqrt, v starting at 1, and the lr applied inside the momentum.)
     rms = optax.scale_by_rms(
-        decay=get(config, "rmsprop_decay"), eps=get(config, "rmsprop_epsilon"), initial_scale=0.0, eps_in_sqrt=False
+        decay=config["rmsprop_decay"], eps=config["rmsprop_epsilon"], initial_scale=0.0, eps_in_sqrt=False
     )
     return [rms, *_momentum(config)]
 
 
 def _adam(config) -> list[optax.GradientTransformation]:
     # Bias-corrected Adam with eps outside the sqrt; adamw differs only by its (required) decoupled decay.
-    return [optax.scale_by_adam(b1=get(config, "adam_b1"), b2=get(config, "adam_b2"), eps=get(config, "adam_eps"))]
+    return [optax.scale_by_adam(b1=config["adam_b1"], b2=config["adam_b2"], eps=config["adam_eps"])]
 
 
 _PRECONDITIONERS = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam, "adamw": _adam}
@@ -83,17 +82,17 @@ _PRECONDITIONERS = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam, "adamw": _a
 def create_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
     """Clipping, weight decay (coupled or decoupled modes), the optimizer and the config's lr schedule."""
     schedule = create_schedule(config, steps_per_epoch)  # validates the config
-    weight_decay, mode = get(config, "weight_decay"), get(config, "weight_decay_mode")
-    exclude = get(config, "weight_decay_exclude_bn_and_bias")
+    weight_decay, mode = config["weight_decay"], config["weight_decay_mode"]
+    exclude = config["weight_decay_exclude_bn_and_bias"]
     decay = [optax.add_decayed_weights(weight_decay, mask=lambda p: weight_decay_mask(p, exclude))]
 
     chain = []
-    if get(config, "grad_clip_per_tensor") is not None:
-        chain.append(clip_by_norm_per_tensor(get(config, "grad_clip_per_tensor")))
-    if get(config, "grad_clip_norm") is not None:
-        chain.append(optax.clip_by_global_norm(get(config, "grad_clip_norm")))
+    if config["grad_clip_per_tensor"] is not None:
+        chain.append(clip_by_norm_per_tensor(config["grad_clip_per_tensor"]))
+    if config["grad_clip_norm"] is not None:
+        chain.append(optax.clip_by_global_norm(config["grad_clip_norm"]))
     chain += decay if mode == "coupled" and weight_decay > 0 else []
-    chain += _PRECONDITIONERS[get(config, "optimizer")](config)
+    chain += _PRECONDITIONERS[config["optimizer"]](config)
     chain += decay if mode == "decoupled" and weight_decay > 0 else []
     chain.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*chain)

@@ -16,7 +16,7 @@ import numbers
 import jax.numpy as jnp
 import optax
 
-from jaxnets.optim.config import check_optim_config, get
+from jaxnets.optim.config import check_optim_config
 
 
 def _steps(epochs: float, steps_per_epoch: int) -> int:
@@ -24,14 +24,19 @@ def _steps(epochs: float, steps_per_epoch: int) -> int:
 
 
 def _constant(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
-    lr = get(config, "learning_rate")
+    lr = config["learning_rate"]
     return lambda step: jnp.full(jnp.shape(step), lr, jnp.float32)
 
 
 def _staircase(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     # ENAS: lr_init * rate^floor(max(step - start, 0) / every), in steps; `min_learning_rate` is its lr_dec_min.
-    lr, floor = get(config, "learning_rate"), get(config, "min_learning_rate")
-    start, every, rate = (get(config, k) for k in ("lr_decay_start_steps", "lr_decay_every_steps", "lr_decay_rate"))
+    # `lr_decay_every_epochs`, when set, gives `every` in epochs (torchvision's StepLR), so that it follows
+    # the batch size and the dataset.
+    lr, floor = config["learning_rate"], config["min_learning_rate"]
+    start, rate = config["lr_decay_start_steps"], config["lr_decay_rate"]
+    every = config["lr_decay_every_steps"]
+    if config["lr_decay_every_epochs"] is not None:
+        every = max(_steps(config["lr_decay_every_epochs"], steps_per_epoch), 1)
 
     def schedule(step):
         decays = jnp.maximum(step - start, 0) // every
@@ -42,16 +47,16 @@ def _staircase(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedul
 
 def _multistep(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     # lr * factor^(number of milestones reached); milestones are absolute epochs (warm-up included).
-    lr, factor = get(config, "learning_rate"), get(config, "lr_decay_factor")
-    milestones = jnp.array([_steps(e, steps_per_epoch) for e in get(config, "lr_decay_epochs")], jnp.int32)
+    lr, factor = config["learning_rate"], config["lr_decay_factor"]
+    milestones = jnp.array([_steps(e, steps_per_epoch) for e in config["lr_decay_epochs"]], jnp.int32)
     values = jnp.array([lr * factor**i for i in range(len(milestones) + 1)], jnp.float32)
     return lambda step: values[jnp.searchsorted(milestones, step, side="right")]
 
 
 def _cosine(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     # From the peak at the end of the warm-up to `min_learning_rate` at num_epochs, then flat.
-    peak, end = get(config, "learning_rate"), get(config, "min_learning_rate")
-    decay_steps = max(_steps(get(config, "num_epochs"), steps_per_epoch) - warmup_steps, 1)
+    peak, end = config["learning_rate"], config["min_learning_rate"]
+    decay_steps = max(_steps(config["num_epochs"], steps_per_epoch) - warmup_steps, 1)
 
     def schedule(step):
         progress = jnp.clip(step - warmup_steps, 0, decay_steps).astype(jnp.float32) / decay_steps
@@ -65,8 +70,8 @@ def _sgdr(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     # at epoch t_cur of it, lr = lr_min + (lr_max - lr_min) * (1 + cos(pi * t_cur / T_i)) / 2, constant within
     # an epoch. T_0=10, T_mul=2 restarts at epochs 10, 30, 70, 150, 310. lr_min itself is never reached
     # (the last epoch of a cycle has t_cur = T_i - 1). The official code's pi was 3.1415926; ours is exact.
-    lr_max, lr_min = get(config, "learning_rate"), get(config, "min_learning_rate")
-    t0, t_mul = get(config, "sgdr_t0_epochs"), get(config, "sgdr_t_mul")
+    lr_max, lr_min = config["learning_rate"], config["min_learning_rate"]
+    t0, t_mul = config["sgdr_t0_epochs"], config["sgdr_t_mul"]
     # Cycle starts (epochs) up to the last epoch an int32 step can reach: at most 31 cycles for T_mul >= 2.
     starts, lengths = [0], [t0]
     while t_mul > 1 and starts[-1] + lengths[-1] <= (2**31 - 1) // steps_per_epoch:
@@ -102,9 +107,9 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
     steps_per_epoch = int(steps_per_epoch)
-    warmup_steps = _steps(get(config, "warmup_epochs"), steps_per_epoch)
-    main = _BUILDERS[get(config, "schedule")](config, steps_per_epoch, warmup_steps)
-    peak = get(config, "learning_rate")
+    warmup_steps = _steps(config["warmup_epochs"], steps_per_epoch)
+    main = _BUILDERS[config["schedule"]](config, steps_per_epoch, warmup_steps)
+    peak = config["learning_rate"]
 
     def schedule(step):
         step = jnp.asarray(step)

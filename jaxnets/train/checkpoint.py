@@ -1,13 +1,16 @@
-"""Checkpoints in `workdir/checkpoints/<step>`: the train state and the config, saved with orbax.
+"""The run's checkpoints (layout: `jaxnets.checkpoint_layout`), saved and restored with orbax.
 
 Saves are asynchronous (orbax copies the arrays to host memory, then writes them in a background thread)
-and atomic: orbax writes a step into a temporary directory, renames it, and writes `commit_success.txt`
-last. Resume takes the newest step that restores; a step without its commit marker, or one whose files
-no longer read (truncated, deleted), is moved to `workdir/checkpoints_broken/` with a warning, and the
-step before it is tried. Stale temporary directories from a killed save are removed with a warning.
+and atomic (a temporary directory, a rename, the commit marker last). On disk the state is a plain nested
+dict (`flax.serialization.to_state_dict`), so a notebook reads it without the optimizer.
 
-On disk the state is a plain nested dict (`flax.serialization.to_state_dict`), so a notebook can read
-it without the optimizer (`jaxnets.load_checkpoint`).
+Resume takes the newest step, in this order:
+- a step that is unfinished (no commit marker) or unreadable (its metadata or arrays do not read, e.g. a
+  truncated file) is BROKEN: moved to `checkpoints_broken/` with a warning, and the step before is tried.
+  orbax's stale temporaries from a killed save are removed (its `cleanup_tmp_directories`), with a warning;
+- a readable step that does not FIT the config (another model, or a train state of another structure:
+  EMA turned on, another optimizer, clipping added, ...) stops the run with IncompatibleCheckpointError,
+  naming what differs, before anything is moved, deleted or written. A mismatch is never corruption.
 """
 
 from __future__ import annotations
@@ -15,31 +18,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import uuid
 
 import flax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from jaxnets.checkpoint_loading import CHECKPOINT_DIR, COMMIT_MARKER, step_numbers
+from jaxnets import checkpoint_layout as layout
+from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
 
 log = logging.getLogger("jaxnets")
 
-BEST_DIR = "checkpoints_best"
-BROKEN_DIR = "checkpoints_broken"
-TMP_MARKER = ".orbax-checkpoint-tmp"
 # Fields that change the parameters' structure: a checkpoint cannot continue under other values.
 # (conv_lowering changes how convs are computed, never the parameters.)
 MODEL_FIELDS = ("model", "model_overrides", "dataset")
 _PORTABLE_OVERRIDES = ("conv_lowering",)
-
-
-class WorkdirError(RuntimeError):
-    """The workdir cannot hold checkpoints; raised before anything trains."""
-
-
-class IncompatibleCheckpointError(ValueError):
-    """The workdir's checkpoint was written for another model; the message names the fields."""
+# Fields that change the rest of the train state (optimizer slots, EMA, clipping and decay stages), named
+# in the message when the saved state's structure differs from the config's.
+STATE_FIELDS = ("task", "optimizer", "momentum", "ema_decay", "weight_decay", "weight_decay_mode",
+                "grad_clip_norm", "grad_clip_per_tensor")
 
 
 def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
@@ -79,73 +77,106 @@ def model_differences(saved: dict, config: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
+def structure_differences(saved_tree, target_tree, limit: int = 3) -> list[str]:
+    """What differs between a saved state's structure (orbax metadata) and the config's state (a tree of
+    ShapeDtypeStruct): at most `limit` dotted paths with what is wrong there, then how many more."""
+    saved, target = _leaves(saved_tree), _leaves(target_tree)
+    differences = []
+    for path in sorted(saved.keys() | target.keys()):
+        if path not in saved:
+            differences.append(f"{path} is not in the checkpoint")
+        elif path not in target:
+            differences.append(f"{path} is only in the checkpoint")
+        elif saved[path] != target[path]:
+            differences.append(f"{path} is {_describe(saved[path])} there, {_describe(target[path])} here")
+    if len(differences) > limit:
+        differences = [*differences[:limit], f"{len(differences) - limit} more"]
+    return differences
+
+
+def _leaves(tree, prefix: str = "") -> dict[str, tuple]:
+    """{dotted path: (shape, dtype name)} of a nested dict/list tree; None and empty containers hold nothing."""
+    if tree is None:
+        return {}
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {prefix: (tuple(tree.shape), np.dtype(tree.dtype).name)}
+    out = {}
+    for key, value in items:
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _describe(leaf: tuple) -> str:
+    shape, dtype = leaf
+    return f"{dtype}{list(shape)}"
+
+
 def _json(value):
     return json.loads(json.dumps(value))  # tuples -> lists, as they come back from disk
+
+
+def _get(config: dict, dotted: str):
+    value = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
 
 
 class Checkpoints:
     """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start."""
 
-    def __init__(self, workdir: str, *, max_to_keep: int, keep_best: bool = False, is_main_process: bool = True):
-        self.workdir = workdir
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    def __init__(self, workdir, *, max_to_keep: int, keep_best: bool = False, is_main_process: bool = True):
+        self.workdir = epath.Path(workdir)
+        self.directory = layout.checkpoint_dir(workdir)
         self.is_main_process = is_main_process
-        if is_main_process:
-            self._remove_temporaries()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True)
+        for path in layout.temporaries(self.directory):
+            log.warning("checkpoint: removing %s, a save that never finished", path)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.best = None
         if keep_best:  # the single best eval checkpoint, kept apart from the rolling ones
             best_options = ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m["eval_top1"], best_mode="max", enable_async_checkpointing=True,
-                create=True,
+                create=True, cleanup_tmp_directories=True,
             )
-            self.best = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), BEST_DIR), options=best_options)
-
-    def _remove_temporaries(self) -> None:
-        if not os.path.isdir(self.directory):
-            return
-        for name in sorted(os.listdir(self.directory)):
-            if TMP_MARKER in name:
-                log.warning("checkpoint: removing %s, a save that never finished", os.path.join(self.directory, name))
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            self.best = ocp.CheckpointManager(self.workdir / layout.BEST_DIR, options=best_options)
 
     def _move_aside(self, step: int, why: str) -> None:
-        source = os.path.join(self.directory, str(step))
-        log.warning("checkpoint: skipping step %d (%s); moved to %s", step, why, BROKEN_DIR)
+        log.warning("checkpoint: skipping step %d (%s); moved to %s", step, why, layout.BROKEN_DIR)
         if self.is_main_process:
-            target = os.path.join(self.workdir, BROKEN_DIR, f"{step}-{uuid.uuid4().hex[:8]}")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.move(source, target)
+            target = self.workdir / layout.BROKEN_DIR / f"{step}-{uuid.uuid4().hex[:8]}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
         self.manager.reload()
 
     def restore_latest(self, abstract_state, config: dict):
         """-> (step, state) from the newest good checkpoint, or None when there is none.
 
-        `abstract_state` is a TrainState of jax.ShapeDtypeStruct with the shardings to restore onto.
-        Raises IncompatibleCheckpointError, naming the fields, if the checkpoint is of another model.
+        `abstract_state` is the task's state of jax.ShapeDtypeStruct with the shardings to restore onto;
+        `config` the run's resolved config as JSON. Raises IncompatibleCheckpointError when the newest
+        readable step does not fit them, having changed nothing on disk.
         """
-        for step in reversed(step_numbers(self.directory)):
-            if not os.path.exists(os.path.join(self.directory, str(step), COMMIT_MARKER)):
-                self._move_aside(step, f"no {COMMIT_MARKER}: the save did not finish")
+        target = flax.serialization.to_state_dict(abstract_state)
+        for step in reversed(layout.step_numbers(self.directory)):
+            step_dir = self.directory / str(step)
+            if not layout.is_finished(step_dir):
+                self._move_aside(step, "no commit marker: the save did not finish")
                 continue
             try:
-                saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-            except Exception as e:  # noqa: BLE001  any unreadable file means a broken step
-                self._move_aside(step, f"config unreadable: {type(e).__name__}: {e}")
+                saved_config = layout.read_meta(step_dir)["config"]
+                saved_structure = layout.state_structure(step_dir)
+            except Exception as e:  # noqa: BLE001  any unreadable metadata means a broken step
+                self._move_aside(step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}")
                 continue
-            differing = model_differences(saved["config"], config)
-            if differing:
-                details = "; ".join(f"{k}: checkpoint {_get(saved['config'], k)!r}, config {_get(config, k)!r}"
-                                    for k in differing)
-                raise IncompatibleCheckpointError(
-                    f"{os.path.join(self.directory, str(step))} was written for another model ({details}): "
-                    "use another --workdir, or --config.init_from to start from its parameters"
-                )
-            target = flax.serialization.to_state_dict(abstract_state)
+            _check_fits(step_dir, saved_config, config, saved_structure, target)
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001  the structure fits, so the data itself does not read
                 self._move_aside(step, f"state unreadable: {type(e).__name__}: {str(e)[:300]}")
                 continue
             return step, flax.serialization.from_state_dict(abstract_state, restored["state"])
@@ -170,8 +201,21 @@ class Checkpoints:
             self.best.close()
 
 
-def _get(config: dict, dotted: str):
-    value = config
-    for key in dotted.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
+def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, target) -> None:
+    """Raises IncompatibleCheckpointError (one line: what differs, what to do) unless the step fits the config."""
+    todo = (f"use another --workdir, or --config.init_from={step_dir} to start from its parameters; "
+            "nothing in the workdir was changed")
+    differing = model_differences(saved_config, config)
+    if differing:
+        details = "; ".join(f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}" for k in differing)
+        raise IncompatibleCheckpointError(f"{step_dir} was written for another model ({details}): {todo}")
+    structure = structure_differences(saved_structure, target)
+    if structure:
+        saved_json, config_json = _json(saved_config), _json(config)
+        fields = [f"{k}: checkpoint {saved_json.get(k)!r}, config {config_json.get(k)!r}"
+                  for k in STATE_FIELDS if saved_json.get(k) != config_json.get(k)]
+        cause = f"; the config differs in {'; '.join(fields)}" if fields else ""
+        raise IncompatibleCheckpointError(
+            f"{step_dir} holds a train state of another structure ({'; '.join(structure)}){cause}: resume with "
+            f"the checkpoint's values, or {todo}"
+        )

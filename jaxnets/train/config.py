@@ -1,7 +1,15 @@
-"""Every field a run reads, with its default. Recipes in configs/ start from `base_config()`.
+"""Every field a run reads, with its one default, and `resolve_config`: the config a run actually uses.
 
-Fields are flat so any of them overrides from the command line (`--config.learning_rate=0.05`); the
-model's own fields go in `model_overrides` (`--config.model_overrides.width_multiplier=0.5`).
+Recipes in configs/ start from `base_config()` and set what differs. Fields are flat, so any of them
+overrides from the command line (`--config.learning_rate=0.05`); the model's own fields go in
+`model_overrides` (`--config.model_overrides.width_multiplier=0.5`). Nothing else in jaxnets holds a
+default for these fields.
+
+`resolve_config` runs after the command line: it fills the dataset's own defaults where a field is None
+(image size, splits, shuffle buffer, cache; the table is `jaxnets.data.DATASETS`), derives the values
+that depend on other fields (the learning rate scaled to the batch), and validates everything, so a
+derived value can never be stale. Steps per epoch and schedule boundaries depend on the dataset's size and
+are derived when the trainer is built (`jaxnets.train.build_trainer`), from the resolved fields.
 """
 
 from __future__ import annotations
@@ -9,23 +17,26 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from jaxnets.errors import ConfigError
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "classification"  # what is trained (jaxnets.train.trainer.TASKS); the loop is the same for all
     # Model: a registry name plus any of its fields.
     c.model = "resnext29_8x64d"
     c.model_overrides = ml_collections.ConfigDict()
     c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters and BN statistics stay float32)
     c.sync_batch_norm = True  # BN statistics over the global batch; False: per device, averaged after the step
 
-    # Data (jaxnets.data).
+    # Data (jaxnets.data). None: the dataset's own value from jaxnets.data.DATASETS.
     c.dataset = "cifar10"
     c.data_dir = placeholder(str)  # None: TFDS's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-    c.image_size = 32
+    c.image_size = placeholder(int)  # None: the dataset's (32 CIFAR, 224 ImageNet, 8 digits)
     c.train_split = placeholder(str)  # None: the dataset's standard split
     c.eval_split = placeholder(str)
     c.augment = True
-    c.shuffle_buffer = placeholder(int)  # None: the dataset's default (50k CIFAR, 16k ImageNet)
+    c.shuffle_buffer = placeholder(int)  # None: the dataset's (50k CIFAR, 16k ImageNet)
     c.cache = placeholder(bool)  # None: cached in memory except ImageNet
     c.seed = 0
 
@@ -40,22 +51,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9
     c.nesterov = False
     c.rmsprop_decay = 0.9
-    c.rmsprop_epsilon = 1e-3
+    c.rmsprop_epsilon = 1e-8  # torch.optim.RMSprop's (jaxnets' RMSProp has torch's semantics)
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
-    c.learning_rate = 0.1
+    c.learning_rate = 0.1  # the peak: the schedules, warm-up and restarts are relative to it
+    # None: learning_rate is used as given. N: learning_rate is the rate for a batch of N images, scaled
+    # linearly to global_batch_size (Goyal et al. 2017); resolved after command-line overrides.
+    c.learning_rate_batch_size = placeholder(int)
     c.schedule = "cosine"
     c.warmup_epochs = 0.0
     c.min_learning_rate = 0.0
-    c.lr_decay_epochs = ()
+    c.lr_decay_epochs = ()  # multistep milestones
     c.lr_decay_factor = 0.1
-    c.lr_decay_start_steps = 0
+    c.lr_decay_start_steps = 0  # staircase (ENAS): lr * rate^floor(max(step - start, 0) / every)
     c.lr_decay_every_steps = 10_000
+    c.lr_decay_every_epochs = placeholder(float)  # staircase: the interval in epochs; replaces ..._every_steps
     c.lr_decay_rate = 0.1
     c.sgdr_t0_epochs = 10
     c.sgdr_t_mul = 2
-    c.weight_decay = 5e-4
+    c.weight_decay = 0.0
     # "l2_loss": weight_decay * sum(w^2) added to the loss (ENAS); "coupled": weight_decay * w added to the
     # gradient (PyTorch's SGD weight_decay); "decoupled": -lr * weight_decay * w after the optimizer (AdamW).
     c.weight_decay_mode = "l2_loss"
@@ -78,3 +93,44 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_best = False  # also keep the best checkpoint by eval top-1 in workdir/checkpoints_best
     c.init_from = placeholder(str)  # a workdir or step: start from its params and batch_stats only
     return c
+
+
+def resolve_config(config, device_count: int | None = None) -> ml_collections.ConfigDict:
+    """The config a run uses: dataset defaults filled in, derived values computed, every field checked.
+
+    Returns a new, locked ConfigDict; `config` is not changed. Resolving a resolved config changes nothing
+    (a checkpoint's saved config resolves to itself). Raises ConfigError naming the first bad field.
+    `device_count` (default: every device) is what the batch sizes must divide.
+    """
+    from jaxnets.data import check_data_config  # the dataset table; imports no TensorFlow
+    from jaxnets.train.validate import check_config
+
+    missing = sorted(set(base_config().keys()) - set(config.keys()))
+    if missing:
+        raise ConfigError(f"config: missing field(s) {', '.join(missing)}: start the recipe from base_config()")
+    resolved = config.copy_and_resolve_references()
+    try:
+        data = check_data_config(resolved)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    with resolved.unlocked():
+        for field in ("image_size", "train_split", "eval_split", "shuffle_buffer", "cache"):
+            resolved[field] = getattr(data, field)
+        _scale_learning_rate(resolved)
+    check_config(resolved, device_count)
+    resolved.lock()
+    return resolved
+
+
+def _scale_learning_rate(config) -> None:
+    reference = config.learning_rate_batch_size
+    if reference is None:
+        return
+    if isinstance(reference, bool) or not isinstance(reference, int) or reference <= 0:
+        raise ConfigError(f"config.learning_rate_batch_size must be None or a positive int, got {reference!r}")
+    batch = config.global_batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ConfigError(f"config.global_batch_size must be a positive int, got {batch!r}")
+    # Stored as "learning_rate for global_batch_size images", so resolving again is the identity.
+    config.learning_rate = config.learning_rate * batch / reference
+    config.learning_rate_batch_size = batch

@@ -1,100 +1,66 @@
-"""`train_and_evaluate(config, workdir)`: the whole run, host side. The jitted steps stay pure."""
+"""`train_and_evaluate(config, workdir)`: the loop, host side, the same for every task.
+
+The loop owns the data stream (a function of (seed, step), so a resume continues it exactly), the cadence
+of logging, evaluation and checkpoints, preemption signals, the non-finite policy, checkpoints and
+reporting. What is trained comes from `build_trainer` (the task seam: `task.py`); its steps stay pure.
+"""
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
 
 import jax
-import jax.numpy as jnp
 
-from jaxnets.models import create_model_from_config
-from jaxnets.train import checkpoint, parallel, steps
+from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError
+from jaxnets.train import checkpoint, parallel
 from jaxnets.train.reporting import Reporter
 from jaxnets.train.signals import StopSignals
-from jaxnets.train.state import TrainState, create_train_state
-from jaxnets.train.validate import ConfigError, check_config
+from jaxnets.train.trainer import Trainer, build_trainer
 
 log = logging.getLogger("jaxnets")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A step's loss, gradient norm or updated-parameter norm is NaN or Inf (beyond config.skip_nonfinite_steps)."""
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the final eval metrics."""
     from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
-    from jaxnets.optim import create_optimizer, create_schedule
 
-    check_config(config)  # before anything compiles
+    trainer = build_trainer(config)  # resolves and checks the config: nothing is compiled or written before
+    config, length = trainer.config, trainer.length
     checkpoint.check_writable(workdir)
-    mesh = parallel.create_mesh()
     process_index, process_count = jax.process_index(), jax.process_count()
-    info = data.dataset_info(config)
-    steps_per_epoch = info.num_train_examples // config.global_batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"config.global_batch_size={config.global_batch_size} exceeds the {info.num_train_examples} "
-            f"training examples of {config.dataset}"
-        )
-    total_steps = config.num_epochs * steps_per_epoch
-    if config.num_train_steps > 0:
-        total_steps = min(total_steps, config.num_train_steps)
-    eval_every = max(1, round(config.eval_every_epochs * steps_per_epoch))
-
-    model = create_model_from_config(config, info.num_classes)
-    schedule = create_schedule(config, steps_per_epoch)
-    tx = create_optimizer(config, steps_per_epoch)
-    init = functools.partial(create_train_state, model, tx, info.image_shape, config.seed, config.ema_decay is not None)
-    replicated = parallel.replicated(mesh)
-    # What a checkpoint holds besides the state: enough for a notebook to rebuild the model.
-    meta = {"config": json.loads(config.to_json()), "num_classes": info.num_classes,
-            "image_shape": list(info.image_shape)}
+    is_main_process = process_index == 0
+    if is_main_process:
+        log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
+                 length.steps_per_epoch, length.eval_every_steps, config)
+    meta = trainer.checkpoint_meta()
     checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep, keep_best=config.keep_best,
-                                         is_main_process=process_index == 0)
+                                         is_main_process=is_main_process)
     try:
-        state = _initial_state(config, meta, checkpoints, init, replicated)  # restores before compiling
+        state = _initial_state(trainer, meta, checkpoints)  # restores before compiling
     except BaseException:
         checkpoints.close()
         raise
-    train_step = parallel.data_parallel_train_step(
-        functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule, config=config), mesh
-    )
-    eval_step = parallel.data_parallel_eval_step(functools.partial(steps.eval_step, model=model), mesh)
 
     eval_batches = data.eval_batches(config, config.eval_batch_size // process_count, process_index=process_index,
                                      process_count=process_count)
-
-    def evaluate(state: TrainState) -> dict:
-        totals = None
-        for batch in eval_batches:
-            sums = eval_step(state, parallel.device_batch(batch, mesh))
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        count = float(totals["count"])
-        return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
-                "eval_top5": float(totals["top5"]) / count, "eval_examples": count}
-
     start_step = int(state.step)
-    reporter = Reporter(workdir, total_steps, steps_per_epoch, config.global_batch_size,
-                        is_main_process=process_index == 0, start_step=start_step)
+    reporter = Reporter(workdir, length.total_steps, length.steps_per_epoch, config.global_batch_size,
+                        is_main_process=is_main_process, start_step=start_step)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
-             total_steps, steps_per_epoch, config.global_batch_size, mesh.size)
+             length.total_steps, length.steps_per_epoch, config.global_batch_size, trainer.mesh.size)
     batches = parallel.prefetch_to_device(
         data.train_iterator(config, config.global_batch_size // process_count, start_step=start_step,
                             process_index=process_index, process_count=process_count),
-        mesh,
+        trainer.mesh,
     )
-
     skipped_in_a_row = 0
 
     def finish(step: int, metrics) -> None:
         """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
         nonlocal skipped_in_a_row
         metrics = jax.device_get(metrics)  # one transfer of a few scalars
-        non_finite = _first_non_finite(metrics)
+        non_finite = _first_non_finite(metrics, trainer.task.finite_metrics)
         if non_finite:
             name, value = non_finite
             skipped_in_a_row += 1
@@ -107,28 +73,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         step, name, value, skipped_in_a_row, config.skip_nonfinite_steps)
         else:
             skipped_in_a_row = 0
-        if step % config.log_every_steps == 0 or step == total_steps:
+        if step % config.log_every_steps == 0 or step == length.total_steps:
             reporter.progress(step, {f"train_{k}": v for k, v in metrics.items()})
 
     eval_metrics: dict = {}
     pending = None
     try:
         with StopSignals() as stop:
-            for step in range(start_step + 1, total_steps + 1):
-                state, metrics = train_step(state, next(batches))  # dispatch step t ...
+            for step in range(start_step + 1, length.total_steps + 1):
+                state, metrics = trainer.train_step(state, next(batches))  # dispatch step t ...
                 if pending is not None:
                     finish(*pending)  # ... then read step t-1's metrics while t runs
                 pending = (step, metrics)
-                evaluating = step % eval_every == 0 or step == total_steps
-                saving = step % config.checkpoint_every_steps == 0 or step == total_steps or stop.requested
+                evaluating = step % length.eval_every_steps == 0 or step == length.total_steps
+                saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop.requested
                 if evaluating or saving:
                     finish(*pending)  # a state is saved only once its loss and update are known finite
                     pending = None
                 if evaluating:
-                    eval_metrics = evaluate(state)
+                    eval_metrics = trainer.evaluate(state, eval_batches)
                     reporter.write(step, eval_metrics)
-                    log.info("step %d  eval top-1 %.4f  top-5 %.4f  loss %.4f", step, eval_metrics["eval_top1"],
-                             eval_metrics["eval_top5"], eval_metrics["eval_loss"])
+                    log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 if saving:  # asynchronous: orbax copies the state to host memory, then writes it in a thread
                     checkpoints.save(step, state, meta, eval_metrics if evaluating else None)
                 if stop.requested:
@@ -140,34 +105,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return eval_metrics
 
 
-def _first_non_finite(metrics) -> tuple[str, float] | None:
-    """The first of a step's loss, gradient norm and updated-parameter norm that is NaN or Inf, with its value."""
-    for name, key in (("loss", "loss"), ("gradient norm", "grad_norm"), ("parameter norm", "param_norm")):
+# Metric names as the non-finite message says them.
+_SPOKEN = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
+
+
+def _first_non_finite(metrics, names) -> tuple[str, float] | None:
+    """The first of the named metrics that is NaN or Inf, as (its spoken name, its value)."""
+    for key in names:
         value = float(metrics[key])
         if not math.isfinite(value):
-            return name, value
+            return _SPOKEN.get(key, key), value
     return None
 
 
-def _initial_state(config, meta: dict, checkpoints: checkpoint.Checkpoints, init, sharding) -> TrainState:
+def _initial_state(trainer: Trainer, meta: dict, checkpoints: checkpoint.Checkpoints):
     """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s parameters)."""
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(init))
-    restored = checkpoints.restore_latest(abstract, meta["config"])
+    config = trainer.config
+    restored = checkpoints.restore_latest(trainer.abstract_state(), meta["config"])
     if restored is not None:
         step, state = restored
         log.info("resuming from %s at step %d", checkpoints.directory, step)
         return state
-    state = jax.jit(init, out_shardings=sharding)()
+    state = trainer.init_state()
     if config.init_from:
-        from jaxnets.checkpoint_loading import read_meta, resolve_step_dir, restore_variables
+        from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
+        from jaxnets.checkpoint_loading import restore_variables
 
         step_dir = resolve_step_dir(config.init_from)
         differing = checkpoint.model_differences(read_meta(step_dir)["config"], meta["config"])
         if differing:
-            raise checkpoint.IncompatibleCheckpointError(
+            raise IncompatibleCheckpointError(
                 f"config.init_from: {step_dir} is of another model (differs in {', '.join(differing)})"
             )
-        loaded = restore_variables(step_dir, sharding)
+        loaded = restore_variables(step_dir, parallel.replicated(trainer.mesh))
         state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
                               ema_params=None if state.ema_params is None else loaded["params"])
         log.info("parameters and BN statistics from %s; step, optimizer and rng start afresh", step_dir)

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxnets.train.steps import DATA_AXIS
+DATA_AXIS = "data"  # the one mesh axis; steps reduce over it by this name
 
 
 def create_mesh(devices=None) -> Mesh:

@@ -1,23 +1,35 @@
-"""Checks a config before anything compiles: one line that names the field and says what to do."""
+"""Checks a resolved config before anything compiles: one line that names the field and says what to do."""
 
 from __future__ import annotations
 
 import jax
 
+from jaxnets.errors import ConfigError
 from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
 
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the field."""
+# Models that supervised training cannot train as they are, and what to use instead.
+_NOT_SUPERVISED = {
+    "enas_macro_shared": (
+        "is the ENAS search space (shared weights; the architecture is an input of every step), which supervised "
+        "training cannot train as one network: to train one architecture use --config.model=enas_macro with "
+        "--config.model_overrides.arc='...' (configs/enas_macro_final_cifar10.py trains the published one)"
+    ),
+}
 
 
 def check_config(config, device_count: int | None = None) -> None:
+    """Raises ConfigError naming the first bad field of a resolved config (`resolve_config` calls this)."""
     from jaxnets.data import check_data_config  # TensorFlow stays inside the data package
     from jaxnets.optim import check_optim_config
+    from jaxnets.train.trainer import TASKS
 
     device_count = jax.device_count() if device_count is None else device_count
+    if config.task not in TASKS:
+        raise ConfigError(f"config.task: unknown task {config.task!r}; known: {', '.join(TASKS)}")
     if config.model not in list_models():
         raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
+    if config.model in _NOT_SUPERVISED:
+        raise ConfigError(f"config.model: {config.model!r} {_NOT_SUPERVISED[config.model]}")
     try:
         model = create_model(config.model, **config.model_overrides.to_dict())
     except ValueError as e:
@@ -41,9 +53,11 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.skip_nonfinite_steps < 0:
         raise ConfigError(f"config.skip_nonfinite_steps must be >= 0, got {config.skip_nonfinite_steps}")
-    for field in ("checkpoint_every_steps", "max_to_keep"):
+    for field in ("checkpoint_every_steps", "max_to_keep", "log_every_steps"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
+    if config.eval_every_epochs <= 0:
+        raise ConfigError(f"config.eval_every_epochs must be > 0, got {config.eval_every_epochs}")
     for check in (check_data_config, check_optim_config):
         try:
             check(config)

@@ -1,0 +1,83 @@
+"""Where a run's checkpoints are in its workdir, and how to read what a step holds without restoring it.
+
+    workdir/checkpoints/<step>/state/    the task's state (a flax state dict), orbax StandardSave
+    workdir/checkpoints/<step>/config/   {"config": resolved run config, "num_classes", "image_shape"}, JSON
+    workdir/checkpoints_best/<step>/     the same, the best eval top-1 (config.keep_best)
+    workdir/checkpoints_broken/<step>-*  unreadable steps moved aside on resume
+
+orbax writes a step into a temporary directory, renames it, and writes its commit marker last; a step is
+finished when the marker is there. Names of orbax's own files come from orbax. Paths are `etils.epath`
+paths, as orbax's are, so a workdir may be on cloud storage. This module is the only one that knows this
+layout; the trainer writes it (`jaxnets.train.checkpoint`) and notebooks read it (`jaxnets.load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from etils import epath
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "checkpoints_best"
+BROKEN_DIR = "checkpoints_broken"
+STATE_ITEM = "state"
+META_ITEM = "config"
+
+
+def checkpoint_dir(workdir) -> epath.Path:
+    return epath.Path(workdir) / CHECKPOINT_DIR
+
+
+def commit_marker(step_dir) -> epath.Path:
+    import orbax.checkpoint as ocp
+
+    return epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE
+
+
+def is_finished(step_dir) -> bool:
+    """True once orbax has written the step's commit marker (its last write)."""
+    return commit_marker(step_dir).exists()
+
+
+def step_numbers(directory) -> list[int]:
+    """The steps under a checkpoints directory, finished or not (not orbax's temporaries), ascending."""
+    directory = epath.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def temporaries(directory) -> list[epath.Path]:
+    """orbax's temporary directories under `directory`: saves that never reached their rename."""
+    import orbax.checkpoint as ocp
+
+    directory = epath.Path(directory)
+    return [directory / name for name in ocp.path.step.tmp_checkpoints(directory)] if directory.is_dir() else []
+
+
+def resolve_step_dir(path) -> epath.Path:
+    """A step directory (`.../checkpoints/<step>`), or a workdir / its `checkpoints/`: the newest finished step."""
+    path = epath.Path(path)
+    if (path / STATE_ITEM).is_dir():
+        return path
+    directory = path / CHECKPOINT_DIR
+    directory = directory if directory.is_dir() else path
+    steps = [s for s in step_numbers(directory) if is_finished(directory / str(s))]
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {path} (expected <workdir>/{CHECKPOINT_DIR}/<step>/)")
+    return directory / str(steps[-1])
+
+
+def read_meta(step_dir) -> dict:
+    """The JSON saved beside the state: {"config": {...}, "num_classes": int, "image_shape": [H, W, C]}."""
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return checkpointer.restore(epath.Path(step_dir) / META_ITEM)
+
+
+def state_structure(step_dir) -> dict:
+    """The saved state's tree from orbax's metadata: nested dicts of `ArrayMetadata` (shape, dtype) or None.
+    Reads no array data."""
+    import orbax.checkpoint as ocp
+
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.metadata(epath.Path(step_dir) / STATE_ITEM).item_metadata.tree

@@ -1,0 +1,32 @@
+"""The errors a user fixes: a config value, a dataset to prepare, a workdir, a checkpoint that does not fit
+the config, a run that diverged. `train.py` prints any of them as one line (no traceback) and exits 1.
+
+Each also derives from the builtin it refines, so `except ValueError` around a config check keeps working.
+Nothing here imports jax or TensorFlow.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user must change; the message names it and says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config value; the message names the field."""
+
+
+class DatasetNotPreparedError(UserError, FileNotFoundError):
+    """The dataset is not on disk; the message gives the command that prepares it."""
+
+
+class WorkdirError(UserError, OSError):
+    """The workdir cannot hold checkpoints; raised before anything trains."""
+
+
+class IncompatibleCheckpointError(UserError, ValueError):
+    """The workdir's checkpoint does not fit the config; nothing in the workdir was changed."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """A step's loss, gradient norm or updated-parameter norm is NaN or Inf (beyond skip_nonfinite_steps)."""

@@ -1,0 +1,148 @@
+"""`build_trainer(config) -> Trainer`: one function puts a run together, for train.py, tests and notebooks.
+
+    trainer = build_trainer(config)                  # resolves and checks the config; compiles nothing
+    state = trainer.init_state()                     # replicated over the mesh
+    state, metrics = trainer.train_step(state, trainer.shard(batch))
+    print(trainer.evaluate(state, eval_batches))
+
+The trainer holds the resolved config, the run length, the mesh and the task, with the task's steps made
+data parallel (`parallel.py`) and the loop's non-finite policy applied. The loop (`loop.py`) adds data,
+cadence, signals, checkpoints and reporting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh
+
+from jaxnets.errors import ConfigError
+from jaxnets.train import parallel
+from jaxnets.train.config import resolve_config
+from jaxnets.train.task import State, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLength:
+    """Counts derived from the resolved config and the dataset's size."""
+
+    steps_per_epoch: int
+    total_steps: int  # num_epochs of steps, capped by num_train_steps when that is > 0
+    eval_every_steps: int
+
+
+def run_length(config, num_train_examples: int) -> RunLength:
+    steps_per_epoch = num_train_examples // config.global_batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"config.global_batch_size={config.global_batch_size} exceeds the {num_train_examples} "
+            f"training examples of {config.dataset}"
+        )
+    total_steps = round(config.num_epochs * steps_per_epoch)
+    if config.num_train_steps > 0:
+        total_steps = min(total_steps, config.num_train_steps)
+    return RunLength(steps_per_epoch, total_steps, max(1, round(config.eval_every_epochs * steps_per_epoch)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    config: ml_collections.ConfigDict  # resolved and locked
+    dataset: Any  # jaxnets.data.DatasetInfo
+    length: RunLength
+    mesh: Mesh
+    task: Task
+    train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, data parallel; donates the state
+    eval_step: Callable[[State, dict], dict]  # jitted, data parallel: psum'd sums of one global batch
+
+    def init_state(self) -> State:
+        return jax.jit(self.task.init_state, out_shardings=parallel.replicated(self.mesh))()
+
+    def abstract_state(self) -> State:
+        """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""
+        sharding = parallel.replicated(self.mesh)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                            jax.eval_shape(self.task.init_state))
+
+    def shard(self, local_batch: dict) -> dict:
+        """This process's numpy batch -> the global batch, sharded over the mesh."""
+        return parallel.device_batch(local_batch, self.mesh)
+
+    def evaluate(self, state: State, batches: Iterable[dict]) -> dict:
+        """One pass over host-local eval batches -> the task's `eval_*` metrics."""
+        totals = None
+        for batch in batches:
+            sums = self.eval_step(state, self.shard(batch))
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        return self.task.eval_metrics(jax.device_get(totals))
+
+    def checkpoint_meta(self) -> dict:
+        """Saved beside every state: enough for a notebook to rebuild the model (`jaxnets.load_checkpoint`)."""
+        return {"config": json.loads(self.config.to_json()), "num_classes": self.dataset.num_classes,
+                "image_shape": list(self.dataset.image_shape)}
+
+
+def _classification(config, dataset, steps_per_epoch: int) -> Task:
+    from jaxnets.models import create_model_from_config
+    from jaxnets.optim import create_optimizer, create_schedule
+    from jaxnets.train.classification import ClassificationTask
+
+    return ClassificationTask(
+        model=create_model_from_config(config, dataset.num_classes),
+        tx=create_optimizer(config, steps_per_epoch),
+        schedule=create_schedule(config, steps_per_epoch),
+        config=config,
+        image_shape=tuple(dataset.image_shape),
+    )
+
+
+TASKS: dict[str, Callable[..., Task]] = {"classification": _classification}
+
+
+def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
+    """The trainer for `config` on `devices` (default: every device of every process).
+
+    Resolves and checks the config first (ConfigError naming the field), then reads the dataset's metadata
+    unless `dataset_info` (a `jaxnets.data.DatasetInfo`) is given, as tests with synthetic batches do.
+    Nothing is compiled until a step runs.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    config = resolve_config(config, device_count=len(devices))
+    if dataset_info is None:
+        from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
+
+        dataset_info = data.dataset_info(config)
+    length = run_length(config, dataset_info.num_train_examples)
+    task = TASKS[config.task](config, dataset_info, length.steps_per_epoch)
+    mesh = parallel.create_mesh(devices)
+    train_step = task.train_step
+    if config.skip_nonfinite_steps:
+        train_step = discard_non_finite(train_step, task.finite_metrics)
+    return Trainer(
+        config=config,
+        dataset=dataset_info,
+        length=length,
+        mesh=mesh,
+        task=task,
+        train_step=parallel.data_parallel_train_step(train_step, mesh),
+        eval_step=parallel.data_parallel_eval_step(task.eval_step, mesh),
+    )
+
+
+def discard_non_finite(step_fn, metric_names: tuple[str, ...]):
+    """`step_fn` that keeps the old state (but advances `step`, so the data moves on) when any of the named
+    metrics is NaN or Inf, and reports `skipped` (1.0 or 0.0). The metrics are reduced over devices, so
+    every device takes the same decision."""
+
+    def step(state, batch):
+        new_state, metrics = step_fn(state, batch)
+        finite = jnp.all(jnp.isfinite(jnp.stack([metrics[k] for k in metric_names])))
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        return kept.replace(step=new_state.step), {**metrics, "skipped": 1.0 - finite.astype(jnp.float32)}
+
+    return step

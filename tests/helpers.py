@@ -1,0 +1,58 @@
+"""Configs and synthetic data shared by the trainer tests (test modules import this, never each other)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from jaxnets.data import DatasetInfo
+from jaxnets.train import base_config
+
+REPO = pathlib.Path(__file__).parents[1]
+GLOBAL_BATCH = 16
+# What build_trainer would read from a dataset's metadata, for runs on `random_batches`.
+SYNTHETIC_DATASET = DatasetInfo(num_classes=10, image_shape=(8, 8, 3), num_train_examples=100 * GLOBAL_BATCH,
+                                num_eval_examples=GLOBAL_BATCH)
+
+
+def load_recipe(name: str) -> ml_collections.ConfigDict:
+    """configs/<name>.py's get_config(), loaded as train.py loads it."""
+    path = REPO / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def optim_config(**fields) -> ml_collections.ConfigDict:
+    """Every field at its default, a constant lr of 0.1 over 200 epochs, then `fields`; untyped, so a test can
+    set a value of the wrong type to check its message."""
+    defaults = {**base_config().to_dict(), "learning_rate": 0.1, "num_epochs": 200, "schedule": "constant"}
+    return ml_collections.ConfigDict({**defaults, **fields})
+
+
+def tiny_resnext_config(sync_batch_norm: bool = True, conv_lowering: str = "auto") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.model = "cifar_resnext50"  # grouped 1x1 and 3x3 convs: the ones XLA's partitioner all-gathers
+    c.model_overrides.conv_lowering = conv_lowering
+    c.model_overrides.stage_sizes = (1, 1)
+    c.model_overrides.stage_planes = (16, 32)
+    c.model_overrides.groups = 4
+    c.image_size = 8
+    c.global_batch_size = c.eval_batch_size = GLOBAL_BATCH
+    c.sync_batch_norm = sync_batch_norm
+    c.learning_rate = 0.05
+    c.schedule = "constant"
+    c.num_epochs = 1
+    return c
+
+
+def random_batches(num: int):
+    """`num` global batches of GLOBAL_BATCH random 8x8x3 images and labels, the same on every call."""
+    rng = np.random.default_rng(0)
+    for _ in range(num):
+        yield {"image": rng.standard_normal((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
+               "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)}

@@ -79,5 +79,8 @@ def state_structure(step_dir) -> dict:
     Reads no array data."""
     import orbax.checkpoint as ocp
 
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.metadata(epath.Path(step_dir) / STATE_ITEM).item_metadata.tree
+    handler = ocp.StandardCheckpointHandler()  # (a Checkpointer would warn: the trainer saves no per-item metadata)
+    try:
+        return handler.metadata(epath.Path(step_dir) / STATE_ITEM).tree
+    finally:
+        handler.close()

@@ -30,7 +30,7 @@ def test_learning_rate_scales_with_the_batch_given_on_the_command_line():
     assert resolve_config(from_command_line("resnext50"), device_count=8).learning_rate == pytest.approx(0.1)
     assert config.learning_rate == 0.1, "the config given is not changed"
     again = resolve_config(resolved, device_count=8)
-    assert again.learning_rate == resolved.learning_rate, "a resolved config (as a checkpoint saves it) resolves to itself"
+    assert again.learning_rate == resolved.learning_rate, "resolving a resolved config changes nothing"
 
 
 def test_a_dataset_given_on_the_command_line_brings_its_image_size_unless_one_is_given():

@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from jaxnets import errors
 from jaxnets.errors import ConfigError, NonFiniteLossError
 from jaxnets.train import base_config, resolve_config, train_and_evaluate
 

@@ -77,21 +77,33 @@ def model_differences(saved: dict, config: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def structure_differences(saved_tree, target_tree, limit: int = 3) -> list[str]:
+def structure_differences(saved_tree, target_tree) -> list[str]:
     """What differs between a saved state's structure (orbax metadata) and the config's state (a tree of
-    ShapeDtypeStruct): at most `limit` dotted paths with what is wrong there, then how many more."""
+    ShapeDtypeStruct), one phrase per top-level part of the state, e.g. "ema_params: 38 arrays not in the
+    checkpoint"."""
     saved, target = _leaves(saved_tree), _leaves(target_tree)
-    differences = []
+    by_part: dict[str, dict[str, list[str]]] = {}
     for path in sorted(saved.keys() | target.keys()):
         if path not in saved:
-            differences.append(f"{path} is not in the checkpoint")
+            kind = "not in the checkpoint"
         elif path not in target:
-            differences.append(f"{path} is only in the checkpoint")
+            kind = "only in the checkpoint"
         elif saved[path] != target[path]:
-            differences.append(f"{path} is {_describe(saved[path])} there, {_describe(target[path])} here")
-    if len(differences) > limit:
-        differences = [*differences[:limit], f"{len(differences) - limit} more"]
-    return differences
+            kind = "of another shape or dtype"
+        else:
+            continue
+        by_part.setdefault(path.split(".")[0], {}).setdefault(kind, []).append(path)
+    phrases = []
+    for part, kinds in by_part.items():
+        counts = [f"{len(kinds[kind])} {'array' if len(kinds[kind]) == 1 else 'arrays'} {kind}"
+                  for kind in ("not in the checkpoint", "only in the checkpoint", "of another shape or dtype")
+                  if kind in kinds]
+        changed = kinds.get("of another shape or dtype")
+        if changed:
+            counts.append(f"e.g. {changed[0]} is {_describe(saved[changed[0]])} there, {_describe(target[changed[0]])} "
+                          "here")
+        phrases.append(f"{part}: {', '.join(counts)}")
+    return phrases
 
 
 def _leaves(tree, prefix: str = "") -> dict[str, tuple]:

@@ -30,9 +30,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoint.check_writable(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main_process = process_index == 0
-    if is_main_process:
-        log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
-                 length.steps_per_epoch, length.eval_every_steps, config)
     meta = trainer.checkpoint_meta()
     checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep, keep_best=config.keep_best,
                                          is_main_process=is_main_process)
@@ -45,6 +42,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_batches = data.eval_batches(config, config.eval_batch_size // process_count, process_index=process_index,
                                      process_count=process_count)
     start_step = int(state.step)
+    if is_main_process:  # once the workdir is known to fit: what this run trains, as train.py resolved it
+        log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
+                 length.steps_per_epoch, length.eval_every_steps, config)
     reporter = Reporter(workdir, length.total_steps, length.steps_per_epoch, config.global_batch_size,
                         is_main_process=is_main_process, start_step=start_step)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,

@@ -211,13 +211,21 @@ def test_resume_is_exact_across_an_epoch_boundary(digits_dir):
     assert not np.array_equal(other_seed["image"], uninterrupted[0]["image"])
 
 
-def test_per_process_train_shards_are_disjoint_and_cover(digits_dir):
-    config = make_config("digits", digits_dir, augment=False)
-    train = examples(data.eval_iterator(make_config("digits", digits_dir, eval_split="train"), 449))
-    shards = [examples(take(data.train_iterator(config, 673, process_index=i, process_count=2), 1)) for i in (0, 1)]
-    assert sum(shards[0].values()) == sum(shards[1].values()) == 673  # 1347 // 2: one example dropped
-    assert shards[0] + shards[1] <= train  # disjoint: together no example more often than it exists
-    assert sum((train - shards[0] - shards[1]).values()) == 1
+def test_per_process_rows_make_the_single_process_batches(digits_dir):
+    """Each process's local batch is its rows of the one global stream, whatever the number of processes:
+    across an epoch boundary (1,347 examples, 10.5 global batches of 128) and after a resume."""
+    config = make_config("digits", digits_dir)
+    single = take(data.train_iterator(config, 128), 12)
+    for process_count in (2, 4):
+        local = 128 // process_count
+        per_process = [take(data.train_iterator(config, local, process_index=i, process_count=process_count), 12)
+                       for i in range(process_count)]
+        for step in range(12):
+            for key in ("image", "label"):
+                joined = np.concatenate([batches[step][key] for batches in per_process])
+                np.testing.assert_array_equal(joined, single[step][key], err_msg=f"{process_count} processes, {step}")
+    resumed = take(data.train_iterator(config, 64, start_step=10, process_index=1, process_count=2), 1)[0]
+    np.testing.assert_array_equal(resumed["image"], single[10]["image"][64:])
 
 
 def test_eval_every_example_once_across_processes(digits_dir):
@@ -315,15 +323,17 @@ def _indices(batches):
     return out
 
 
-def test_mocked_per_process_split_disjoint_covering_and_padded(tmp_path):
+def test_mocked_per_process_eval_split_and_train_rows(tmp_path):
     config = make_config("cifar10", tmp_path, augment=False)
     with tfds.testing.mock_data(as_dataset_fn=_split_aware_cifar(num_train=301, num_test=50)):
         evals = [list(data.eval_iterator(config, 8, process_index=i, process_count=3)) for i in range(3)]
         trains = [take(data.train_iterator(config, 50, process_index=i, process_count=3), 2) for i in range(3)]
+        single = take(data.train_iterator(config, 150), 2)
     assert [len(batches) for batches in evals] == [3, 3, 3]  # 17, 17, 16 examples: ceil(17 / 8)
     assert sorted(sum((_indices(batches) for batches in evals), [])) == list(range(50))
-    shards = [set(_indices(batches)) for batches in trains]  # 100 examples each of its 100-example shard
-    assert [len(s) for s in shards] == [100, 100, 100] and set.union(*shards) == set(range(300))
+    for step in range(2):  # the processes' rows, in process order, are the single process's global batch
+        assert sum((_indices([batches[step]]) for batches in trains), []) == _indices([single[step]])
+    assert len(set(_indices(single))) == 300, "two global batches of distinct examples"
 
 
 # --- preprocessing semantics ----------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """TFDS + tf.data input pipelines: an infinite, resumable train stream and a padded, masked eval pass.
 
-Train order is a pure function of (config.seed, process_index, process_count, local batch, step):
-    epoch e of this process = its shard shuffled with a seed drawn from (config.seed, e),
+The train stream is a pure function of (config.seed, global batch size, step), the same for any number
+of processes:
+    epoch e = the train split shuffled with a seed drawn from (config.seed, e),
     stream = epoch start_epoch, start_epoch + 1, ... (batches run across epoch boundaries),
-    augmentation of the example at stream position p is keyed by (config.seed, process_index, p),
+    global batch b = stream positions [b * G, (b + 1) * G), G = local batch x process_count,
+    process i takes rows [i * L, (i + 1) * L) of each global batch (L = local batch),
+    augmentation of the example at stream position p is keyed by (config.seed, p),
 so `train_iterator(..., start_step=k)` skips to exactly where an uninterrupted run is after k steps,
-without replaying earlier epochs. It holds for the same process count (each process shuffles its own shard).
+without replaying earlier epochs, and a run resumed on another number of hosts sees the same batches.
+The price: every process reads every record of the split (it decodes, augments and keeps only its own
+rows); for the in-memory datasets that is nothing, for ImageNet each host reads the split's bytes.
 
 Nothing here downloads: a dataset that is not prepared fails at once with how to prepare it (the bundled
 digits prepare themselves from the package). Host-side work stays in tf.data; the trainer moves batches
@@ -122,12 +127,10 @@ def train_iterator(
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     local_batch_size = int(local_batch_size)
     builder = _builder(data)
-    # Equal shards (the at most process_count - 1 leftover examples are dropped) keep epochs in step.
-    split = tfds.even_splits(data.train_split, n=process_count, drop_remainder=True)[process_index]
-    num_examples = _num_examples(builder, split)
+    num_examples = _num_examples(builder, data.train_split)
     if num_examples < 1:
-        raise ValueError(f"config.train_split: {data.train_split!r} has no examples for process {process_index}")
-    examples = _read(builder, data, split)
+        raise ValueError(f"config.train_split: {data.train_split!r} has no examples")
+    examples = _read(builder, data, data.train_split)
     if data.cache:
         examples = examples.cache()
     buffer_size = min(data.shuffle_buffer, num_examples)
@@ -137,16 +140,22 @@ def train_iterator(
         shuffled = examples.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
         return shuffled.enumerate(start=e * num_examples)
 
-    key = tf.constant([data.seed, process_index], tf.int64)
+    key = tf.constant([data.seed, 0], tf.int64)
     transform = preprocess.TRAIN[data.spec.family]
+    global_batch_size = local_batch_size * process_count
+
+    def mine(position: tf.Tensor, example: dict[str, tf.Tensor]) -> tf.Tensor:  # this process's rows only
+        return (position % global_batch_size) // local_batch_size == process_index
 
     def prepare(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         seed = tf.random.experimental.stateless_fold_in(key, position)
         image = transform(example["image"], data.spec, data.image_size, data.augment, seed)
         return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
-    start_epoch, offset = divmod(start_step * local_batch_size, num_examples)
+    start_epoch, offset = divmod(start_step * global_batch_size, num_examples)
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
+    if process_count > 1:
+        ds = ds.filter(mine)  # before decoding and augmenting
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return _with_options(ds).as_numpy_iterator()

@@ -1,7 +1,7 @@
 """Trains a jaxnets model: `python train.py --config configs/quickstart.py --workdir /tmp/run`.
 
 Any config field overrides from the command line (`--config.num_train_steps=100`). Launch the same
-command on every host of a pod.
+command on every host of a pod (jaxnets/train/distributed.py).
 """
 
 import logging
@@ -12,9 +12,14 @@ from ml_collections import config_flags
 
 import jaxnets.train
 from jaxnets.errors import UserError
+from jaxnets.train import distributed
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics.jsonl go.")
+# Multi-host: omit all three where JAX detects the cluster (TPU pod, SLURM, ...); the same command runs on every host.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for jax.distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,6 +39,7 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
     try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any backend
         jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback, exit code 1

@@ -13,7 +13,11 @@ layout; the trainer writes it (`jaxnets.train.checkpoint`) and notebooks read it
 
 from __future__ import annotations
 
+import os
+
 from etils import epath
+
+from jaxnets.errors import CheckpointNotFoundError
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
@@ -22,8 +26,13 @@ STATE_ITEM = "state"
 META_ITEM = "config"
 
 
+def absolute(path) -> epath.Path:
+    """`path` as orbax needs it: absolute when local (relative to the current directory); URLs as they are."""
+    return epath.Path(path) if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+
+
 def checkpoint_dir(workdir) -> epath.Path:
-    return epath.Path(workdir) / CHECKPOINT_DIR
+    return absolute(workdir) / CHECKPOINT_DIR
 
 
 def commit_marker(step_dir) -> epath.Path:
@@ -55,14 +64,14 @@ def temporaries(directory) -> list[epath.Path]:
 
 def resolve_step_dir(path) -> epath.Path:
     """A step directory (`.../checkpoints/<step>`), or a workdir / its `checkpoints/`: the newest finished step."""
-    path = epath.Path(path)
+    path = absolute(path)
     if (path / STATE_ITEM).is_dir():
         return path
     directory = path / CHECKPOINT_DIR
     directory = directory if directory.is_dir() else path
     steps = [s for s in step_numbers(directory) if is_finished(directory / str(s))]
     if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {path} (expected <workdir>/{CHECKPOINT_DIR}/<step>/)")
+        raise CheckpointNotFoundError(f"no finished checkpoint in {path} (expected <workdir>/{CHECKPOINT_DIR}/<step>/)")
     return directory / str(steps[-1])
 
 

@@ -1,5 +1,6 @@
 """The errors a user fixes: a config value, a dataset to prepare, a workdir, a checkpoint that does not fit
-the config, a run that diverged. `train.py` prints any of them as one line (no traceback) and exits 1.
+the config or is not there, a run that diverged, a multi-host launch. `train.py` prints any of them as
+one line (no traceback) and exits 1.
 
 Each also derives from the builtin it refines, so `except ValueError` around a config check keeps working.
 Nothing here imports jax or TensorFlow.
@@ -25,8 +26,16 @@ class WorkdirError(UserError, OSError):
 
 
 class IncompatibleCheckpointError(UserError, ValueError):
-    """The workdir's checkpoint does not fit the config; nothing in the workdir was changed."""
+    """The workdir's checkpoint does not fit the config; no checkpoint was moved or changed."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A path given as a checkpoint (`init_from`, `load_checkpoint`) holds no finished one."""
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """A step's loss, gradient norm or updated-parameter norm is NaN or Inf (beyond skip_nonfinite_steps)."""
+
+
+class LaunchError(UserError):
+    """The multi-host flags are incomplete or inconsistent."""

@@ -28,9 +28,10 @@ def load_recipe(name: str) -> ml_collections.ConfigDict:
 
 
 def optim_config(**fields) -> ml_collections.ConfigDict:
-    """Every field at its default, a constant lr of 0.1 over 200 epochs, then `fields`; untyped, so a test can
-    set a value of the wrong type to check its message."""
-    defaults = {**base_config().to_dict(), "learning_rate": 0.1, "num_epochs": 200, "schedule": "constant"}
+    """Every field at its default but a constant lr of 0.1 over 200 epochs, no weight decay and torch's RMSProp
+    epsilon, then `fields`; untyped, so a test can set a value of the wrong type to check its message."""
+    defaults = {**base_config().to_dict(), "learning_rate": 0.1, "num_epochs": 200, "schedule": "constant",
+                "weight_decay": 0.0, "rmsprop_epsilon": 1e-8}
     return ml_collections.ConfigDict({**defaults, **fields})
 
 

@@ -78,10 +78,11 @@ def test_resume_in_process_is_bit_exact(reference, tmp_path):
     assert [resumed[s] for s in resumed] == [expected[s] for s in resumed], "resume must be bit for bit"
 
 
-def test_resume_with_values_that_keep_the_structure_continues(reference, tmp_path):
+def test_resume_with_values_that_keep_the_structure_continues(reference, tmp_path, monkeypatch):
     workdir, _ = reference
     shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")
-    train_and_evaluate(tiny_config(num_train_steps=41, learning_rate=0.05, warmup_epochs=0.0), str(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)  # and a relative --workdir (orbax itself takes absolute paths only)
+    train_and_evaluate(tiny_config(num_train_steps=41, learning_rate=0.05, warmup_epochs=0.0), tmp_path.name)
     assert sorted(train_losses(tmp_path)) == [41] and committed_steps(tmp_path) == [40, 41]
 
 

@@ -29,8 +29,10 @@ def test_learning_rate_scales_with_the_batch_given_on_the_command_line():
     assert resolved.learning_rate == pytest.approx(0.2)
     assert resolve_config(from_command_line("resnext50"), device_count=8).learning_rate == pytest.approx(0.1)
     assert config.learning_rate == 0.1, "the config given is not changed"
-    again = resolve_config(resolved, device_count=8)
-    assert again.learning_rate == resolved.learning_rate, "resolving a resolved config changes nothing"
+    for batch in (512, 40):  # 0.1 * 40 / 256 * 40 / 40 is not 0.1 * 40 / 256 in floating point
+        resolved = resolve_config(from_command_line("resnext50", f"--config.global_batch_size={batch}"), device_count=8)
+        again = resolve_config(resolved, device_count=8)
+        assert again.learning_rate == resolved.learning_rate, "resolving a resolved config changes nothing"
 
 
 def test_a_dataset_given_on_the_command_line_brings_its_image_size_unless_one_is_given():

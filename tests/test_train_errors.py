@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from jaxnets import errors
 from jaxnets.errors import ConfigError, NonFiniteLossError
 from jaxnets.train import base_config, resolve_config, train_and_evaluate
 
@@ -74,6 +75,12 @@ def test_training_checks_the_config_before_compiling(tmp_path):
         train_and_evaluate(config_with(learning_rate=-1.0), str(tmp_path))
     assert time.perf_counter() - start < 5.0
     assert not list(tmp_path.iterdir()), "nothing is written for a config that cannot run"
+
+
+def test_init_from_without_a_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(errors.CheckpointNotFoundError, match=r"config.init_from: no finished checkpoint in .*/empty"):
+        train_and_evaluate(config_with(init_from=str(tmp_path / "empty")), str(tmp_path / "run"))
+    assert issubclass(errors.CheckpointNotFoundError, errors.UserError)
 
 
 def test_mistyped_override_key_is_one_line(tmp_path):

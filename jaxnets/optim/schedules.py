@@ -6,8 +6,8 @@ smoke test's steps must not change the learning rates it sees.
 
 A linear warm-up (`warmup_epochs`) replaces the start of every schedule but sgdr: lr = peak * step / W
 for step < W, so step 0 runs at 0 (as optax's and the seed recipe's warm-up do) and the peak is reached
-at step W. Milestones (staircase, multistep) stay absolute steps/epochs; cosine decays over what
-follows the warm-up.
+at step W. Milestones (staircase, multistep) stay absolute (steps or epochs, counted from step 0); cosine
+decays over what follows the warm-up.
 """
 
 import math

@@ -10,7 +10,8 @@ Resume takes the newest step, in this order:
   orbax's stale temporaries from a killed save are removed (its `cleanup_tmp_directories`), with a warning;
 - a readable step that does not FIT the config (another model, or a train state of another structure:
   EMA turned on, another optimizer, clipping added, ...) stops the run with IncompatibleCheckpointError,
-  naming what differs, before anything is moved, deleted or written. A mismatch is never corruption.
+  naming what differs, before any checkpoint is moved, deleted or written (broken steps are moved only
+  once a step fits). A mismatch is never corruption.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import os
 import uuid
 
 import flax
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxnets import checkpoint_layout as layout
 from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
@@ -139,70 +141,87 @@ def _get(config: dict, dotted: str):
 
 
 class Checkpoints:
-    """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start."""
+    """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start.
 
-    def __init__(self, workdir, *, max_to_keep: int, keep_best: bool = False, is_main_process: bool = True):
-        self.workdir = epath.Path(workdir)
-        self.directory = layout.checkpoint_dir(workdir)
+    On a pod every process makes one: orbax saves and restores with all of them, and every process takes the
+    same decisions from the same (shared) files; process 0 alone moves broken steps, the others wait for it.
+    """
+
+    def __init__(self, workdir, *, max_to_keep: int, best_metric: str | None = None, is_main_process: bool = True):
+        self.workdir = layout.absolute(workdir)
+        self.directory = layout.checkpoint_dir(self.workdir)
         self.is_main_process = is_main_process
-        for path in layout.temporaries(self.directory):
-            log.warning("checkpoint: removing %s, a save that never finished", path)
+        if is_main_process:
+            for path in layout.temporaries(self.directory):
+                log.warning("checkpoint: removing %s, a save that never finished", path)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True,
                                                cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
-        self.best = None
-        if keep_best:  # the single best eval checkpoint, kept apart from the rolling ones
-            best_options = ocp.CheckpointManagerOptions(
-                max_to_keep=1, best_fn=lambda m: m["eval_top1"], best_mode="max", enable_async_checkpointing=True,
-                create=True, cleanup_tmp_directories=True,
-            )
-            self.best = ocp.CheckpointManager(self.workdir / layout.BEST_DIR, options=best_options)
+        self.best_metric = best_metric  # config.keep_best: also keep the best step by it, in checkpoints_best/
+        self.best = None  # made at the first save, so that a refused resume creates nothing
 
-    def _move_aside(self, step: int, why: str) -> None:
-        log.warning("checkpoint: skipping step %d (%s); moved to %s", step, why, layout.BROKEN_DIR)
-        if self.is_main_process:
-            target = self.workdir / layout.BROKEN_DIR / f"{step}-{uuid.uuid4().hex[:8]}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target)
-        self.manager.reload()
+    def _move_aside(self, broken: list[tuple[int, str]]) -> None:
+        for step, why in broken:
+            log.warning("checkpoint: skipping step %d (%s); moved to %s", step, why, layout.BROKEN_DIR)
+            if self.is_main_process:
+                target = self.workdir / layout.BROKEN_DIR / f"{step}-{uuid.uuid4().hex[:8]}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (self.directory / str(step)).rename(target)
+        if broken:
+            if jax.process_count() > 1:  # the others read the directory only once process 0 has moved them
+                multihost_utils.sync_global_devices("jaxnets: broken checkpoints moved aside")
+            self.manager.reload()
 
     def restore_latest(self, abstract_state, config: dict):
         """-> (step, state) from the newest good checkpoint, or None when there is none.
 
         `abstract_state` is the task's state of jax.ShapeDtypeStruct with the shardings to restore onto;
         `config` the run's resolved config as JSON. Raises IncompatibleCheckpointError when the newest
-        readable step does not fit them, having changed nothing on disk.
+        readable step does not fit them; broken steps are moved aside only once a step fits (or none is
+        left), so a refusal moves nothing.
         """
         target = flax.serialization.to_state_dict(abstract_state)
+        broken: list[tuple[int, str]] = []
         for step in reversed(layout.step_numbers(self.directory)):
             step_dir = self.directory / str(step)
             if not layout.is_finished(step_dir):
-                self._move_aside(step, "no commit marker: the save did not finish")
+                broken.append((step, "no commit marker: the save did not finish"))
                 continue
             try:
                 saved_config = layout.read_meta(step_dir)["config"]
                 saved_structure = layout.state_structure(step_dir)
             except Exception as e:  # noqa: BLE001  any unreadable metadata means a broken step
-                self._move_aside(step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}")
+                broken.append((step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue
             _check_fits(step_dir, saved_config, config, saved_structure, target)
+            args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)})
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+                restored = self.manager.restore(step, args=args)[layout.STATE_ITEM]
             except Exception as e:  # noqa: BLE001  the structure fits, so the data itself does not read
-                self._move_aside(step, f"state unreadable: {type(e).__name__}: {str(e)[:300]}")
+                broken.append((step, f"state unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue
-            return step, flax.serialization.from_state_dict(abstract_state, restored["state"])
+            self._move_aside(broken)
+            return step, flax.serialization.from_state_dict(abstract_state, restored)
+        self._move_aside(broken)
         return None
 
     def save(self, step: int, state, meta: dict, eval_metrics: dict | None = None) -> None:
         """Starts an asynchronous save of `state` (already known to be finite) and the run's metadata."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)), config=ocp.args.JsonSave(meta)
-        )
+        args = ocp.args.Composite(**{
+            layout.STATE_ITEM: ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+            layout.META_ITEM: ocp.args.JsonSave(meta),
+        })
         if step not in self.manager.all_steps():
             self.manager.save(step, args=args)
-        if self.best is not None and eval_metrics and step not in self.best.all_steps():
-            self.best.save(step, args=args, metrics={"eval_top1": float(eval_metrics["eval_top1"])})
+        if self.best_metric and eval_metrics:
+            if self.best is None:
+                options = ocp.CheckpointManagerOptions(
+                    max_to_keep=1, best_fn=lambda m: m[self.best_metric], best_mode="max",
+                    enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
+                )
+                self.best = ocp.CheckpointManager(self.workdir / layout.BEST_DIR, options=options)
+            if step not in self.best.all_steps():
+                self.best.save(step, args=args, metrics={self.best_metric: float(eval_metrics[self.best_metric])})
 
     def close(self) -> None:
         """Waits for the saves in flight."""
@@ -216,7 +235,7 @@ class Checkpoints:
 def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, target) -> None:
     """Raises IncompatibleCheckpointError (one line: what differs, what to do) unless the step fits the config."""
     todo = (f"use another --workdir, or --config.init_from={step_dir} to start from its parameters; "
-            "nothing in the workdir was changed")
+            "no checkpoint was moved or changed")
     differing = model_differences(saved_config, config)
     if differing:
         details = "; ".join(f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}" for k in differing)
@@ -224,8 +243,8 @@ def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, tar
     structure = structure_differences(saved_structure, target)
     if structure:
         saved_json, config_json = _json(saved_config), _json(config)
-        fields = [f"{k}: checkpoint {saved_json.get(k)!r}, config {config_json.get(k)!r}"
-                  for k in STATE_FIELDS if saved_json.get(k) != config_json.get(k)]
+        fields = [f"{k}: checkpoint {saved_json[k]!r}, config {config_json.get(k)!r}"  # (older checkpoints lack some)
+                  for k in STATE_FIELDS if k in saved_json and saved_json[k] != config_json.get(k)]
         cause = f"; the config differs in {'; '.join(fields)}" if fields else ""
         raise IncompatibleCheckpointError(
             f"{step_dir} holds a train state of another structure ({'; '.join(structure)}){cause}: resume with "

@@ -38,8 +38,10 @@ class ClassificationTask:
     config: Any  # the resolved run config (label smoothing, weight decay, EMA, BN synchronisation)
     image_shape: tuple[int, int, int]  # (H, W, C) of one example
 
-    # The train metrics whose non-finite value makes the loop discard or stop (its NaN policy).
-    finite_metrics = ("loss", "grad_norm", "param_norm")
+    # The train metrics whose non-finite value makes the loop discard or stop (its NaN policy), with their
+    # names in words; and the eval metric `config.keep_best` keeps the highest of.
+    finite_metrics = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
+    best_metric = "eval_top1"
 
     def init_state(self) -> TrainState:
         """Parameters initialised on one zero image of `image_shape`. Pure: jit it."""

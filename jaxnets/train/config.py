@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.momentum = 0.9
     c.nesterov = False
     c.rmsprop_decay = 0.9
-    c.rmsprop_epsilon = 1e-8  # torch.optim.RMSprop's (jaxnets' RMSProp has torch's semantics)
+    c.rmsprop_epsilon = 1e-3
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8
@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_decay_rate = 0.1
     c.sgdr_t0_epochs = 10
     c.sgdr_t_mul = 2
-    c.weight_decay = 0.0
+    c.weight_decay = 5e-4
     # "l2_loss": weight_decay * sum(w^2) added to the loss (ENAS); "coupled": weight_decay * w added to the
     # gradient (PyTorch's SGD weight_decay); "decoupled": -lr * weight_decay * w after the optimizer (AdamW).
     c.weight_decay_mode = "l2_loss"
@@ -131,6 +131,7 @@ def _scale_learning_rate(config) -> None:
     batch = config.global_batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
         raise ConfigError(f"config.global_batch_size must be a positive int, got {batch!r}")
-    # Stored as "learning_rate for global_batch_size images", so resolving again is the identity.
-    config.learning_rate = config.learning_rate * batch / reference
-    config.learning_rate_batch_size = batch
+    if reference != batch:
+        # Stored as "learning_rate for global_batch_size images", so resolving again changes nothing.
+        config.learning_rate = config.learning_rate * batch / reference
+        config.learning_rate_batch_size = batch

@@ -12,7 +12,7 @@ import math
 
 import jax
 
-from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError
+from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError, NonFiniteLossError
 from jaxnets.train import checkpoint, parallel
 from jaxnets.train.reporting import Reporter
 from jaxnets.train.signals import StopSignals
@@ -31,7 +31,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main_process = process_index == 0
     meta = trainer.checkpoint_meta()
-    checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep, keep_best=config.keep_best,
+    checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep,
+                                         best_metric=trainer.task.best_metric if config.keep_best else None,
                                          is_main_process=is_main_process)
     try:
         state = _initial_state(trainer, meta, checkpoints)  # restores before compiling
@@ -42,7 +43,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_batches = data.eval_batches(config, config.eval_batch_size // process_count, process_index=process_index,
                                      process_count=process_count)
     start_step = int(state.step)
-    if is_main_process:  # once the workdir is known to fit: what this run trains, as train.py resolved it
+    if is_main_process:  # once the workdir is known to fit: what this run trains, as build_trainer resolved it
         log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
                  length.steps_per_epoch, length.eval_every_steps, config)
     reporter = Reporter(workdir, length.total_steps, length.steps_per_epoch, config.global_batch_size,
@@ -55,11 +56,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         trainer.mesh,
     )
     skipped_in_a_row = 0
+    stop_agreed = False  # some process asked to stop; read from a step's output, so the same on every process
 
     def finish(step: int, metrics) -> None:
         """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
-        nonlocal skipped_in_a_row
+        nonlocal skipped_in_a_row, stop_agreed
         metrics = jax.device_get(metrics)  # one transfer of a few scalars
+        stop_agreed = stop_agreed or float(metrics.pop("stop_requested", 0.0)) > 0.0
         non_finite = _first_non_finite(metrics, trainer.task.finite_metrics)
         if non_finite:
             name, value = non_finite
@@ -79,14 +82,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     eval_metrics: dict = {}
     pending = None
     try:
-        with StopSignals() as stop:
+        with StopSignals() as signals:
             for step in range(start_step + 1, length.total_steps + 1):
-                state, metrics = trainer.train_step(state, next(batches))  # dispatch step t ...
+                batch = trainer.with_stop_vote(next(batches), stop=signals.requested is not None)
+                state, metrics = trainer.train_step(state, batch)  # dispatch step t ...
                 if pending is not None:
                     finish(*pending)  # ... then read step t-1's metrics while t runs
                 pending = (step, metrics)
+                # Every decision below depends on the step number and on values read from steps' outputs
+                # only, so on a pod every process evaluates, saves and stops at the same steps.
                 evaluating = step % length.eval_every_steps == 0 or step == length.total_steps
-                saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop.requested
+                saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop_agreed
                 if evaluating or saving:
                     finish(*pending)  # a state is saved only once its loss and update are known finite
                     pending = None
@@ -94,10 +100,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     eval_metrics = trainer.evaluate(state, eval_batches)
                     reporter.write(step, eval_metrics)
                     log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-                if saving:  # asynchronous: orbax copies the state to host memory, then writes it in a thread
+                if saving or stop_agreed:  # asynchronous: orbax copies the state to host memory, then writes it
                     checkpoints.save(step, state, meta, eval_metrics if evaluating else None)
-                if stop.requested:
-                    log.warning("%s: saved step %d, stopping", stop.requested, step)
+                if stop_agreed:
+                    log.warning("%s: saved step %d, stopping", signals.requested or "a stop asked by another process",
+                                step)
                     break
     finally:
         checkpoints.close()  # waits for the saves in flight
@@ -105,16 +112,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return eval_metrics
 
 
-# Metric names as the non-finite message says them.
-_SPOKEN = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
-
-
-def _first_non_finite(metrics, names) -> tuple[str, float] | None:
-    """The first of the named metrics that is NaN or Inf, as (its spoken name, its value)."""
-    for key in names:
+def _first_non_finite(metrics, names: dict[str, str]) -> tuple[str, float] | None:
+    """The first of the task's checked metrics that is NaN or Inf, as (its name in words, its value)."""
+    for key, spoken in names.items():
         value = float(metrics[key])
         if not math.isfinite(value):
-            return _SPOKEN.get(key, key), value
+            return spoken, value
     return None
 
 
@@ -131,7 +134,10 @@ def _initial_state(trainer: Trainer, meta: dict, checkpoints: checkpoint.Checkpo
         from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
         from jaxnets.checkpoint_loading import restore_variables
 
-        step_dir = resolve_step_dir(config.init_from)
+        try:
+            step_dir = resolve_step_dir(config.init_from)
+        except CheckpointNotFoundError as e:
+            raise CheckpointNotFoundError(f"config.init_from: {e}") from None
         differing = checkpoint.model_differences(read_meta(step_dir)["config"], meta["config"])
         if differing:
             raise IncompatibleCheckpointError(

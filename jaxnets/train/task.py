@@ -16,8 +16,10 @@ State = Any  # a flax.struct dataclass with an int32 scalar `step`; saved whole 
 
 
 class Task(Protocol):
-    # Train metrics that must be finite for a step's update to be kept (the loop's non-finite policy).
-    finite_metrics: tuple[str, ...]
+    # Train metrics that must be finite for a step's update to be kept, with their names in words for the
+    # message: the non-finite policy (the step wrapper of build_trainer discards, the loop counts and stops).
+    finite_metrics: dict[str, str]
+    best_metric: str  # the eval metric (higher is better) that config.keep_best keeps the best checkpoint by
 
     def init_state(self) -> State:
         """A fresh state, deterministic from the config's seed. Pure: the trainer jits it."""

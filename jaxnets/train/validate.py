@@ -7,8 +7,8 @@ import jax
 from jaxnets.errors import ConfigError
 from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
 
-# Models that supervised training cannot train as they are, and what to use instead.
-_NOT_SUPERVISED = {
+# Models that the classification task cannot train as they are, and what to use instead.
+_NOT_CLASSIFIABLE = {
     "enas_macro_shared": (
         "is the ENAS search space (shared weights; the architecture is an input of every step), which supervised "
         "training cannot train as one network: to train one architecture use --config.model=enas_macro with "
@@ -19,7 +19,6 @@ _NOT_SUPERVISED = {
 
 def check_config(config, device_count: int | None = None) -> None:
     """Raises ConfigError naming the first bad field of a resolved config (`resolve_config` calls this)."""
-    from jaxnets.data import check_data_config  # TensorFlow stays inside the data package
     from jaxnets.optim import check_optim_config
     from jaxnets.train.trainer import TASKS
 
@@ -28,8 +27,8 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.task: unknown task {config.task!r}; known: {', '.join(TASKS)}")
     if config.model not in list_models():
         raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
-    if config.model in _NOT_SUPERVISED:
-        raise ConfigError(f"config.model: {config.model!r} {_NOT_SUPERVISED[config.model]}")
+    if config.task == "classification" and config.model in _NOT_CLASSIFIABLE:
+        raise ConfigError(f"config.model: {config.model!r} {_NOT_CLASSIFIABLE[config.model]}")
     try:
         model = create_model(config.model, **config.model_overrides.to_dict())
     except ValueError as e:
@@ -58,11 +57,10 @@ def check_config(config, device_count: int | None = None) -> None:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
     if config.eval_every_epochs <= 0:
         raise ConfigError(f"config.eval_every_epochs must be > 0, got {config.eval_every_epochs}")
-    for check in (check_data_config, check_optim_config):
-        try:
-            check(config)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    try:
+        check_optim_config(config)  # (the data fields were checked while resolving them)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_arc(arc: str, model) -> None:

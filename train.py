@@ -7,6 +7,7 @@ command on every host of a pod (jaxnets/train/distributed.py).
 import logging
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -39,7 +40,9 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
     try:
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)  # before any backend
+        if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):  # before any backend
+            if jax.process_index() > 0:  # process 0 tells the story; the others speak up for warnings only
+                logging.getLogger("jaxnets").setLevel(logging.WARNING)
         jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback, exit code 1

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-STEPS = 24
-SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 100.0, "checkpoint_every_steps": 8}
+# The quickstart's first steps: past about step 20 its losses turn chaotic (1 x 2 and 1 x 4 devices then part
+# by 1e-3 to 1e-1, from reductions summed in another order), so equality is checked before that.
+STEPS = 16
+SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 100.0, "checkpoint_every_steps": 4}
 
 
 def free_port() -> int:

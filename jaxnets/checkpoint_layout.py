@@ -4,6 +4,7 @@
     workdir/checkpoints/<step>/config/   {"config": resolved run config, "num_classes", "image_shape"}, JSON
     workdir/checkpoints_best/<step>/     the same, the best eval top-1 (config.keep_best)
     workdir/checkpoints_broken/<step>-*  unreadable steps moved aside on resume
+    workdir/metrics.jsonl, events.out.tfevents.*   the run's reports (jaxnets.train.reporting)
 
 orbax writes a step into a temporary directory, renames it, and writes its commit marker last; a step is
 finished when the marker is there. Names of orbax's own files come from orbax. Paths are `etils.epath`
@@ -26,9 +27,14 @@ STATE_ITEM = "state"
 META_ITEM = "config"
 
 
+def is_local(path) -> bool:
+    return "://" not in os.fspath(path)
+
+
 def absolute(path) -> epath.Path:
-    """`path` as orbax needs it: absolute when local (relative to the current directory); URLs as they are."""
-    return epath.Path(path) if "://" in os.fspath(path) else epath.Path(os.path.abspath(path))
+    """`path` as orbax needs it: absolute when local (relative to the current directory); URLs (gs://...) as
+    they are. (os.path.abspath would turn "gs://bucket/run" into a local folder named "gs:".)"""
+    return epath.Path(os.path.abspath(path)) if is_local(path) else epath.Path(path)
 
 
 def checkpoint_dir(workdir) -> epath.Path:

@@ -20,8 +20,9 @@ def tiny_overrides(name: str) -> dict:
     model = create_model(name)
     if hasattr(model, "stage_sizes"):  # ResNeXt: one block per stage
         return {"stage_sizes": (1,) * len(model.stage_sizes)}
-    if hasattr(model, "width_multiplier"):  # MobileNetV2: every block, a quarter of the width
-        return {"width_multiplier": 0.25}
+    if hasattr(model, "width_multiplier"):  # MobileNetV2: every stage with one block, a quarter of the width
+        stages = tuple((expand, channels, 1, stride) for expand, channels, _, stride in model.stages)
+        return {"width_multiplier": 0.25, "stages": stages}
     raise AssertionError(f"{name}: add a tiny configuration for this family to tests/test_models.py")
 
 

@@ -99,9 +99,11 @@ def test_two_hosts_train_like_one_and_stop_together_on_one_sigterm(reference, tm
     stopped_at = int(saved[0][0])
     assert stopped_at < STEPS and committed(workdir)[-1] == stopped_at == max(losses(workdir))
 
+    (workdir / "checkpoints" / str(stopped_at + 100)).mkdir()  # a newer step that never finished
     processes, logs = two_processes(workdir, data_dir, tmp_path, name="second")
     assert wait_all(processes, logs) == [0, 0], (tmp_path / "second0.log").read_text()[-3000:]
     assert f"at step {stopped_at}" in (tmp_path / "second0.log").read_text(), "resumed where both stopped"
+    assert [p.name.split("-")[0] for p in (workdir / "checkpoints_broken").iterdir()] == [str(stopped_at + 100)]
     got = losses(workdir)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert len(set(np.round(list(got.values()), 3))) > 5, "the loss must move, or the comparison proves nothing"

@@ -69,6 +69,7 @@ def test_a_batch_sharded_jit_would_all_gather():
         logits, _ = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"])
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
-    grad = jax.jit(jax.grad(loss), in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
-    hlo = grad.lower(variables, parallel.device_batch(next(random_batches(1)), mesh)).compile().as_text()
+    # The forward pass already gathers (and compiles in 0.3 s; with the gradient it took 46 s here).
+    forward = jax.jit(loss, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
+    hlo = forward.lower(variables, parallel.device_batch(next(random_batches(1)), mesh)).compile().as_text()
     assert "all-gather" in hlo

@@ -42,21 +42,28 @@ STATE_FIELDS = ("task", "optimizer", "momentum", "ema_decay", "weight_decay", "w
                 "grad_clip_norm", "grad_clip_per_tensor")
 
 
-def check_writable(workdir: str, probe_bytes: int = 1 << 20) -> None:
+def check_writable(workdir, probe_bytes: int = 1 << 20) -> None:
     """Creates `workdir` and writes (then removes) a 1 MiB file in it: fails on a read-only or full disk."""
-    probe = os.path.join(workdir, f".write-probe-{uuid.uuid4().hex}")
+    directory = layout.absolute(workdir)
+    probe = directory / f".write-probe-{uuid.uuid4().hex}"
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * probe_bytes)
-            f.flush()
-            os.fsync(f.fileno())
+        directory.mkdir(parents=True, exist_ok=True)
+        if layout.is_local(directory):
+            with open(probe, "wb") as f:  # fsync: a full local disk must say so now, not at the first save
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            probe.write_bytes(b"\0" * probe_bytes)
     except OSError as e:
         reason = e.strerror or str(e)
-        raise WorkdirError(f"workdir {workdir!r} is not writable ({reason}): choose another --workdir") from None
+        raise WorkdirError(f"workdir {str(workdir)!r} is not writable ({reason}): choose another --workdir") from None
     finally:
-        if os.path.exists(probe):
-            os.remove(probe)
+        try:
+            if probe.exists():
+                probe.unlink()
+        except OSError:
+            pass
 
 
 def model_differences(saved: dict, config: dict) -> list[str]:
@@ -167,9 +174,9 @@ class Checkpoints:
                 target = self.workdir / layout.BROKEN_DIR / f"{step}-{uuid.uuid4().hex[:8]}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 (self.directory / str(step)).rename(target)
+        if jax.process_count() > 1:  # every process, every time: a process that saw nothing broken waits too
+            multihost_utils.sync_global_devices("jaxnets: broken checkpoints moved aside")
         if broken:
-            if jax.process_count() > 1:  # the others read the directory only once process 0 has moved them
-                multihost_utils.sync_global_devices("jaxnets: broken checkpoints moved aside")
             self.manager.reload()
 
     def restore_latest(self, abstract_state, config: dict):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 import numpy as np
+
+from jaxnets.checkpoint_layout import absolute, is_local
 
 log = logging.getLogger("jaxnets")
 
@@ -19,7 +20,7 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class Reporter:
-    def __init__(self, workdir: str, total_steps: int, steps_per_epoch: int, global_batch_size: int,
+    def __init__(self, workdir, total_steps: int, steps_per_epoch: int, global_batch_size: int,
                  is_main_process: bool = True, start_step: int = 0):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
@@ -31,18 +32,29 @@ class Reporter:
         if self.enabled:
             from tensorboardX import SummaryWriter
 
-            self._writer = SummaryWriter(workdir, flush_secs=30)
-            path = os.path.join(workdir, METRICS_FILE)
-            _forget_lines_after(path, start_step)  # a resumed run's metrics.jsonl reads as one run
-            self._jsonl = open(path, "a")  # noqa: SIM115  closed in close()
+            workdir = absolute(workdir)
+            self._writer = SummaryWriter(str(workdir), flush_secs=30)  # (tensorboardX writes gs:// itself)
+            self._path = workdir / METRICS_FILE
+            # A resumed run's metrics.jsonl reads as one run: the lines a killed run wrote after its last
+            # checkpoint go (the resumed run writes them again).
+            self._lines = _lines_until(self._path, start_step)
+            self._path.write_text("".join(self._lines))
+            self._append = is_local(workdir)  # cloud storage has no append: there the file is rewritten
+            if self._append:
+                self._jsonl = open(self._path, "a")  # noqa: SIM115  closed in close()
 
     def write(self, step: int, metrics: dict) -> None:
         """Records scalars; `train_*` points also print a progress line with images/s and ETA."""
         if not self.enabled:
             return
         scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        if self._append:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        else:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, step)
 
@@ -69,7 +81,8 @@ class Reporter:
     def close(self) -> None:
         if self.enabled:
             self._writer.close()
-            self._jsonl.close()
+            if self._append:
+                self._jsonl.close()
 
 
 def _format_duration(seconds: float) -> str:
@@ -77,16 +90,12 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _forget_lines_after(path: str, step: int) -> None:
-    """Drops the lines a killed run wrote after its last checkpoint (the resumed run writes them again)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = [line for line in lines if (line_step := _line_step(line)) is not None and line_step <= step]
-    if len(kept) != len(lines):
-        with open(path, "w") as f:
-            f.writelines(kept)
+def _lines_until(path, step: int) -> list[str]:
+    """The lines of `path` (if it exists) up to and including `step`."""
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines(keepends=True)
+            if (line_step := _line_step(line)) is not None and line_step <= step]
 
 
 def _line_step(line: str) -> int | None:

@@ -13,8 +13,8 @@ class StopSignals:
     """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to finish its step, save and return.
 
     A second SIGINT interrupts at once. Outside the main thread (where Python cannot install handlers)
-    this does nothing. Single process only: on a multi-host job each host stops where its own signal
-    lands, so a pod should rely on the periodic checkpoints.
+    this does nothing. This only records the request; on a pod the loop makes every host agree on the
+    step to stop at (`jaxnets.train.trainer.agree_on_stopping`).
     """
 
     def __init__(self):

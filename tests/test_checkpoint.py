@@ -336,11 +336,11 @@ def test_sigint_asks_to_stop_and_a_second_one_interrupts():
 
 
 def test_quickstart_survives_five_random_sigkills(tmp_path):
-    """The quickstart (at 20 of its 40 epochs, which reach 98.4% uninterrupted), SIGKILLed at 5 random
+    """The quickstart (at 12 of its 40 epochs, which reach 98.7% uninterrupted), SIGKILLed at 5 random
     moments: every restart of the same command resumes from the newest checkpoint (never from step 0), and
     the run still reaches >= 97% test top-1."""
     command = [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
-               "--config.num_epochs=20", "--config.checkpoint_every_steps=50"]
+               "--config.num_epochs=12", "--config.checkpoint_every_steps=40"]
     rng = random.Random(0)
     newest_at_kill = []
     for attempt in range(6):
@@ -363,7 +363,7 @@ def test_quickstart_survives_five_random_sigkills(tmp_path):
     assert len(set(newest_at_kill)) == 5 and min(newest_at_kill) > 0, newest_at_kill
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if "eval_top1" in r][-1]
-    assert final["step"] == 420 and final["eval_top1"] >= 0.97, final
+    assert final["step"] == 252 and final["eval_top1"] >= 0.97, final
 
 
 def test_structure_differences_are_summed_up_per_part_of_the_state():

@@ -10,7 +10,7 @@ import pytest
 
 from jaxnets import errors
 from jaxnets.errors import ConfigError, NonFiniteLossError
-from jaxnets.train import base_config, resolve_config, train_and_evaluate
+from jaxnets.train import base_config, distributed, resolve_config, train_and_evaluate
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -119,3 +119,17 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     bad_step = int(failure.value.args[0].split("at step ")[1].split(":")[0])
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, bad_step)), "every step before the bad one is logged, the bad one is not"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("127.0.0.1:1234", None, None), r"^--num_processes and --process_id missing: give all of"),
+        ((None, 2, None), r"^--coordinator_address and --process_id missing"),
+        (("127.0.0.1:1234", 2, 2), r"^--process_id=2 is not in \[0, --num_processes=2\)$"),
+    ],
+)
+def test_incomplete_multihost_flags_are_one_line(args, message):
+    with pytest.raises(errors.LaunchError, match=message):
+        distributed.initialize(*args)
+    assert distributed.initialize() is False, "no flags and no cluster: one process, nothing to join"

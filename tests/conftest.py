@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is
@@ -7,7 +9,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # One persistent compilation cache for the session, inherited by every train.py the tests start: the same
 # small models are compiled again and again (the quickstart restarted 6 times, runs of 2 processes). A
 # cached executable is the one XLA compiled, so results are unchanged; a train.py launch takes 10 s, not 18.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxnets-tests-compilation-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxnets-tests-compilation-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402

@@ -40,7 +40,8 @@ def numpy_score(params, arc, *, num_layers, num_branches, whole_channels, num_fi
         nonlocal log_prob, entropy
         lp = log_softmax(logits)
         log_prob += float(np.sum(np.take_along_axis(lp, np.asarray(choice).reshape(-1, 1), axis=-1)))
-        entropy += float(np.sum(np.where(np.isfinite(lp), -np.exp(lp) * lp, 0.0)))
+        finite = np.where(np.isfinite(lp), lp, 0.0)  # a masked choice (p = 0) adds nothing
+        entropy += float(np.sum(-np.exp(lp) * finite))
 
     values = list(map(int, arc))
     c = h = np.zeros((1, h_size))

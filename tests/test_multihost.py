@@ -64,6 +64,14 @@ def losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
 
 
+def wait_for_logged_steps(workdir, processes, log_path, count: int, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ((workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= count):
+        assert all(p.poll() is None for p in processes), log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no training within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def committed(workdir) -> list[int]:
     directory = workdir / "checkpoints"
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "commit_success.txt").exists())
@@ -87,11 +95,7 @@ def test_two_hosts_train_like_one_and_stop_together_on_one_sigterm(reference, tm
     data_dir, expected = reference
     workdir = tmp_path / "run"
     processes, logs = two_processes(workdir, data_dir, tmp_path, name="first")
-    deadline = time.monotonic() + 240
-    while not ((workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 3):
-        assert all(p.poll() is None for p in processes), (tmp_path / "first0.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no training within 240 s"
-        time.sleep(0.05)
+    wait_for_logged_steps(workdir, processes, tmp_path / "first0.log", 3)
     processes[1].send_signal(signal.SIGTERM)
     assert wait_all(processes, logs) == [0, 0], (tmp_path / "first0.log").read_text()[-3000:]
     saved = [re.findall(r"saved step (\d+), stopping", (tmp_path / f"first{i}.log").read_text()) for i in range(2)]
@@ -127,11 +131,7 @@ def test_a_killed_host_stops_the_other_within_a_minute(reference, tmp_path):
     data_dir, _ = reference
     workdir = tmp_path / "run"
     processes, logs = two_processes(workdir, data_dir, tmp_path, "--config.num_train_steps=100000")
-    deadline = time.monotonic() + 240
-    while not ((workdir / "metrics.jsonl").exists() and len(losses(workdir)) >= 2):
-        assert all(p.poll() is None for p in processes), (tmp_path / "run0.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "no training within 240 s"
-        time.sleep(0.05)
+    wait_for_logged_steps(workdir, processes, tmp_path / "run0.log", 2)
     processes[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     code = processes[0].wait(timeout=120)

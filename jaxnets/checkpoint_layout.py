@@ -41,15 +41,11 @@ def checkpoint_dir(workdir) -> epath.Path:
     return absolute(workdir) / CHECKPOINT_DIR
 
 
-def commit_marker(step_dir) -> epath.Path:
-    import orbax.checkpoint as ocp
-
-    return epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE
-
-
 def is_finished(step_dir) -> bool:
     """True once orbax has written the step's commit marker (its last write)."""
-    return commit_marker(step_dir).exists()
+    import orbax.checkpoint as ocp
+
+    return (epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
 
 
 def step_numbers(directory) -> list[int]:

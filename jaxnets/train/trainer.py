@@ -13,6 +13,7 @@ cadence, signals, checkpoints and reporting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -79,8 +80,14 @@ class Trainer:
     def with_stop_vote(self, batch: dict, stop: bool) -> dict:
         """`batch` (sharded) carrying this process's wish to stop; the step returns `stop_requested`, the
         same on every process (see `agree_on_stopping`)."""
-        votes = np.full((len(self.mesh.local_devices),), float(stop), np.float32)  # one per local device
-        return {**batch, STOP_VOTE: parallel.device_batch(votes, self.mesh)}
+        return {**batch, STOP_VOTE: self._stop_votes[stop]}
+
+    @functools.cached_property
+    def _stop_votes(self) -> dict[bool, jax.Array]:
+        """The two possible votes, on the devices once: a step reads them and never donates them."""
+        local = len(self.mesh.local_devices)  # one value per local device
+        return {stop: parallel.device_batch(np.full((local,), float(stop), np.float32), self.mesh)
+                for stop in (False, True)}
 
     def evaluate(self, state: State, batches: Iterable[dict]) -> dict:
         """One pass over host-local eval batches -> the task's `eval_*` metrics."""

@@ -2,6 +2,7 @@
 
     info = dataset_info(config)
     batches = train_iterator(config, local_batch_size, start_step=step, process_index=i, process_count=n)
+    heldout = heldout_iterator(config, local_batch_size, start_step=k, ...)  # the eval split, endless, unaugmented
     for batch in eval_iterator(config, local_batch_size, process_index=i, process_count=n): ...
     evals = eval_batches(config, local_batch_size, ...)  # the same, iterable once per evaluation
 
@@ -12,7 +13,7 @@ import it on first use, so the rest of jaxnets (and a GPU box without TF) never 
 from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config
 from jaxnets.errors import DatasetNotPreparedError
 
-_PIPELINE = ("dataset_info", "train_iterator", "eval_iterator", "eval_batches", "EvalBatches")
+_PIPELINE = ("dataset_info", "train_iterator", "heldout_iterator", "eval_iterator", "eval_batches", "EvalBatches")
 
 __all__ = [
     "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec", "check_data_config", *_PIPELINE

@@ -161,6 +161,21 @@ def train_iterator(
     return _with_options(ds).as_numpy_iterator()
 
 
+def heldout_iterator(
+    config: Any, local_batch_size: int, *, start_step: int = 0, process_index: int = 0, process_count: int = 1
+) -> Iterator[Batch]:
+    """The eval split (which a search holds out of its training data) as an endless stream like
+    `train_iterator`'s, unaugmented and shuffled with its own seed: for a task that learns on held-out batches
+    (the ENAS controller's rewards). Batch `start_step` of the stream first."""
+    heldout = config.copy_and_resolve_references()
+    with heldout.unlocked():
+        heldout.train_split = check_data_config(config).eval_split
+        heldout.augment = False
+        heldout.seed = (config.seed + 1) % 2**31  # not the train stream's order
+    return train_iterator(heldout, local_batch_size, start_step=start_step, process_index=process_index,
+                          process_count=process_count)
+
+
 def eval_iterator(
     config: Any, local_batch_size: int, *, process_index: int = 0, process_count: int = 1
 ) -> Iterator[Batch]:

@@ -1,5 +1,6 @@
-"""ENAS search: the controller (more of the search, REINFORCE and the search task, is to come)."""
+"""ENAS search: the controller, REINFORCE and the search task of the training loop (`config.task = "search"`)."""
 
 from jaxnets.nas.controller import MacroController
+from jaxnets.nas.search import SearchState, SearchTask
 
-__all__ = ["MacroController"]
+__all__ = ["MacroController", "SearchState", "SearchTask"]

@@ -28,6 +28,48 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def supervised_step(state, batch, *, apply_fn, tx, schedule, config, dropout_key):
+    """One optimizer update of `state` (params, batch_stats, opt_state, ema_params, step) on this device's shard of
+    {"image", "label"}: cross-entropy of `apply_fn(variables, images, train=True, ...)` plus the config's L2.
+    Per device under shard_map; returns the new state, identical on every device, and the averaged metrics.
+    Shared by the tasks that train a network on labels (classification; the ENAS search's shared network)."""
+
+    def loss_fn(params):
+        with layers.synchronized_batch_norm(DATA_AXIS if config.sync_batch_norm else None):
+            logits, updates = apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                mutable=["batch_stats"], rngs={"dropout": dropout_key},
+            )
+        # The global-batch mean. Differentiating it gives the global gradient directly: shard_map's
+        # autodiff sums the cotangents of the replicated params over devices (a pmean of the gradients
+        # on top would be a no-op; differentiating the local mean instead would give n x the gradient).
+        data_loss = jax.lax.pmean(cross_entropy(logits, batch["label"], config.label_smoothing).mean(), DATA_AXIS)
+        return data_loss + regularization_loss(params, config), (data_loss, logits, updates["batch_stats"])
+
+    (total_loss, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if not config.sync_batch_norm:  # per-device statistics; keep the stored running averages replicated
+        batch_stats = jax.lax.pmean(batch_stats, DATA_AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        decay = config.ema_decay
+        ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+    metrics = {
+        "loss": data_loss,
+        "total_loss": total_loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),  # of the updated parameters: a finite gradient can still overflow
+        "learning_rate": schedule(state.step),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
+    )
+    return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask:
     """Trains `model` on {"image", "label"} batches; evaluates top-1, top-5 and loss on masked eval batches."""
@@ -59,44 +101,10 @@ class ClassificationTask:
 
     def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
         """One optimizer update on this device's shard of the global batch."""
-        config = self.config
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         dropout_key = jax.random.fold_in(step_key, jax.lax.axis_index(DATA_AXIS))
-
-        def loss_fn(params):
-            with layers.synchronized_batch_norm(DATA_AXIS if config.sync_batch_norm else None):
-                logits, updates = self.model.apply(
-                    {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-                    mutable=["batch_stats"], rngs={"dropout": dropout_key},
-                )
-            # The global-batch mean. Differentiating it gives the global gradient directly: shard_map's
-            # autodiff sums the cotangents of the replicated params over devices (a pmean of the gradients
-            # on top would be a no-op; differentiating the local mean instead would give n x the gradient).
-            data_loss = jax.lax.pmean(cross_entropy(logits, batch["label"], config.label_smoothing).mean(), DATA_AXIS)
-            return data_loss + regularization_loss(params, config), (data_loss, logits, updates["batch_stats"])
-
-        (total_loss, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        if not config.sync_batch_norm:  # per-device statistics; keep the stored running averages replicated
-            batch_stats = jax.lax.pmean(batch_stats, DATA_AXIS)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = state.ema_params
-        if ema_params is not None:
-            decay = config.ema_decay
-            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
-
-        metrics = {
-            "loss": data_loss,
-            "total_loss": total_loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),  # of the updated parameters: a finite gradient can still overflow
-            "learning_rate": self.schedule(state.step),
-        }
-        new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
-        )
-        return new_state, jax.lax.pmean(metrics, DATA_AXIS)
+        return supervised_step(state, batch, apply_fn=self.model.apply, tx=self.tx, schedule=self.schedule,
+                               config=self.config, dropout_key=dropout_key)
 
     def eval_step(self, state: TrainState, batch) -> dict:
         """Sums over this device's shard, psum'd: padded examples (mask False) count nowhere."""

@@ -92,6 +92,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     c.keep_best = False  # also keep the best checkpoint by eval top-1 in workdir/checkpoints_best
     c.init_from = placeholder(str)  # a workdir or step: start from its params and batch_stats only
+
+    # ENAS search (task="search", model enas_macro_shared; jaxnets.nas): the released search's values
+    # (../docs/enas.md). The rewards come from eval_split, which a search holds out of the training data.
+    c.search_strategy = "enas"  # "enas": the controller samples arcs and learns; "random": uniform arcs (the baseline)
+    c.controller_lstm_size = 64
+    c.controller_temperature = placeholder(float)
+    c.controller_tanh_constant = 1.5  # logits -> tanh_constant * tanh(logits); None: raw logits
+    c.controller_learning_rate = 1e-3
+    c.controller_adam_b1 = 0.0
+    c.controller_adam_b2 = 0.999
+    c.controller_adam_eps = 1e-3
+    c.controller_grad_clip_norm = placeholder(float)
+    c.controller_entropy_weight = 1e-4  # reward = held-out accuracy + entropy_weight * entropy of the arc
+    c.controller_baseline_decay = 0.99  # the reward EMA that REINFORCE subtracts
+    c.controller_skip_target = 0.4  # the skip rate a KL penalty pulls the controller towards ...
+    c.controller_skip_weight = 0.8  # ... with this weight
+    c.controller_updates_per_epoch = 50  # controller updates after each epoch of the shared network
+    c.controller_arcs_per_update = 20  # arcs sampled (and gradients averaged) per update
+    c.controller_batch_size = 128  # held-out images that score one sampled arc (over all devices)
+    c.search_eval_arcs = 10  # arcs scored on the whole held-out split at each evaluation
+    c.search_final_arcs = 100  # the final arc is the best of this many samples on the held-out split
+    # final_config.py: the fields (and model_overrides) that differ from base_config() when the found arc
+    # is trained from scratch (the searched model's layers, branches and data are taken from the search).
+    c.final = ml_collections.ConfigDict()
     return c
 
 
@@ -109,6 +133,8 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
     if missing:
         raise ConfigError(f"config: missing field(s) {', '.join(missing)}: start the recipe from base_config()")
     resolved = config.copy_and_resolve_references()
+    if resolved.task == "search":
+        _hold_out_validation(resolved)
     try:
         data = check_data_config(resolved)
     except ValueError as e:
@@ -120,6 +146,25 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
     check_config(resolved, device_count)
     resolved.lock()
     return resolved
+
+
+# The share of the training split a search holds out for its rewards: CIFAR's last 5,000 of 50,000 images,
+# as the released search did, and the same proportion of any other dataset.
+SEARCH_HELD_OUT_PERCENT = 90
+
+
+def _hold_out_validation(config) -> None:
+    """A search trains on the first 90% of the training split and takes rewards on the rest, never the test set."""
+    from jaxnets.data import DATASETS
+
+    spec = DATASETS.get(config.dataset)
+    if spec is None:
+        return  # check_data_config names the unknown dataset
+    with config.unlocked():
+        if config.train_split is None:
+            config.train_split = f"{spec.train_split}[:{SEARCH_HELD_OUT_PERCENT}%]"
+        if config.eval_split is None:
+            config.eval_split = f"{spec.train_split}[{SEARCH_HELD_OUT_PERCENT}%:]"
 
 
 def _scale_learning_rate(config) -> None:

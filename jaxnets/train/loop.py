@@ -12,6 +12,7 @@ import math
 
 import jax
 
+from jaxnets.checkpoint_layout import absolute
 from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError, NonFiniteLossError
 from jaxnets.train import checkpoint, parallel
 from jaxnets.train.reporting import Reporter
@@ -55,6 +56,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             process_index=process_index, process_count=process_count),
         trainer.mesh,
     )
+    between_epochs = None
+    if trainer.epoch_update is not None:  # a task that learns between epochs (the ENAS controller)
+        epochs_done = start_step // length.steps_per_epoch
+        between_epochs = parallel.prefetch_to_device(
+            data.heldout_iterator(config, trainer.task.epoch_batch_size // process_count,
+                                  start_step=epochs_done * trainer.task.epoch_updates,
+                                  process_index=process_index, process_count=process_count),
+            trainer.mesh,
+        )
     skipped_in_a_row = 0
     stop_agreed = False  # some process asked to stop; read from a step's output, so the same on every process
 
@@ -91,6 +101,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 pending = (step, metrics)
                 # Every decision below depends on the step number and on values read from steps' outputs
                 # only, so on a pod every process evaluates, saves and stops at the same steps.
+                if between_epochs is not None and step % length.steps_per_epoch == 0:
+                    state = _learn_between_epochs(trainer, state, between_epochs, step, reporter)
                 evaluating = step % length.eval_every_steps == 0 or step == length.total_steps
                 saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop_agreed
                 if evaluating or saving:
@@ -106,10 +118,39 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     log.warning("%s: saved step %d, stopping", signals.requested or "a stop asked by another process",
                                 step)
                     break
+            if trainer.epoch_update is not None and int(state.step) == length.total_steps:
+                _finish(trainer, state, eval_batches, workdir, reporter, is_main_process)
     finally:
         checkpoints.close()  # waits for the saves in flight
         reporter.close()
     return eval_metrics
+
+
+def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, reporter: Reporter):
+    """The task's updates on held-out batches after the epoch that ends at `step`; logs their summary."""
+    task = trainer.task
+    updates = []
+    for _ in range(task.epoch_updates):
+        state, metrics = trainer.epoch_update(state, next(heldout_batches))
+        updates.append(metrics)
+    scalars, record = task.describe_epoch(state, jax.device_get(updates))
+    reporter.write(step, scalars)
+    reporter.record(task.records_file, step, {"epoch": step // trainer.length.steps_per_epoch, **record})
+    log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+    return state
+
+
+def _finish(trainer: Trainer, state, eval_batches, workdir: str, reporter: Reporter, is_main_process: bool) -> None:
+    """A completed run's last word (a search's final arc and recipe): computed on every process, written by one."""
+    files, record = trainer.task.finish(trainer, state, eval_batches, workdir)
+    reporter.record(trainer.task.records_file, int(state.step), {"final": True, **record})
+    if is_main_process:
+        directory = absolute(workdir)
+        for name, text in files.items():
+            temporary = directory / f".{name}.tmp"  # written whole, then renamed: never a half-written file
+            temporary.write_text(text)
+            temporary.rename(directory / name)
+            log.info("wrote %s", directory / name)
 
 
 def _first_non_finite(metrics, names: dict[str, str]) -> tuple[str, float] | None:

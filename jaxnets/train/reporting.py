@@ -34,29 +34,30 @@ class Reporter:
 
             workdir = absolute(workdir)
             self._writer = SummaryWriter(str(workdir), flush_secs=30)  # (tensorboardX writes gs:// itself)
-            self._path = workdir / METRICS_FILE
-            # A resumed run's metrics.jsonl reads as one run: the lines a killed run wrote after its last
-            # checkpoint go (the resumed run writes them again).
-            self._lines = _lines_until(self._path, start_step)
-            self._path.write_text("".join(self._lines))
-            self._append = is_local(workdir)  # cloud storage has no append: there the file is rewritten
-            if self._append:
-                self._jsonl = open(self._path, "a")  # noqa: SIM115  closed in close()
+            self._workdir = workdir
+            self._start_step = start_step
+            self._logs: dict[str, _JsonLines] = {}
+            self._log(METRICS_FILE)  # truncated to the resumed step now, not at the first write
 
     def write(self, step: int, metrics: dict) -> None:
         """Records scalars; `train_*` points also print a progress line with images/s and ETA."""
         if not self.enabled:
             return
         scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        line = json.dumps({"step": step, **scalars}) + "\n"
-        if self._append:
-            self._jsonl.write(line)
-            self._jsonl.flush()
-        else:
-            self._lines.append(line)
-            self._path.write_text("".join(self._lines))
+        self._log(METRICS_FILE).write({"step": step, **scalars})
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, step)
+
+    def record(self, file_name: str, step: int, record: dict) -> None:
+        """Appends `{"step": step, **record}` (any JSON) to the workdir's `file_name`, a JSON-lines log that a
+        resume truncates to its step like metrics.jsonl."""
+        if self.enabled:
+            self._log(file_name).write({"step": step, **record})
+
+    def _log(self, file_name: str) -> _JsonLines:
+        if file_name not in self._logs:
+            self._logs[file_name] = _JsonLines(self._workdir / file_name, self._start_step)
+        return self._logs[file_name]
 
     def progress(self, step: int, metrics: dict) -> None:
         now = time.perf_counter()
@@ -81,8 +82,33 @@ class Reporter:
     def close(self) -> None:
         if self.enabled:
             self._writer.close()
-            if self._append:
-                self._jsonl.close()
+            for log_file in self._logs.values():
+                log_file.close()
+
+
+class _JsonLines:
+    """A JSON-lines file of step-stamped lines. A resumed run's file reads as one run: the lines a killed run
+    wrote after its last checkpoint go (the resumed run writes them again)."""
+
+    def __init__(self, path, start_step: int):
+        self._path = path
+        self._lines = _lines_until(path, start_step)
+        path.write_text("".join(self._lines))
+        self._append = is_local(path)  # cloud storage has no append: there the file is rewritten
+        self._file = open(path, "a") if self._append else None  # noqa: SIM115  closed in close()
+
+    def write(self, value: dict) -> None:
+        line = json.dumps(value) + "\n"
+        if self._append:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 def _format_duration(seconds: float) -> str:

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from jaxnets.errors import ConfigError
 from jaxnets.train import parallel
 from jaxnets.train.config import resolve_config
-from jaxnets.train.task import State, Task
+from jaxnets.train.task import BetweenEpochs, State, Task
 
 STOP_VOTE = "stop_vote"  # the batch entry that carries each device's wish to stop (`Trainer.with_stop_vote`)
 
@@ -63,6 +63,8 @@ class Trainer:
     task: Task
     train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, data parallel; donates the state
     eval_step: Callable[[State, dict], dict]  # jitted, data parallel: psum'd sums of one global batch
+    # A task that learns between epochs (`task.BetweenEpochs`): its update, jitted and data parallel; else None.
+    epoch_update: Callable[[State, dict], tuple[State, dict]] | None = None
 
     def init_state(self) -> State:
         return jax.jit(self.task.init_state, out_shardings=parallel.replicated(self.mesh))()
@@ -117,7 +119,25 @@ def _classification(config, dataset, steps_per_epoch: int) -> Task:
     )
 
 
-TASKS: dict[str, Callable[..., Task]] = {"classification": _classification}
+def _search(config, dataset, steps_per_epoch: int) -> Task:
+    from jaxnets.models import create_model_from_config
+    from jaxnets.nas import MacroController
+    from jaxnets.nas.search import SearchTask
+    from jaxnets.optim import create_optimizer, create_schedule
+
+    model = create_model_from_config(config, dataset.num_classes)
+    controller = MacroController(
+        num_layers=model.num_layers, num_branches=model.num_branches, whole_channels=model.whole_channels,
+        num_filters=model.num_filters, lstm_size=config.controller_lstm_size,
+        temperature=config.controller_temperature, tanh_constant=config.controller_tanh_constant,
+        skip_target=config.controller_skip_target,
+    )
+    return SearchTask(model=model, controller=controller, tx=create_optimizer(config, steps_per_epoch),
+                      schedule=create_schedule(config, steps_per_epoch), config=config,
+                      image_shape=tuple(dataset.image_shape))
+
+
+TASKS: dict[str, Callable[..., Task]] = {"classification": _classification, "search": _search}
 
 
 def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
@@ -148,6 +168,8 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
         task=task,
         train_step=parallel.data_parallel_train_step(train_step, mesh),
         eval_step=parallel.data_parallel_eval_step(task.eval_step, mesh),
+        epoch_update=(parallel.data_parallel_train_step(task.epoch_update, mesh)
+                      if isinstance(task, BetweenEpochs) else None),
     )
 
 

@@ -6,6 +6,7 @@ import jax
 
 from jaxnets.errors import ConfigError
 from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
+from jaxnets.train.config import SEARCH_HELD_OUT_PERCENT
 
 # Models that the classification task cannot train as they are, and what to use instead.
 _NOT_CLASSIFIABLE = {
@@ -27,6 +28,9 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.task: unknown task {config.task!r}; known: {', '.join(TASKS)}")
     if config.model not in list_models():
         raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
+    if config.task == "search" and config.model != "enas_macro_shared":
+        raise ConfigError(f"config.model: the search task trains the ENAS search space 'enas_macro_shared', "
+                          f"not {config.model!r}")
     if config.task == "classification" and config.model in _NOT_CLASSIFIABLE:
         raise ConfigError(f"config.model: {config.model!r} {_NOT_CLASSIFIABLE[config.model]}")
     try:
@@ -61,6 +65,8 @@ def check_config(config, device_count: int | None = None) -> None:
         check_optim_config(config)  # (the data fields were checked while resolving them)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.task == "search":
+        _check_search(config, device_count)
 
 
 def _check_arc(arc: str, model) -> None:
@@ -70,3 +76,46 @@ def _check_arc(arc: str, model) -> None:
         parse_arc(arc, model.num_layers, model.num_branches, model.whole_channels)
     except ValueError as e:
         raise ConfigError(f"config.model_overrides.arc: {e}") from None
+
+
+_SEARCH_POSITIVE_INTS = ("controller_lstm_size", "controller_updates_per_epoch", "controller_arcs_per_update",
+                         "search_eval_arcs", "search_final_arcs")
+_SEARCH_POSITIVE_FLOATS = ("controller_learning_rate", "controller_adam_eps")
+_SEARCH_FRACTIONS = ("controller_adam_b1", "controller_adam_b2", "controller_baseline_decay")
+
+
+def _check_search(config, device_count: int) -> None:
+    from jaxnets.data import DATASETS
+
+    if config.search_strategy not in ("enas", "random"):
+        raise ConfigError(f"config.search_strategy: {config.search_strategy!r} is not 'enas' (the controller "
+                          "learns) or 'random' (uniform arcs, the baseline)")
+    test_split = DATASETS[config.dataset].eval_split
+    if config.eval_split.split("[")[0] == test_split:
+        raise ConfigError(
+            f"config.eval_split={config.eval_split!r}: a search takes its rewards and picks its arc on eval_split, "
+            f"which must be held out of the training split, never the test split; leave it unset (the last "
+            f"{100 - int(SEARCH_HELD_OUT_PERCENT)}% of the training split)"
+        )
+    for field in _SEARCH_POSITIVE_INTS:
+        value = config[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"config.{field} must be a positive int, got {value!r}")
+    for field in _SEARCH_POSITIVE_FLOATS:
+        if not config[field] > 0:
+            raise ConfigError(f"config.{field} must be > 0, got {config[field]!r}")
+    for field in _SEARCH_FRACTIONS:
+        if not 0.0 <= config[field] < 1.0:
+            raise ConfigError(f"config.{field} must be in [0, 1), got {config[field]!r}")
+    if not 0.0 < config.controller_skip_target < 1.0:
+        raise ConfigError(f"config.controller_skip_target must be in (0, 1), got {config.controller_skip_target!r}")
+    for field in ("controller_entropy_weight", "controller_skip_weight"):
+        if config[field] < 0:
+            raise ConfigError(f"config.{field} must be >= 0, got {config[field]!r}")
+    for field in ("controller_temperature", "controller_tanh_constant", "controller_grad_clip_norm"):
+        if config[field] is not None and not config[field] > 0:
+            raise ConfigError(f"config.{field} must be None or > 0, got {config[field]!r}")
+    batch = config.controller_batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0 or batch % device_count:
+        raise ConfigError(f"config.controller_batch_size={batch!r} is not a positive multiple of the {device_count} "
+                          f"devices; use a multiple of {device_count}")

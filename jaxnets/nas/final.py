@@ -1,0 +1,75 @@
+"""What a finished search leaves in its workdir for the next step: the found arc and the recipe that trains it.
+
+    final_arc.txt     the arc in the official format (one layer per line), for jaxnets or the official code
+    final_config.py   a recipe for train.py that trains that arc from scratch as a fixed network:
+                          python train.py --config WORKDIR/final_config.py --workdir WORKDIR2
+
+The recipe is written out in full (every field that differs from base_config()), so it reads on its own and
+keeps working if the search's recipe changes: the search's data and depth, `model = "enas_macro"` with the
+arc, and the training settings of the search config's `final` block.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+FINAL_ARC_FILE = "final_arc.txt"
+FINAL_CONFIG_FILE = "final_config.py"
+
+# Fields of a search that describe the data the found arc is trained on, copied into the recipe; the splits are
+# not (the final network trains on the whole training split and is tested on the test split).
+_DATA_FIELDS = ("dataset", "data_dir", "image_size", "seed", "dtype")
+
+
+def final_config_fields(search_config, model) -> tuple[dict, dict]:
+    """-> (top-level fields, model_overrides) of the recipe, without the arc."""
+    from jaxnets.train.config import base_config
+
+    base = base_config()
+    final = search_config.final.to_dict()
+    overrides = {"num_layers": model.num_layers, "num_branches": model.num_branches,
+                 "num_filters": model.num_filters, "whole_channels": model.whole_channels}
+    overrides.update(final.pop("model_overrides", {}))
+    fields = {"model": "enas_macro"}
+    fields.update({name: search_config[name] for name in _DATA_FIELDS if search_config[name] != base[name]})
+    fields.update(final)
+    unknown = sorted(set(fields) - set(base.keys()))
+    if unknown:
+        from jaxnets.errors import ConfigError
+
+        raise ConfigError(f"config.final: unknown field(s) {', '.join(unknown)} (the fields of base_config())")
+    return fields, overrides
+
+
+def final_config_source(search_config, model, arc_line: str, workdir: str, accuracy: float) -> str:
+    """The text of final_config.py."""
+    fields, overrides = final_config_fields(search_config, model)
+    lines = [
+        f'"""Trains the arc that the ENAS search in {workdir} found, from scratch, as a fixed network.',
+        "",
+        f"Written by the search (its held-out accuracy through the shared weights: {accuracy:.4f}).",
+        "",
+        f"    python train.py --config {workdir}/final_config.py --workdir FINAL_WORKDIR",
+        '"""',
+        "",
+        "from jaxnets.train import base_config",
+        "",
+        f"ARC = {arc_line!r}",
+        "",
+        "",
+        "def get_config():",
+        "    c = base_config()",
+    ]
+    lines += [f"    c.{name} = {_literal(value)}" for name, value in fields.items()]
+    lines.append("    c.model_overrides.arc = ARC")
+    lines += [f"    c.model_overrides.{name} = {_literal(value)}" for name, value in overrides.items()]
+    lines += ["    return c", ""]
+    return "\n".join(lines)
+
+
+def _literal(value):
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if isinstance(value, list):
+        value = tuple(value)
+    return repr(value)

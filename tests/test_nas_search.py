@@ -1,0 +1,225 @@
+"""The ENAS search on the training loop: REINFORCE as the reference specifies it, one compile per step function
+over a whole search, an exact resume after SIGKILL, and a final arc whose recipe trains through train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import REPO, load_recipe
+
+from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
+from jaxnets.data import DatasetInfo
+from jaxnets.errors import ConfigError
+from jaxnets.models.enas import parse_arc
+from jaxnets.nas import MacroController
+from jaxnets.train import build_trainer, resolve_config
+
+# A few seconds of search on the bundled digits: 3 layers of 8 filters, 3 epochs of 37 steps (1,212 training
+# images in batches of 32), 2 controller updates of 4 arcs after each.
+TINY = ["--config.model_overrides.num_layers=3", "--config.model_overrides.num_filters=8", "--config.num_epochs=3",
+        "--config.controller_updates_per_epoch=2", "--config.controller_arcs_per_update=4",
+        "--config.controller_batch_size=16", "--config.search_eval_arcs=3", "--config.search_final_arcs=4",
+        "--config.eval_every_epochs=1.0", "--config.checkpoint_every_steps=30", "--config.log_every_steps=1"]
+STEPS = 111
+
+
+def train_py(workdir, *extra, env=None, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/enas_search_quickstart.py", "--workdir", str(workdir),
+         *TINY, *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})}, **popen,
+    )
+
+
+def jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """A whole tiny search through train.py, logging every compilation: (workdir, stderr)."""
+    workdir = tmp_path_factory.mktemp("search")
+    process = train_py(workdir, env={"JAX_LOG_COMPILES": "1"})
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return workdir, stderr
+
+
+@pytest.mark.xdist_group("nas_search")  # one worker runs the search fixture once
+def test_each_step_function_compiles_once_in_a_whole_search(search):
+    workdir, stderr = search
+    compiled = Counter(re.findall(r"Compiling (\S+) with global shapes", stderr))
+    # The shared network's step, the controller's update and the evaluation: one program each for 111 steps,
+    # 6 controller updates of 4 fresh arcs and 3 evaluations; the final scoring of 4 sampled and 4 random arcs.
+    for name in ("jit(step)", "jit(epoch_update)", "jit(eval_step)", "jit(correct)"):
+        assert compiled[name] == 1, (name, compiled)
+    train_steps = [r["step"] for r in jsonl(workdir / "metrics.jsonl") if "train_loss" in r]
+    assert train_steps == list(range(1, STEPS + 1))
+
+
+@pytest.mark.xdist_group("nas_search")
+def test_the_search_logs_each_epoch_and_writes_a_valid_final_arc(search):
+    workdir, _ = search
+    records = jsonl(workdir / "search.jsonl")
+    epochs = [r for r in records if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3] and [r["controller_updates"] for r in epochs] == [2, 4, 6]
+    for record in epochs:
+        assert abs(sum(record["op_histogram"].values()) - 1.0) < 1e-6 and record["sampled_arcs"] == 8
+        for best in record["best_arcs"]:
+            parse_arc(best["arc"], num_layers=3, num_branches=6)
+    final = records[-1]
+    assert final["final"] and final["final_accuracy"] == final["samples"]["best_accuracy"]
+    assert final["samples"]["count"] == final["uniform"]["count"] == 4
+    text = (workdir / "final_arc.txt").read_text()
+    assert len(text.splitlines()) == 3  # one layer per line, as the official scripts write it
+    assert " ".join(text.split()) == final["final_arc"]
+    parse_arc(text, num_layers=3, num_branches=6)
+
+
+@pytest.mark.xdist_group("nas_search")
+def test_final_config_trains_the_arc_through_train_py(search, tmp_path):
+    workdir, _ = search
+    recipe = workdir / "final_config.py"
+    assert "c.model = 'enas_macro'" in recipe.read_text()
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(recipe), "--workdir", str(tmp_path), "--config.num_train_steps=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in jsonl(tmp_path / "metrics.jsonl") if "train_loss" in r][-1] == 3
+    saved = read_meta(resolve_step_dir(tmp_path))["config"]
+    assert saved["model_overrides"]["arc"] == " ".join((workdir / "final_arc.txt").read_text().split())
+    assert saved["train_split"] == "train" and saved["eval_split"] == "test"  # the whole training split, tested
+
+
+@pytest.mark.xdist_group("nas_search")
+def test_a_search_killed_and_resumed_samples_and_learns_exactly_as_an_uninterrupted_one(search, tmp_path):
+    reference, _ = search
+    process = train_py(tmp_path)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "checkpoints" / "60" / "commit_success.txt").exists():  # after epoch 1's updates
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert killed[-1] < STEPS, "killed before the end"
+    resumed = train_py(tmp_path)
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0 and "resuming from" in stderr, stderr[-3000:]
+
+    def train_losses(workdir):
+        return {r["step"]: r["train_loss"] for r in jsonl(workdir / "metrics.jsonl") if "train_loss" in r}
+
+    assert train_losses(tmp_path) == train_losses(reference)  # the same arcs, step by step
+    # The same controller updates: each epoch's rewards, baseline and sampled arcs (their digest), the best arcs.
+    assert jsonl(tmp_path / "search.jsonl") == jsonl(reference / "search.jsonl")
+    assert (tmp_path / "final_arc.txt").read_text() == (reference / "final_arc.txt").read_text()
+
+
+# ---- REINFORCE, in process -----------------------------------------------------------------------------------
+
+DIGITS_LIKE = DatasetInfo(num_classes=10, image_shape=(8, 8, 1), num_train_examples=320, num_eval_examples=64)
+ARCS, PER_ARC = 3, 8
+
+
+def tiny_trainer(**fields):
+    c = load_recipe("enas_search_quickstart")
+    c.model_overrides.num_layers, c.model_overrides.num_filters = 3, 8
+    c.controller_arcs_per_update, c.controller_batch_size = ARCS, PER_ARC
+    c.controller_entropy_weight = 0.01  # large enough that a mistake in the reward would show
+    for name, value in fields.items():
+        c[name] = value
+    return build_trainer(c, devices=jax.devices()[:1], dataset_info=DIGITS_LIKE)
+
+
+def heldout_batch():
+    rng = np.random.default_rng(0)
+    return {"image": rng.standard_normal((ARCS * PER_ARC, 8, 8, 1), dtype=np.float32),
+            "label": rng.integers(0, 10, ARCS * PER_ARC).astype(np.int32)}
+
+
+def test_a_controller_update_is_reinforce_with_the_released_rules():
+    trainer = tiny_trainer()
+    task, config = trainer.task, trainer.config
+    state = trainer.init_state()
+    before = jax.device_get(state)
+    batch = heldout_batch()
+    state, metrics = trainer.epoch_update(state, trainer.shard(batch))
+    after, arcs = jax.device_get(state), np.asarray(metrics["arcs"])
+
+    # Rewards recomputed one arc at a time: accuracy on its own block of the batch (BN in inference mode),
+    # plus the entropy bonus; the baseline is updated BEFORE each advantage is taken.
+    variables = {"params": before.params, "batch_stats": before.batch_stats}
+    baseline, advantages = 0.0, []
+    for a, arc in enumerate(arcs):
+        rows = slice(a * PER_ARC, (a + 1) * PER_ARC)
+        logits = task.model.apply(variables, batch["image"][rows], jnp.asarray(arc), train=False)
+        accuracy = float(np.mean(np.argmax(logits, -1) == batch["label"][rows]))
+        entropy = float(task.controller.apply({"params": before.controller_params}, arc,
+                                              method=MacroController.log_prob)["entropy"])
+        reward = accuracy + 0.01 * entropy
+        baseline = 0.99 * baseline + 0.01 * reward
+        advantages.append(reward - baseline)
+    np.testing.assert_allclose(float(after.baseline), baseline, rtol=1e-5)
+
+    # The gradient: the mean over arcs of -advantage * d log p + 0.8 * d KL(skip), then Adam with beta1 = 0 and
+    # eps = 1e-3, whose first step is -lr * g / (|g| + eps).
+    def loss(params):
+        total = 0.0
+        for arc, advantage in zip(arcs, advantages, strict=True):
+            scored = task.controller.apply({"params": params}, arc, method=MacroController.log_prob)
+            total += -advantage * scored["log_prob"] + 0.8 * scored["skip_penalty"]
+        return total / len(arcs)
+
+    grads = jax.grad(loss)(before.controller_params)
+    expected = jax.tree.map(lambda p, g: p - 1e-3 * g / (np.abs(g) + 1e-3), before.controller_params, grads)
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7),
+                 after.controller_params, expected)
+    assert config.controller_adam_b1 == 0.0 and int(after.controller_step) == 1
+    # The best arcs so far: the sampled arcs, highest accuracy first.
+    assert sorted(after.best_accuracies[:ARCS].tolist(), reverse=True) == after.best_accuracies[:ARCS].tolist()
+
+
+def test_the_random_baseline_samples_uniform_arcs_and_never_trains_the_controller():
+    trainer = tiny_trainer(search_strategy="random")
+    state = trainer.init_state()
+    before = jax.device_get(state.controller_params)
+    state, metrics = trainer.epoch_update(state, trainer.shard(heldout_batch()))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.controller_params), before)
+    keys = jax.random.split(jax.random.key(1), 2000)
+    ops = np.asarray(jax.vmap(trainer.task.uniform_arc)(keys))[:, [0, 1, 3]]  # the op of each of the 3 layers
+    assert np.all(np.abs(np.bincount(ops.ravel(), minlength=6) / ops.size - 1 / 6) < 0.02)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eval_split", "test", "config.eval_split='test': a search takes its rewards and picks its arc on eval_split"),
+    ("model", "cifar_resnext50", "config.model: the search task trains the ENAS search space 'enas_macro_shared'"),
+    ("controller_batch_size", 12, "config.controller_batch_size=12 is not a positive multiple of the 8 devices"),
+    ("search_strategy", "evolution", "config.search_strategy: 'evolution' is not 'enas'"),
+    ("controller_baseline_decay", 1.0, "config.controller_baseline_decay must be in [0, 1), got 1.0"),
+])
+def test_bad_search_configs_are_refused_naming_the_field(field, value, message):
+    c = load_recipe("enas_search_quickstart")
+    c[field] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config(c, device_count=8)
+
+
+def test_a_search_holds_out_the_end_of_the_training_split():
+    resolved = resolve_config(load_recipe("enas_search_quickstart"), device_count=8)
+    assert (resolved.train_split, resolved.eval_split) == ("train[:90%]", "train[90%:]")
+    cifar = load_recipe("enas_macro_search")
+    assert resolve_config(cifar, device_count=8).eval_split == "train[90%:]"  # CIFAR-10's last 5,000 images

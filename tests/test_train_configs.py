@@ -12,7 +12,9 @@ from jaxnets.data import DATASETS
 from jaxnets.models import create_model
 from jaxnets.train import train_and_evaluate
 
-CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.py"))
+# (The quickstart search runs whole, short, in test_nas_search.py.)
+CONFIGS = sorted(p for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
+                 if p.stem != "enas_search_quickstart")
 
 # Same model code, tiny depth and width (depth and width are data in every family).
 TINY_MODEL = {
@@ -20,6 +22,9 @@ TINY_MODEL = {
     "mobilenet": {"width_multiplier": 0.25},  # and one block per stage
     "enas": {"num_layers": 3, "num_filters": 8, "arc": "0  1 0  3 1 1"},
 }
+# A search: one epoch of 3 steps, then one controller update of 2 arcs, and the final pick of 2 arcs.
+TINY_SEARCH = {"controller_updates_per_epoch": 1, "controller_arcs_per_update": 2, "controller_batch_size": 8,
+               "search_eval_arcs": 2, "search_final_arcs": 2, "num_train_steps": 3}
 
 
 def shrink(config, workdir):
@@ -31,6 +36,8 @@ def shrink(config, workdir):
     if family == "mobilenet":  # every stage, one block each (compiling 17 blocks is most of the test)
         stages = create_model(config.model, **config.model_overrides.to_dict()).stages
         overrides["stages"] = tuple((expand, channels, 1, stride) for expand, channels, _, stride in stages)
+    if config.task == "search":
+        overrides.pop("arc")  # the search samples its arcs
     with config.unlocked():
         for key, value in overrides.items():
             config.model_overrides[key] = value
@@ -41,6 +48,9 @@ def shrink(config, workdir):
     config.shuffle_buffer = 16
     config.log_every_steps = 1
     config.data_dir = str(workdir / "tfds")
+    if config.task == "search":
+        for key, value in TINY_SEARCH.items():
+            config[key] = value
     return config
 
 
@@ -51,14 +61,20 @@ def test_recipe_trains_two_steps(path, tmp_path):
     with tfds.testing.mock_data(num_examples=24):
         final = train_and_evaluate(config, str(workdir))
 
+    steps = config.num_train_steps
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "train_loss" in r]
-    assert [r["step"] for r in train] == [1, 2]
+    assert [r["step"] for r in train] == list(range(1, steps + 1))
     assert all(math.isfinite(r["train_loss"]) and r["train_learning_rate"] >= 0 for r in train)
-    evals = [r for r in records if "eval_top1" in r]
-    assert [r["step"] for r in evals] == [2] and 0.0 <= evals[0]["eval_top1"] <= 1.0
+    metric = "eval_top1" if config.task == "classification" else "eval_mean_accuracy"
+    evals = [r for r in records if metric in r]
+    assert [r["step"] for r in evals] == [steps] and 0.0 <= evals[0][metric] <= 1.0
     assert final["eval_examples"] == evals[0]["eval_examples"] > 0
     assert list(workdir.glob("events.out.tfevents.*")), "TensorBoard events"
+    if config.task == "search":  # its controller learned after the epoch, and it wrote its arc and recipe
+        search = [json.loads(line) for line in (workdir / "search.jsonl").read_text().splitlines()]
+        assert [r.get("controller_updates") for r in search] == [1, None]  # epoch 1, then the final pick
+        assert (workdir / "final_arc.txt").exists() and (workdir / "final_config.py").exists()
 
 
 def test_every_recipe_documents_its_command():

@@ -41,6 +41,20 @@ def final_config_fields(search_config, model) -> tuple[dict, dict]:
     return fields, overrides
 
 
+def final_config(search_config, model, arc_line: str) -> ml_collections.ConfigDict:
+    """The recipe as a config (what final_config.py's get_config() returns), e.g. to check it before a search."""
+    from jaxnets.train.config import base_config
+
+    fields, overrides = final_config_fields(search_config, model)
+    c = base_config()
+    for name, value in fields.items():
+        c[name] = value
+    c.model_overrides.arc = arc_line
+    for name, value in overrides.items():
+        c.model_overrides[name] = value
+    return c
+
+
 def final_config_source(search_config, model, arc_line: str, workdir: str, accuracy: float) -> str:
     """The text of final_config.py."""
     fields, overrides = final_config_fields(search_config, model)

@@ -115,7 +115,26 @@ def _check_search(config, device_count: int) -> None:
     for field in ("controller_temperature", "controller_tanh_constant", "controller_grad_clip_norm"):
         if config[field] is not None and not config[field] > 0:
             raise ConfigError(f"config.{field} must be None or > 0, got {config[field]!r}")
+    _check_final_recipe(config)
     batch = config.controller_batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0 or batch % device_count:
         raise ConfigError(f"config.controller_batch_size={batch!r} is not a positive multiple of the {device_count} "
                           f"devices; use a multiple of {device_count}")
+
+
+def _check_final_recipe(config) -> None:
+    """The recipe final_config.py will be, checked now rather than after the search (on one device: the arc is
+    retrained wherever the user runs it)."""
+    from jaxnets.models.enas import default_arc, format_arc
+    from jaxnets.nas.final import final_config
+    from jaxnets.train.config import resolve_config
+
+    model = create_model(config.model, **config.model_overrides.to_dict())
+    arc = format_arc(default_arc(model.num_layers, model.num_branches, model.whole_channels, model.num_filters))
+    try:
+        resolve_config(final_config(config, model, arc), device_count=1)
+    except (ConfigError, AttributeError, KeyError, TypeError) as e:
+        message = str(e).strip("'\"")
+        if not message.startswith("config.final"):
+            message = f"config.final: {message.removeprefix('config.')}"
+        raise ConfigError(message) from None

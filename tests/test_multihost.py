@@ -111,10 +111,7 @@ def test_two_hosts_train_like_one_and_stop_together_on_one_sigterm(reference, tm
     got = losses(workdir)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert len(set(np.round(list(got.values()), 3))) > 5, "the loss must move, or the comparison proves nothing"
-    # Gloo and the in-process all-reduce sum in different orders; the last steps amplify that (measured on this
-    # machine on 2026-11-25, for this code and the code before it alike: 1.7e-4 relative at step 16, while
-    # CI's machine stayed within 1e-5). A wrong data split or a missing reduction moves a loss by > 1e-2.
-    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-3)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-5)
 
     # The 2 x 2 checkpoint in 1 process on 1 device ...
     import jaxnets
@@ -127,7 +124,7 @@ def test_two_hosts_train_like_one_and_stop_together_on_one_sigterm(reference, tm
     assert process.returncode == 0, stderr[-3000:]
     got = losses(workdir)
     assert sorted(got)[-2:] == [STEPS + 1, STEPS + 2]
-    np.testing.assert_allclose([got[STEPS + 1], got[STEPS + 2]], [expected[STEPS + 1], expected[STEPS + 2]], rtol=1e-3)
+    np.testing.assert_allclose([got[STEPS + 1], got[STEPS + 2]], [expected[STEPS + 1], expected[STEPS + 2]], rtol=1e-5)
 
 
 def test_a_killed_host_stops_the_other_within_a_minute(reference, tmp_path):

@@ -241,7 +241,10 @@ def test_the_random_baseline_samples_uniform_arcs_and_never_trains_the_controlle
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("eval_split", "test", "config.eval_split='test': a search takes its rewards and picks its arc on eval_split"),
+    ("splits", ("train", "test"),
+     "config.eval_split='test': a search takes its rewards and picks its arc on eval_split"),
+    ("train_split", "train", "config.train_split and config.eval_split: a search needs both"),
+    ("ema_decay", 0.999, "config.ema_decay: a search keeps no parameter EMA"),
     ("model", "cifar_resnext50", "config.model: the search task trains the ENAS search space 'enas_macro_shared'"),
     ("controller_batch_size", 12, "config.controller_batch_size=12 is not a positive multiple of the 8 devices"),
     ("search_strategy", "evolution", "config.search_strategy: 'evolution' is not 'enas'"),
@@ -254,6 +257,8 @@ def test_bad_search_configs_are_refused_naming_the_field(field, value, message):
     if field.startswith("final."):  # the recipe the search will write, checked before the search
         with c.final.unlocked():
             c.final[field.removeprefix("final.")] = value
+    elif field == "splits":
+        c.train_split, c.eval_split = value
     else:
         c[field] = value
     with pytest.raises(ConfigError, match=re.escape(message)):

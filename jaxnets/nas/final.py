@@ -4,8 +4,8 @@
     final_config.py   a recipe for train.py that trains that arc from scratch as a fixed network:
                           python train.py --config WORKDIR/final_config.py --workdir WORKDIR2
 
-The recipe is written out in full (every field that differs from base_config()), so it reads on its own and
-keeps working if the search's recipe changes: the search's data and depth, `model = "enas_macro"` with the
+The recipe is written out in full, so it reads on its own and keeps working if the search's recipe changes:
+the search's data fields that differ from base_config(), its depth and width, `model = "enas_macro"` with the
 arc, and the training settings of the search config's `final` block.
 """
 

@@ -36,8 +36,8 @@ from jaxnets.train.classification import supervised_step
 from jaxnets.train.parallel import DATA_AXIS, replicated
 
 BEST_ARCS_KEPT = 10  # the highest-accuracy arcs the controller updates have scored, kept in the state
-# What each key is for, folded into the seed's key: the arcs of evaluations and of the final pick are the same
-# samples at every call (their accuracies move only as the weights and the controller do).
+# What each key is for, folded into the seed's key: evaluations and the final pick sample with the same keys at
+# every call, so their arcs change only as the controller does.
 _CONTROLLER_UPDATES, _EVAL_ARCS, _FINAL_ARCS, _RANDOM_ARCS = 1, 2, 3, 4
 
 
@@ -110,7 +110,7 @@ class SearchTask:
         )
 
     def train_step(self, state: SearchState, batch) -> tuple[SearchState, dict]:
-        """One SGD step of the shared network on a fresh arc (the same on every device: one key)."""
+        """One optimizer step of the shared network on a fresh arc (the same on every device: one key)."""
         arc_key, dropout_key = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
         arc = self.sample_arc(state.controller_params, arc_key)
 
@@ -223,7 +223,11 @@ class SearchTask:
             controller_params = optax.apply_updates(params, updates)
         arcs = jnp.concatenate([state.best_arcs, stats["arc"]])
         accuracies = jnp.concatenate([state.best_accuracies, stats["accuracy"]])
-        best_accuracies, best = jax.lax.top_k(accuracies, BEST_ARCS_KEPT)
+        # An arc already kept (or sampled earlier in this update) keeps its first place: a converged controller
+        # samples one arc again and again, and the list should still show the 10 best different ones.
+        same = jnp.all(arcs[:, None, :] == arcs[None, :, :], axis=-1)
+        repeated = jnp.any(jnp.tril(same & jnp.isfinite(accuracies)[None, :], k=-1), axis=1)  # (not empty slots)
+        best_accuracies, best = jax.lax.top_k(jnp.where(repeated, -jnp.inf, accuracies), BEST_ARCS_KEPT)
         new_state = state.replace(
             controller_params=controller_params, controller_opt_state=opt_state,
             controller_step=state.controller_step + 1, baseline=baseline, best_arcs=arcs[best],

@@ -148,9 +148,9 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
     return resolved
 
 
-# The share of the training split a search holds out for its rewards: CIFAR's last 5,000 of 50,000 images,
-# as the released search did, and the same proportion of any other dataset.
-SEARCH_HELD_OUT_PERCENT = 90
+# A search trains on the first SEARCH_TRAIN_PERCENT of the training split and holds out the rest for its
+# rewards: CIFAR's last 5,000 of 50,000 images, as the released search did, and the same share of any dataset.
+SEARCH_TRAIN_PERCENT = 90
 
 
 def _hold_out_validation(config) -> None:
@@ -160,11 +160,15 @@ def _hold_out_validation(config) -> None:
     spec = DATASETS.get(config.dataset)
     if spec is None:
         return  # check_data_config names the unknown dataset
+    if (config.train_split is None) != (config.eval_split is None):
+        raise ConfigError(
+            "config.train_split and config.eval_split: a search needs both (eval_split held out of the training "
+            "data) or neither (the default: the first and last parts of the dataset's training split)"
+        )
     with config.unlocked():
         if config.train_split is None:
-            config.train_split = f"{spec.train_split}[:{SEARCH_HELD_OUT_PERCENT}%]"
-        if config.eval_split is None:
-            config.eval_split = f"{spec.train_split}[{SEARCH_HELD_OUT_PERCENT}%:]"
+            config.train_split = f"{spec.train_split}[:{SEARCH_TRAIN_PERCENT}%]"
+            config.eval_split = f"{spec.train_split}[{SEARCH_TRAIN_PERCENT}%:]"
 
 
 def _scale_learning_rate(config) -> None:

@@ -17,6 +17,7 @@ from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError,
 from jaxnets.train import checkpoint, parallel
 from jaxnets.train.reporting import Reporter
 from jaxnets.train.signals import StopSignals
+from jaxnets.train.task import BetweenEpochs
 from jaxnets.train.trainer import Trainer, build_trainer
 
 log = logging.getLogger("jaxnets")
@@ -56,10 +57,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             process_index=process_index, process_count=process_count),
         trainer.mesh,
     )
-    between_epochs = None
+    heldout_batches = None
     if trainer.epoch_update is not None:  # a task that learns between epochs (the ENAS controller)
         epochs_done = start_step // length.steps_per_epoch
-        between_epochs = parallel.prefetch_to_device(
+        heldout_batches = parallel.prefetch_to_device(
             data.heldout_iterator(config, trainer.task.epoch_batch_size // process_count,
                                   start_step=epochs_done * trainer.task.epoch_updates,
                                   process_index=process_index, process_count=process_count),
@@ -101,8 +102,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 pending = (step, metrics)
                 # Every decision below depends on the step number and on values read from steps' outputs
                 # only, so on a pod every process evaluates, saves and stops at the same steps.
-                if between_epochs is not None and step % length.steps_per_epoch == 0:
-                    state = _learn_between_epochs(trainer, state, between_epochs, step, reporter)
+                if heldout_batches is not None and step % length.steps_per_epoch == 0:
+                    state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter)
                 evaluating = step % length.eval_every_steps == 0 or step == length.total_steps
                 saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop_agreed
                 if evaluating or saving:
@@ -118,8 +119,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     log.warning("%s: saved step %d, stopping", signals.requested or "a stop asked by another process",
                                 step)
                     break
-            if trainer.epoch_update is not None and int(state.step) == length.total_steps:
-                _finish(trainer, state, eval_batches, workdir, reporter, is_main_process)
+            if isinstance(trainer.task, BetweenEpochs) and int(state.step) == length.total_steps:
+                _complete_run(trainer, state, eval_batches, workdir, reporter, is_main_process)
     finally:
         checkpoints.close()  # waits for the saves in flight
         reporter.close()
@@ -133,17 +134,27 @@ def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, r
     for _ in range(task.epoch_updates):
         state, metrics = trainer.epoch_update(state, next(heldout_batches))
         updates.append(metrics)
-    scalars, record = task.describe_epoch(state, jax.device_get(updates))
+    updates = jax.device_get(updates)
+    non_finite = [(i, u["grad_norm"]) for i, u in enumerate(updates) if not math.isfinite(float(u["grad_norm"]))]
+    if non_finite:  # the state is not saved: the run stops at its last checkpoint
+        i, value = non_finite[0]
+        raise NonFiniteLossError(
+            f"the gradient norm of update {i + 1} between epochs is {value} after step {step}: the run stops here "
+            "(lower config.controller_learning_rate or set config.controller_grad_clip_norm)"
+        )
+    scalars, record = task.describe_epoch(state, updates)
     reporter.write(step, scalars)
     reporter.record(task.records_file, step, {"epoch": step // trainer.length.steps_per_epoch, **record})
     log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
     return state
 
 
-def _finish(trainer: Trainer, state, eval_batches, workdir: str, reporter: Reporter, is_main_process: bool) -> None:
-    """A completed run's last word (a search's final arc and recipe): computed on every process, written by one."""
+def _complete_run(trainer: Trainer, state, eval_batches, workdir: str, reporter: Reporter,
+                  is_main_process: bool) -> None:
+    """A completed run's last word (a search's final arc and recipe): computed on every process, written by one.
+    The files come first, then the closing record (`final: true`), which a run started again on the finished
+    workdir replaces (the files are rewritten the same)."""
     files, record = trainer.task.finish(trainer, state, eval_batches, workdir)
-    reporter.record(trainer.task.records_file, int(state.step), {"final": True, **record})
     if is_main_process:
         directory = absolute(workdir)
         for name, text in files.items():
@@ -151,6 +162,7 @@ def _finish(trainer: Trainer, state, eval_batches, workdir: str, reporter: Repor
             temporary.write_text(text)
             temporary.rename(directory / name)
             log.info("wrote %s", directory / name)
+    reporter.record(trainer.task.records_file, int(state.step), {"final": True, **record})
 
 
 def _first_non_finite(metrics, names: dict[str, str]) -> tuple[str, float] | None:

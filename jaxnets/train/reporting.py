@@ -117,11 +117,12 @@ def _format_duration(seconds: float) -> str:
 
 
 def _lines_until(path, step: int) -> list[str]:
-    """The lines of `path` (if it exists) up to and including `step`."""
+    """The lines of `path` (if it exists) up to and including `step`, less a run's closing record (`"final": true`),
+    which the run writes again when it completes."""
     if not path.exists():
         return []
     return [line for line in path.read_text().splitlines(keepends=True)
-            if (line_step := _line_step(line)) is not None and line_step <= step]
+            if (line_step := _line_step(line)) is not None and line_step <= step and '"final": true' not in line]
 
 
 def _line_step(line: str) -> int | None:

@@ -6,7 +6,7 @@ import jax
 
 from jaxnets.errors import ConfigError
 from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
-from jaxnets.train.config import SEARCH_HELD_OUT_PERCENT
+from jaxnets.train.config import SEARCH_TRAIN_PERCENT
 
 # Models that the classification task cannot train as they are, and what to use instead.
 _NOT_CLASSIFIABLE = {
@@ -90,12 +90,15 @@ def _check_search(config, device_count: int) -> None:
     if config.search_strategy not in ("enas", "random"):
         raise ConfigError(f"config.search_strategy: {config.search_strategy!r} is not 'enas' (the controller "
                           "learns) or 'random' (uniform arcs, the baseline)")
+    if config.ema_decay is not None:
+        raise ConfigError("config.ema_decay: a search keeps no parameter EMA (its rewards read the shared weights "
+                          "as they are); leave it None")
     test_split = DATASETS[config.dataset].eval_split
     if config.eval_split.split("[")[0] == test_split:
         raise ConfigError(
             f"config.eval_split={config.eval_split!r}: a search takes its rewards and picks its arc on eval_split, "
             f"which must be held out of the training split, never the test split; leave it unset (the last "
-            f"{100 - int(SEARCH_HELD_OUT_PERCENT)}% of the training split)"
+            f"{100 - SEARCH_TRAIN_PERCENT}% of the training split)"
         )
     for field in _SEARCH_POSITIVE_INTS:
         value = config[field]

@@ -1,7 +1,8 @@
 """Where a run's checkpoints are in its workdir, and how to read what a step holds without restoring it.
 
     workdir/checkpoints/<step>/state/    the task's state (a flax state dict), orbax StandardSave
-    workdir/checkpoints/<step>/config/   {"config": resolved run config, "num_classes", "image_shape"}, JSON
+    workdir/checkpoints/<step>/config/   {"config": resolved run config, "num_classes", "image_shape",
+                                         "class_names"}, JSON
     workdir/checkpoints_best/<step>/     the same, the best eval top-1 (config.keep_best)
     workdir/checkpoints_broken/<step>-*  unreadable steps moved aside on resume
     workdir/metrics.jsonl, events.out.tfevents.*   the run's reports (jaxnets.train.reporting)
@@ -78,7 +79,8 @@ def resolve_step_dir(path) -> epath.Path:
 
 
 def read_meta(step_dir) -> dict:
-    """The JSON saved beside the state: {"config": {...}, "num_classes": int, "image_shape": [H, W, C]}."""
+    """The JSON saved beside the state: {"config": {...}, "num_classes": int, "image_shape": [H, W, C],
+    "class_names": [str, ...] (absent in checkpoints written before jaxnets saved them)}."""
     import orbax.checkpoint as ocp
 
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:

@@ -2,6 +2,7 @@
 
     model, variables, config = jaxnets.load_checkpoint("/tmp/run")   # a workdir: its newest good step
     logits = model.apply(variables, images, train=False)
+    class_names = jaxnets.read_class_names("/tmp/run")                # ("0", ..., "9"), folder names, ...
 
 `variables` are the eval variables: the parameter EMA when the run kept one, else the parameters, and
 the BN statistics. The arrays land on one device (the first CPU device unless `device` is given),
@@ -47,6 +48,12 @@ def load_checkpoint(path, device=None):
     params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
     model = create_model_from_config(config, meta["num_classes"])
     return model, {"params": params, "batch_stats": restored["batch_stats"]}, config
+
+
+def read_class_names(path) -> tuple[str, ...]:
+    """The class names a checkpoint was trained with (label order), saved beside it; () when the dataset named
+    none or the checkpoint predates them."""
+    return tuple(read_meta(resolve_step_dir(path)).get("class_names", ()))
 
 
 def _tuples(value):

@@ -1,8 +1,11 @@
 """Every registered model initialises, runs forward and takes one SGD step under jit, on CPU.
 
-Depth is data (stage tables), so each model runs at one block per stage (or a narrow width): the same
-code path at a fraction of the compile time. Exact depths are covered by the parameter-count tests.
+Depth and width are data (stage tables), so each model runs at one block per stage and a quarter of the
+width (every group and stride kept): the same code path at a fraction of the compile time. Exact depths and
+widths are covered by the parameter-count tests.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +21,8 @@ BATCH = 4
 
 def tiny_overrides(name: str) -> dict:
     model = create_model(name)
-    if hasattr(model, "stage_sizes"):  # ResNeXt: one block per stage
-        return {"stage_sizes": (1,) * len(model.stage_sizes)}
+    if hasattr(model, "stage_sizes"):  # ResNeXt: one block per stage, a quarter of the planes (every group kept)
+        return {"stage_sizes": (1,) * len(model.stage_sizes), "stage_planes": tuple(p // 4 for p in model.stage_planes)}
     if hasattr(model, "width_multiplier"):  # MobileNetV2: every stage with one block, a quarter of the width
         stages = tuple((expand, channels, 1, stride) for expand, channels, _, stride in model.stages)
         return {"width_multiplier": 0.25, "stages": stages}
@@ -70,15 +73,6 @@ def test_model_trains_one_step(name):
     assert np.isfinite(logits).all()
     jax.tree.map(np.testing.assert_array_equal, eval_state["batch_stats"], variables["batch_stats"])
 
-    # jit equals no-jit. Eval mode to float32 round-off; train mode normalises over as few as 4 values
-    # (MobileNetV2 reaches 1x1 at 32x32), which amplifies round-off to ~1e-3 (measured 7.6e-4).
-    assert_trees_close(logits, model.apply(variables, images, train=False), rtol=1e-5)
-
-    def train_forward(variables, images):
-        return model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
-
-    assert_trees_close(jax.jit(train_forward)(variables, images), train_forward(variables, images), rtol=2e-3)
-
     new_vars, loss = jax.jit(sgd_step, static_argnums=0)(model, variables, images, labels, jax.random.key(1))
     assert np.isfinite(loss)
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(new_vars))
@@ -86,6 +80,23 @@ def test_model_trains_one_step(name):
     assert all(jax.tree.leaves(changed)), "train mode must update every BN statistic"
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), new_vars["params"], variables["params"])
     assert all(jax.tree.leaves(moved)), "one SGD step must move every parameter"
+
+
+@pytest.mark.parametrize("name", ["cifar_mobilenet_v2"])  # (ResNeXt: the gradient test below runs it eagerly)
+def test_jitted_forward_equals_eager_forward(name):
+    # (Eager runs op by op, compiling each op once: a minute per model here, so one model per family.)
+    model = create_model(name, num_classes=10, **tiny_overrides(name))
+    images, _ = batch()
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), images, train=False)
+    eval_forward = functools.partial(model.apply, train=False)
+    # Eval mode to float32 round-off; train mode normalises over as few as 4 values (MobileNetV2 reaches 1x1 at
+    # 32x32), which amplifies round-off to ~1e-3 (measured 7.6e-4).
+    assert_trees_close(jax.jit(eval_forward)(variables, images), eval_forward(variables, images), rtol=1e-5)
+
+    def train_forward(variables, images):
+        return model.apply(variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+
+    assert_trees_close(jax.jit(train_forward)(variables, images), train_forward(variables, images), rtol=2e-3)
 
 
 @pytest.mark.parametrize("name", ["cifar_resnext50"])  # grouped 1x1, block-diagonal 3x3, pointwise, strided

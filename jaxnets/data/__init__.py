@@ -10,14 +10,23 @@ The dataset table, DatasetInfo and check_data_config import without TensorFlow; 
 import it on first use, so the rest of jaxnets (and a GPU box without TF) never needs it.
 """
 
-from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config
+from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config, dataset_spec
 from jaxnets.errors import DatasetNotPreparedError
 
 _PIPELINE = ("dataset_info", "train_iterator", "heldout_iterator", "eval_iterator", "eval_batches", "EvalBatches")
 
 __all__ = [
-    "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec", "check_data_config", *_PIPELINE
+    "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec", "check_data_config",
+    "dataset_spec", "imagenet_class_names", *_PIPELINE
 ]
+
+
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in torchvision's and TFDS's label order ("tench", "goldfish", ...)."""
+    from importlib import resources
+
+    lines = resources.files("jaxnets.data.imagenet").joinpath("classes.tsv").read_text().splitlines()
+    return tuple(line.split("\t")[1].split(",")[0] for line in lines)
 
 
 def __getattr__(name: str):

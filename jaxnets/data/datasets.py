@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
+from jaxnets.data.folder import folder_root
+
 # Per-channel statistics of the training pixels scaled to [0, 1] (std over all train pixels, not the
 # average per-image std that some CIFAR code quotes).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -22,12 +24,12 @@ DIGITS_MEAN, DIGITS_STD = (0.3058,), (0.3761,)
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     tfds_name: str
-    family: Literal["cifar", "imagenet", "digits"]  # selects the preprocessing
-    num_classes: int
+    family: Literal["cifar", "imagenet", "digits", "folder"]  # selects the preprocessing
+    num_classes: int  # 0 for a folder: its class folders tell (jaxnets.data.folder)
     channels: int
     train_split: str
     eval_split: str
-    image_size: int  # default of config.image_size
+    image_size: int | None  # default of config.image_size (None for a folder: the images' own size)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     cache: bool  # default of config.cache: whether the split fits in host memory
@@ -68,11 +70,29 @@ DATASETS: dict[str, DatasetSpec] = {
 }  # fmt: skip
 
 
+def folder_spec(root: str) -> DatasetSpec:
+    """Your own images in root/train/<class>/*, root/test/<class>/* (`config.dataset = "folder:" + root`).
+    Normalised with ImageNet's statistics, as photos usually are; augmented like CIFAR (shift and flip)."""
+    return DatasetSpec(
+        root, "folder", 0, 3, "train", "test", None, IMAGENET_MEAN, IMAGENET_STD,
+        cache=False, shuffle_buffer=10_000, prepare="",
+    )  # fmt: skip
+
+
+def dataset_spec(name: Any) -> DatasetSpec | None:
+    """The spec of a `config.dataset` value: a DATASETS name or "folder:/path"; None when it is neither."""
+    if not isinstance(name, str):
+        return None
+    root = folder_root(name)
+    return folder_spec(root) if root is not None else DATASETS.get(name)
+
+
 class DatasetInfo(NamedTuple):
     num_classes: int
     image_shape: tuple[int, int, int]  # (H, W, C) of the batches, after preprocessing
     num_train_examples: int  # all processes together
     num_eval_examples: int
+    class_names: tuple[str, ...] = ()  # label order; () when the dataset names none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +119,7 @@ def _field(config: Any, name: str, default: Any) -> Any:
 
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data_dir": (lambda v: v is None or isinstance(v, str), "a path or None"),
-    "image_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "image_size": (lambda v: v is None or (_is_int(v) and v > 0), "a positive int"),
     "train_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'train' or 'train[:90%]'"),
     "eval_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'test' or 'train[90%:]'"),
     "augment": (lambda v: isinstance(v, bool), "True or False"),
@@ -122,15 +142,16 @@ def _is_int(value: Any) -> bool:
 def check_data_config(config: Any) -> DataConfig:
     """Validates the data fields of `config` and returns them with defaults filled in.
 
-    Reads `dataset`, `augment` and `seed`, and (None or absent means the dataset's own value from
-    DATASETS) `data_dir`, `image_size`, `train_split`, `eval_split`, `shuffle_buffer`, `cache`. The
-    defaults of the fields themselves live in `jaxnets.train.base_config`. Raises ValueError naming the
-    field. Touches no files.
+    Reads `dataset` (a DATASETS name or "folder:/path"), `augment` and `seed`, and (None or absent means the
+    dataset's own value from DATASETS) `data_dir`, `image_size`, `train_split`, `eval_split`, `shuffle_buffer`,
+    `cache`. The defaults of the fields themselves live in `jaxnets.train.base_config`. Raises ValueError naming
+    the field. Touches no files (a folder's image size and classes are read by the pipeline).
     """
     name = _field(config, "dataset", None)
-    if not (isinstance(name, str) and name in DATASETS):
-        raise ValueError(f"config.dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    spec = dataset_spec(name)
+    if spec is None:
+        raise ValueError(f"config.dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}, or "
+                         "folder:/path/to/your/images")
     data = DataConfig(
         spec=spec,
         dataset=name,

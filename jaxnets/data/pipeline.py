@@ -19,6 +19,7 @@ to devices.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterator
@@ -27,11 +28,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from etils import epath
 
 from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
 from jaxnets.data import preprocess
 from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
-from jaxnets.errors import DatasetNotPreparedError
+from jaxnets.data.folder import scan_folder
+from jaxnets.errors import ConfigError, DatasetNotPreparedError
 
 Batch = dict[str, np.ndarray]
 
@@ -41,6 +44,19 @@ except RuntimeError:  # TF already initialised its devices; nothing we can do, a
     pass
 
 
+def _checked(config: Any) -> DataConfig:
+    """`check_data_config`, and for a folder dataset the folder checked and its image size filled in."""
+    data = check_data_config(config)
+    if data.spec.family != "folder":
+        return data
+    scan = scan_folder(data.spec.tfds_name, _split_name(data.train_split), _split_name(data.eval_split),
+                       resizing=data.image_size is not None)
+    return data if data.image_size is not None else dataclasses.replace(data, image_size=scan.image_size[0])
+
+
+def _split_name(split: Any) -> str:
+    """"train" of "train", "train[:90%]" or tfds.even_splits' parts of them."""
+    return (split if isinstance(split, str) else split.split).split("[")[0]
 
 
 def _tfds_is_mocked() -> bool:
@@ -54,6 +70,8 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 
 
 def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
+    if data.spec.family == "folder":  # (checked by _checked)
+        return tfds.folder_dataset.ImageFolder(data.spec.tfds_name)
     builder = tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)
     if _tfds_is_mocked() or _is_prepared(builder):
         return builder
@@ -82,12 +100,18 @@ def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf
     # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg); small fixed-size images
     # are decoded at read, so that a cache holds uint8 pixels and a resume skips without decoding cost.
     decoders = {"image": tfds.decode.SkipDecoding()} if data.spec.family == "imagenet" else None
+    part = None
+    if data.spec.family == "folder":  # ImageFolder reads whole splits only: a part of one is skip + take
+        (part,) = builder.info.splits[split].file_instructions  # one "shard" per split
+        split = _split_name(split)
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,  # file order is part of the deterministic example order
         decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False),  # config.cache decides
     )
+    if part is not None:
+        ds = ds.skip(part.skip).take(part.take)
     return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})  # drop ids, file names
 
 
@@ -99,14 +123,27 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def dataset_info(config: Any) -> DatasetInfo:
     """Classes, batch image shape and split sizes; reads metadata only (prepares the bundled digits)."""
-    data = check_data_config(config)
+    data = _checked(config)
     builder = _builder(data)
+    class_names = tuple(getattr(builder.info.features["label"], "names", ()))
+    if data.spec.family == "folder":
+        _check_folder_classes(data, class_names)
     return DatasetInfo(
-        num_classes=data.spec.num_classes,
+        num_classes=len(class_names) if data.spec.family == "folder" else data.spec.num_classes,
         image_shape=(data.image_size, data.image_size, data.spec.channels),
         num_train_examples=_num_examples(builder, data.train_split),
         num_eval_examples=_num_examples(builder, data.eval_split),
+        class_names=class_names,
     )
+
+
+def _check_folder_classes(data: DataConfig, class_names: tuple[str, ...]) -> None:
+    # ImageFolder takes its classes from every split folder under the root, a run only from its training split.
+    train_dir = epath.Path(data.spec.tfds_name).expanduser() / _split_name(data.train_split)
+    extra = sorted(set(class_names) - {p.name for p in train_dir.iterdir() if p.is_dir()})
+    if extra:
+        raise ConfigError(f"config.dataset: the class {extra[0]!r} is in another split folder of {data.spec.tfds_name} "
+                          f"but not in {train_dir}: every class needs training images")
 
 
 def _check_batch(local_batch_size: int, process_index: int, process_count: int) -> None:
@@ -120,7 +157,7 @@ def train_iterator(
     config: Any, local_batch_size: int, *, start_step: int = 0, process_index: int = 0, process_count: int = 1
 ) -> Iterator[Batch]:
     """Infinite {"image": float32 [B, H, W, C], "label": int32 [B]}; batch `start_step` of the stream first."""
-    data = check_data_config(config)
+    data = _checked(config)
     _check_batch(local_batch_size, process_index, process_count)
     start_step = int(start_step)
     if start_step < 0:
@@ -196,7 +233,7 @@ class EvalBatches:
 
 def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, process_count: int = 1) -> EvalBatches:
     """`eval_iterator`'s batches, for a run that evaluates many times."""
-    data = check_data_config(config)
+    data = _checked(config)
     _check_batch(local_batch_size, process_index, process_count)
     local_batch_size = int(local_batch_size)
     builder = _builder(data)

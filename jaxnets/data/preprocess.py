@@ -57,6 +57,18 @@ def digits(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, 
     return _normalise(_resize(image, image_size), spec)  # [S, S, 1] float32
 
 
+def folder(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
+    # Your own images (ImageFolder decodes them to [h, w, 3]): resized to image_size, then CIFAR's augmentation
+    # scaled to the size (a random shift of up to 1/8 of the side, and a horizontal flip).
+    image = tf.image.resize(_decode(image, 3), [image_size, image_size], method="bilinear", antialias=True)
+    if augment:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image = _pad_and_random_crop(image, max(1, image_size // 8), crop_seed)
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    image = (image / 255.0 - tf.constant(spec.mean)) / tf.constant(spec.std)
+    return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32
+
+
 def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
     if not augment:
         return imagenet_eval(image, spec, image_size, augment, seed)
@@ -99,5 +111,5 @@ def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment:
     return _normalise(image, spec)  # [S, S, 3] float32
 
 
-TRAIN = {"cifar": cifar, "digits": digits, "imagenet": imagenet_train}
-EVAL = {"cifar": cifar, "digits": digits, "imagenet": imagenet_eval}
+TRAIN = {"cifar": cifar, "digits": digits, "imagenet": imagenet_train, "folder": folder}
+EVAL = {"cifar": cifar, "digits": digits, "imagenet": imagenet_eval, "folder": folder}

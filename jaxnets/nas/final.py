@@ -87,3 +87,28 @@ def _literal(value):
     if isinstance(value, list):
         value = tuple(value)
     return repr(value)
+
+
+def load_final_model(search_workdir):
+    """(model, image_shape): the fixed network that a finished search's final_config.py trains (its arc, depth and
+    width), built from that recipe, and the (H, W, C) of its images: to draw it (`jaxnets.plots.enas_architecture`)
+    or look at it before training it."""
+    import runpy
+
+    from etils import epath
+
+    from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
+    from jaxnets.data import dataset_spec
+    from jaxnets.models import create_model_from_config
+
+    recipe = epath.Path(search_workdir) / FINAL_CONFIG_FILE
+    if not recipe.exists():
+        raise FileNotFoundError(f"{recipe} does not exist: the search in {search_workdir} has not finished")
+    config = runpy.run_path(str(recipe))["get_config"]()
+    spec = dataset_spec(config.dataset)
+    if spec.num_classes and (config.image_size or spec.image_size):
+        num_classes, size, channels = spec.num_classes, config.image_size or spec.image_size, spec.channels
+    else:  # a folder of images: the search's checkpoint knows what its scan found
+        meta = read_meta(resolve_step_dir(search_workdir))
+        num_classes, (size, _, channels) = meta["num_classes"], meta["image_shape"]
+    return create_model_from_config(config, num_classes), (size, size, channels)

@@ -155,9 +155,9 @@ SEARCH_TRAIN_PERCENT = 90
 
 def _hold_out_validation(config) -> None:
     """A search trains on the first 90% of the training split and takes rewards on the rest, never the test set."""
-    from jaxnets.data import DATASETS
+    from jaxnets.data import dataset_spec
 
-    spec = DATASETS.get(config.dataset)
+    spec = dataset_spec(config.dataset)
     if spec is None:
         return  # check_data_config names the unknown dataset
     if (config.train_split is None) != (config.eval_split is None):

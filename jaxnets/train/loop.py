@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import jax
 
 from jaxnets.checkpoint_layout import absolute
 from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError, NonFiniteLossError
 from jaxnets.train import checkpoint, parallel
-from jaxnets.train.reporting import Reporter
+from jaxnets.train.reporting import Report, Reporter
 from jaxnets.train.signals import StopSignals
 from jaxnets.train.task import BetweenEpochs
 from jaxnets.train.trainer import Trainer, build_trainer
@@ -23,8 +24,11 @@ from jaxnets.train.trainer import Trainer, build_trainer
 log = logging.getLogger("jaxnets")
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the final eval metrics."""
+def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], None] | None = None) -> dict:
+    """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the final eval metrics.
+
+    `on_report` (main process only) receives every `Report` as metrics.jsonl gets it, e.g.
+    `jaxnets.plots.LiveCurves()` to watch curves and progress in a notebook."""
     from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
 
     trainer = build_trainer(config)  # resolves and checks the config: nothing is compiled or written before
@@ -49,7 +53,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
                  length.steps_per_epoch, length.eval_every_steps, config)
     reporter = Reporter(workdir, length.total_steps, length.steps_per_epoch, config.global_batch_size,
-                        is_main_process=is_main_process, start_step=start_step)
+                        is_main_process=is_main_process, start_step=start_step, on_report=on_report)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
              length.total_steps, length.steps_per_epoch, config.global_batch_size, trainer.mesh.size)
     batches = parallel.prefetch_to_device(

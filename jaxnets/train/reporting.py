@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,15 +21,28 @@ log = logging.getLogger("jaxnets")
 METRICS_FILE = "metrics.jsonl"
 
 
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What a run reports at one step, as a listener (`train_and_evaluate(..., on_report=f)`) receives it."""
+
+    step: int
+    total_steps: int
+    metrics: dict[str, float]  # as written to metrics.jsonl: train_* (with images/s), eval_*, a task's epoch scalars
+    eta_seconds: float | None  # from the speed of the last log interval; None before there is one
+
+
 class Reporter:
     def __init__(self, workdir, total_steps: int, steps_per_epoch: int, global_batch_size: int,
-                 is_main_process: bool = True, start_step: int = 0):
+                 is_main_process: bool = True, start_step: int = 0,
+                 on_report: Callable[[Report], None] | None = None):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.global_batch_size = global_batch_size
         self.enabled = is_main_process
         self._last_time: float | None = None
         self._last_step: int | None = None
+        self._eta_seconds: float | None = None
+        self._on_report = on_report
         self._writer = None
         if self.enabled:
             from tensorboardX import SummaryWriter
@@ -47,6 +62,8 @@ class Reporter:
         self._log(METRICS_FILE).write({"step": step, **scalars})
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, step)
+        if self._on_report is not None:
+            self._on_report(Report(step, self.total_steps, scalars, self._eta_seconds))
 
     def record(self, file_name: str, step: int, record: dict) -> None:
         """Appends `{"step": step, **record}` (any JSON) to the workdir's `file_name`, a JSON-lines log that a
@@ -65,7 +82,8 @@ class Reporter:
         if self._last_time is not None and step > self._last_step:
             seconds_per_step = (now - self._last_time) / (step - self._last_step)
             extra["images_per_second"] = self.global_batch_size / seconds_per_step
-            eta = _format_duration(seconds_per_step * (self.total_steps - step))
+            self._eta_seconds = seconds_per_step * (self.total_steps - step)
+            eta = _format_duration(self._eta_seconds)
         else:
             eta = "?"
         self._last_time, self._last_step = now, step

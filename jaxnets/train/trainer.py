@@ -102,7 +102,7 @@ class Trainer:
     def checkpoint_meta(self) -> dict:
         """Saved beside every state: enough for a notebook to rebuild the model (`jaxnets.load_checkpoint`)."""
         return {"config": json.loads(self.config.to_json()), "num_classes": self.dataset.num_classes,
-                "image_shape": list(self.dataset.image_shape)}
+                "image_shape": list(self.dataset.image_shape), "class_names": list(self.dataset.class_names)}
 
 
 def _classification(config, dataset, steps_per_epoch: int) -> Task:

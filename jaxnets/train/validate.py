@@ -85,7 +85,7 @@ _SEARCH_FRACTIONS = ("controller_adam_b1", "controller_adam_b2", "controller_bas
 
 
 def _check_search(config, device_count: int) -> None:
-    from jaxnets.data import DATASETS
+    from jaxnets.data import dataset_spec
 
     if config.search_strategy not in ("enas", "random"):
         raise ConfigError(f"config.search_strategy: {config.search_strategy!r} is not 'enas' (the controller "
@@ -93,7 +93,7 @@ def _check_search(config, device_count: int) -> None:
     if config.ema_decay is not None:
         raise ConfigError("config.ema_decay: a search keeps no parameter EMA (its rewards read the shared weights "
                           "as they are); leave it None")
-    test_split = DATASETS[config.dataset].eval_split
+    test_split = dataset_spec(config.dataset).eval_split
     if config.eval_split.split("[")[0] == test_split:
         raise ConfigError(
             f"config.eval_split={config.eval_split!r}: a search takes its rewards and picks its arc on eval_split, "

@@ -1,0 +1,83 @@
+"""`python -m jaxnets.report WORKDIR`: a run's pictures as PNGs in its workdir.
+
+    curves.png            loss, accuracy and learning rate from metrics.jsonl
+    confusion_matrix.png  the newest checkpoint on the test split (a classification run)
+    predictions.png       a grid of test images with predicted and true classes, mistakes first
+    architecture.png      the ENAS macro network: of an `enas_macro` run, or the arc a finished search found
+
+Options: --split (default: the run's eval split), --limit N (examples scored; default all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from etils import epath
+
+
+def write_report(workdir, *, split: str | None = None, limit: int | None = None) -> list[epath.Path]:
+    """Writes the PNGs that apply to the run in `workdir`; returns their paths."""
+    from jaxnets import plots
+    from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
+    from jaxnets.nas.final import FINAL_ARC_FILE
+
+    workdir = epath.Path(workdir)
+    meta = read_meta(resolve_step_dir(workdir))
+    figures = {"curves.png": plots.training_curves(workdir, title=f"training curves of {workdir.name}")}
+    config = meta["config"]
+    if config.get("task", "classification") == "classification":
+        figures.update(_classification_figures(workdir, split, limit, tuple(meta.get("class_names", ()))))
+    if config["model"] == "enas_macro":
+        from jaxnets.checkpoint_loading import load_checkpoint
+
+        model, _, _ = load_checkpoint(workdir)
+        figures["architecture.png"] = plots.enas_architecture(model, image_shape=meta["image_shape"])
+    elif (workdir / FINAL_ARC_FILE).exists():
+        from jaxnets.nas.final import load_final_model
+
+        model, image_shape = load_final_model(workdir)
+        figures["architecture.png"] = plots.enas_architecture(model, image_shape=image_shape,
+                                                              title="the arc the search found")
+    written = []
+    for name, figure in figures.items():
+        figure.savefig(workdir / name, dpi=110)
+        written.append(workdir / name)
+    return written
+
+
+def _classification_figures(workdir, split, limit, class_names) -> dict:
+    from jaxnets import plots
+    from jaxnets.checkpoint_loading import load_checkpoint
+    from jaxnets.predict import predict
+
+    model, variables, config = load_checkpoint(workdir)
+    predictions = predict(model, variables, config, split=split, limit=limit)
+    split_name = split or config.eval_split or "the eval split"
+    return {
+        "confusion_matrix.png": plots.confusion_matrix(predictions.labels, predictions.predicted, class_names,
+                                                       title=f"{split_name}"),
+        "predictions.png": plots.prediction_grid(predictions.images, predictions.labels, predictions.predicted,
+                                                 class_names, mistakes_first=True),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxnets.report", description=__doc__.split("\n")[0])
+    parser.add_argument("workdir", help="the --workdir of a jaxnets run")
+    parser.add_argument("--split", default=None, help="the split to score (default: the run's eval split)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most this many examples")
+    args = parser.parse_args(argv)
+    from jaxnets.errors import UserError
+
+    try:
+        for path in write_report(args.workdir, split=args.split, limit=args.limit):
+            print(f"wrote {path}")
+    except (UserError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Your own images (`config.dataset = "folder:ROOT"`): trained through train.py, and one line for each broken folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import REPO
+from PIL import Image
+
+import jaxnets
+from jaxnets import data
+from jaxnets.errors import ConfigError
+from jaxnets.train import base_config
+
+CLASSES = ("dots", "horizontal", "vertical")
+
+
+def pattern(name: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A noisy RGB image of its class: sparse dots, horizontal stripes or vertical stripes, in a random colour."""
+    image = rng.uniform(0, 60, (size, size, 3))
+    ink = rng.uniform(150, 255, 3)
+    if name == "dots":
+        image[rng.random((size, size)) < 0.15] = ink
+    else:
+        stripes = (np.arange(size) // 2) % 2 == 0
+        image[stripes if name == "horizontal" else slice(None), slice(None) if name == "horizontal" else stripes] = ink
+    return image.astype(np.uint8)
+
+
+def make_folder(root, train_per_class: int = 24, test_per_class: int = 8, size: int = 16):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(pattern(name, rng, size)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def folder_config(root, **fields):
+    c = base_config()
+    c.dataset = f"folder:{root}"
+    for name, value in fields.items():
+        c[name] = value
+    return c
+
+
+def test_an_image_folder_trains_through_train_py_well_above_chance(tmp_path):
+    root = make_folder(tmp_path / "images", size=8)
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(workdir),
+         f"--config.dataset=folder:{root}", "--config.global_batch_size=24", "--config.eval_batch_size=24",
+         "--config.num_epochs=8", "--config.eval_every_epochs=8", "--config.warmup_epochs=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "XLA_FLAGS": ""},  # one device
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["eval_examples"] == 24
+    assert final["eval_top1"] >= 0.9  # chance: 1/3
+    assert jaxnets.read_class_names(workdir) == CLASSES  # saved with the checkpoint, for notebooks
+
+
+def test_folder_info_batches_and_held_out_parts(tmp_path):
+    root = make_folder(tmp_path, train_per_class=4, test_per_class=2, size=12)
+    info = data.dataset_info(folder_config(root))
+    assert info == data.DatasetInfo(num_classes=3, image_shape=(12, 12, 3), num_train_examples=12,
+                                    num_eval_examples=6, class_names=CLASSES)
+    resized = folder_config(root, image_size=8, train_split="train[:75%]", eval_split="train[75%:]")
+    assert data.dataset_info(resized)[1:4] == ((8, 8, 3), 9, 3)
+    batch = next(data.train_iterator(resized, 9))
+    assert batch["image"].shape == (9, 8, 8, 3) and sorted(set(batch["label"].tolist())) == [0, 1, 2]
+    held_out = [b for b in data.eval_iterator(resized, 4)]
+    assert sum(int(b["mask"].sum()) for b in held_out) == 3
+
+
+def broken(root, case: str):
+    make_folder(root, train_per_class=2, test_per_class=1, size=8)
+    if case == "missing split":
+        for path in sorted((root / "test").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (root / "test").rmdir()
+        return f"{root / 'test'} is missing"
+    if case == "empty class":
+        (root / "train" / "empty").mkdir()
+        return f"the class folder {root / 'train' / 'empty'} has no .jpg/.jpeg/.png images"
+    if case == "unreadable image":
+        (root / "train" / "dots" / "0.png").write_bytes(b"not a png")
+        return f"{root / 'train' / 'dots' / '0.png'} is not a readable image"
+    if case == "mixed sizes":
+        Image.fromarray(np.zeros((10, 8, 3), np.uint8)).save(root / "train" / "vertical" / "tall.png")
+        return (f"{root / 'train' / 'vertical' / 'tall.png'} is 10x8 but {root / 'train' / 'dots' / '0.png'} is 8x8 "
+                "(height x width): set config.image_size to resize every image to one size")
+    if case == "class missing from training":
+        (root / "test" / "new").mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test" / "new" / "0.png")
+        return f"{root / 'test' / 'new'} is a class that {root / 'train'} lacks"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing split", "empty class", "unreadable image", "mixed sizes",
+                                  "class missing from training"])
+def test_a_broken_folder_is_one_line_naming_the_file_or_folder(tmp_path, case):
+    expected = broken(tmp_path / "images", case)
+    with pytest.raises(ConfigError) as raised:
+        data.dataset_info(folder_config(tmp_path / "images"))
+    message = str(raised.value)
+    assert expected in message and "\n" not in message
+
+
+def test_mixed_sizes_train_when_resized(tmp_path):
+    broken(tmp_path / "images", "mixed sizes")
+    assert data.dataset_info(folder_config(tmp_path / "images", image_size=8)).image_shape == (8, 8, 3)
+
+
+def test_a_broken_folder_stops_train_py_in_one_line_before_compiling(tmp_path):
+    expected = broken(tmp_path / "images", "unreadable image")
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
+         f"--config.dataset=folder:{tmp_path / 'images'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_LOG_COMPILES": "1"},
+    )
+    assert result.returncode == 1
+    assert expected in result.stderr.strip().splitlines()[-1]
+    assert "Compiling" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,161 @@
+"""The colab/ notebooks, executed headless as a user would run them, and `python -m jaxnets.report`.
+
+One tiny quickstart run on 8 forced CPU devices (the module fixture) is what load_checkpoint.ipynb and the report
+open; each notebook runs in a fresh kernel with one CPU device, fails on any cell error, and must show its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import numpy as np
+import pytest
+from helpers import REPO
+from nbclient import NotebookClient
+
+NOTEBOOKS = REPO / "colab"
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """The README quickstart's recipe for 1 epoch on 8 CPU devices (conftest's XLA_FLAGS), evaluated at the end."""
+    workdir = tmp_path_factory.mktemp("quickstart") / "run"
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(workdir),
+         "--config.num_epochs=1", "--config.eval_every_epochs=1", "--config.warmup_epochs=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "over 8 devices" in result.stderr
+    return workdir
+
+
+def run_notebook(name: str, monkeypatch, **parameters) -> nbformat.NotebookNode:
+    """Executes colab/<name> with `parameters` replacing the assignments of its parameters cell; returns it run."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cell = notebook.cells[2]  # the markdown introduction, the install cell, then the parameters
+    for parameter, value in parameters.items():
+        cell.source, count = re.subn(rf"^{parameter} = .*$", f"{parameter} = {value!r}", cell.source, flags=re.M)
+        assert count == 1, f"{name} has no parameter {parameter}"
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel sees one CPU device, as a notebook user's would
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    return notebook
+
+
+def figures(notebook) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code"
+               for output in cell.outputs)
+
+
+def printed(notebook) -> str:
+    return "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+
+
+def test_the_notebooks_are_stored_without_outputs_and_install_jaxnets_first():
+    names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert names == ["enas_architecture.ipynb", "load_checkpoint.ipynb", "torchvision_weights.ipynb",
+                     "train_in_notebook.ipynb"]
+    for name in names:
+        notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nbformat.validate(notebook)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(not cell.outputs and cell.execution_count is None for cell in code), name
+        assert 'find_spec("jaxnets") is None' in code[0].source and "pip" in code[0].source, name
+        assert "def " not in "".join(cell.source for cell in code), f"{name} defines code: it belongs in jaxnets"
+
+
+def test_load_checkpoint_notebook_opens_an_8_device_checkpoint_on_one_device(quickstart_run, monkeypatch):
+    notebook = run_notebook("load_checkpoint.ipynb", monkeypatch, WORKDIR=str(quickstart_run))
+    text = printed(notebook)
+    assert "parameters on 1 device: ['cpu:0']" in text
+    accuracy = float(re.search(r"top-1 accuracy: ([0-9.]+) on 450 images", text).group(1))
+    logged = [json.loads(line) for line in (quickstart_run / "metrics.jsonl").read_text().splitlines()]
+    assert accuracy == pytest.approx(logged[-1]["eval_top1"], abs=1e-4)  # the eval the 8-device run logged
+    assert figures(notebook) == 3  # predictions, confusion matrix, curves
+
+
+def test_load_checkpoint_notebook_says_how_to_make_the_run_it_opens(tmp_path, monkeypatch):
+    with pytest.raises(Exception, match="configs/quickstart.py --workdir /tmp/jaxnets-quickstart"):
+        run_notebook("load_checkpoint.ipynb", monkeypatch, WORKDIR=str(tmp_path / "absent"))
+
+
+def test_report_writes_the_pictures_of_a_run(quickstart_run):
+    result = subprocess.run([sys.executable, "-m", "jaxnets.report", str(quickstart_run)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("curves.png", "confusion_matrix.png", "predictions.png"):
+        path = quickstart_run / name
+        assert f"wrote {path}" in result.stdout
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert not (quickstart_run / "architecture.png").exists()  # not an ENAS run
+
+
+def test_report_of_a_missing_run_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jaxnets.report", str(tmp_path)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: no finished checkpoint in {tmp_path} (expected "
+                                                  "<workdir>/checkpoints/<step>/)"]
+
+
+def test_torchvision_weights_notebook_classifies_with_converted_weights(tmp_path, monkeypatch):
+    import tensorflow as tf
+    import torch
+    from matplotlib.cbook import get_sample_data
+    from safetensors.torch import save_file
+
+    from jaxnets.data import DATASETS, imagenet_class_names
+    from jaxnets.data.preprocess import imagenet_eval
+    from jaxnets.reference.torchvision_mobilenetv2 import mobilenet_v2
+
+    torch.manual_seed(0)
+    reference = mobilenet_v2().eval()  # torchvision's architecture and key names, random weights
+    with torch.no_grad():  # (random features are ~1e-9: scaled so that the classes are far apart in probability)
+        reference.classifier[1].weight *= 1e9
+    weights = tmp_path / "mobilenet_v2.safetensors"
+    save_file(reference.state_dict(), str(weights))
+    image = imagenet_eval(tf.io.read_file(get_sample_data("grace_hopper.jpg", asfileobj=False)),
+                          DATASETS["imagenet2012"], 224, False, None).numpy()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(image).permute(2, 0, 1)[None]).argmax().item()
+
+    notebook = run_notebook("torchvision_weights.ipynb", monkeypatch, WEIGHTS=str(weights))
+    assert f"1. {imagenet_class_names()[expected]}" in printed(notebook)
+    assert len(re.findall(r"^[1-5]\. ", printed(notebook), flags=re.M)) == 5
+    assert figures(notebook) == 1
+
+
+def test_torchvision_weights_notebook_says_what_to_do_without_the_file(tmp_path, monkeypatch):
+    with pytest.raises(Exception, match="does not exist: make it where you have network"):
+        run_notebook("torchvision_weights.ipynb", monkeypatch, WEIGHTS=str(tmp_path / "absent.safetensors"))
+
+
+def test_enas_architecture_notebook_draws_the_published_and_a_searched_arc(tmp_path, monkeypatch):
+    from helpers import load_recipe
+
+    from jaxnets.models import create_model
+    from jaxnets.models.enas import random_arc
+    from jaxnets.nas.final import final_config_source
+
+    search = load_recipe("enas_search_quickstart")  # what the README's search would leave in its workdir
+    model = create_model("enas_macro_shared", num_classes=10, **search.model_overrides.to_dict())
+    arc = " ".join(map(str, random_arc(np.random.default_rng(0), model.num_layers, model.num_branches).tolist()))
+    (tmp_path / "final_arc.txt").write_text(arc + "\n")
+    (tmp_path / "final_config.py").write_text(final_config_source(search, model, arc, str(tmp_path), 0.9))
+
+    notebook = run_notebook("enas_architecture.ipynb", monkeypatch, SEARCH_WORKDIR=str(tmp_path))
+    assert arc in printed(notebook)
+    assert figures(notebook) == 2
+
+
+def test_train_in_notebook_runs_the_library_loop_with_live_curves(tmp_path, monkeypatch):
+    notebook = run_notebook("train_in_notebook.ipynb", monkeypatch, WORKDIR=str(tmp_path / "run"), EPOCHS=1)
+    assert re.search(r"test top-1 0\.\d{4}; checkpoints in", printed(notebook))
+    assert figures(notebook) == 1  # one live display, updated in place
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["step"] == 21 and "eval_top1" in logged[-1]

@@ -62,7 +62,7 @@ def training_curves(workdir_or_records, *, title: str | None = None) -> Figure:
         ax.legend(fontsize=8)
     if not panels:
         fig.text(0.5, 0.5, "no metrics yet", ha="center")
-    rates = _series(records, "train_images_per_second")[1]
+    rates = _series(records, "images_per_second")[1]
     suffix = f"  ({np.median(rates):,.0f} img/s)" if len(rates) else ""
     fig.suptitle((title or "training curves") + suffix)
     return fig
@@ -225,7 +225,7 @@ class LiveCurves:
 def progress_line(report: Report) -> str:
     """"step 300/1000 (30%), 2,100 img/s, ETA 0:00:41" for a report."""
     text = f"step {report.step}/{report.total_steps} ({report.step / report.total_steps:.0%})"
-    rate = report.metrics.get("train_images_per_second")
+    rate = report.metrics.get("images_per_second")
     if rate is not None:
         text += f", {rate:,.0f} img/s"
     if report.eta_seconds is not None:

@@ -81,7 +81,8 @@ def test_unknown_dataset_names_the_field_and_the_known_datasets():
     with pytest.raises(ValueError) as error:
         data.check_data_config(make_config("cifar11", "/nonexistent"))
     assert str(error.value) == (
-        "config.dataset: unknown dataset 'cifar11'; known: cifar10, cifar100, imagenet2012, digits"
+        "config.dataset: unknown dataset 'cifar11'; known: cifar10, cifar100, imagenet2012, digits, or "
+        "folder:/path/to/your/images"
     )
 
 
@@ -173,7 +174,8 @@ def test_digits_split_is_fixed_stratified_and_stats_match():
 def test_digits_prepared_offline_and_counts(digits_dir):
     info = data.dataset_info(make_config("digits", digits_dir))
     assert info == data.DatasetInfo(
-        num_classes=10, image_shape=(8, 8, 1), num_train_examples=1347, num_eval_examples=450
+        num_classes=10, image_shape=(8, 8, 1), num_train_examples=1347, num_eval_examples=450,
+        class_names=tuple("0123456789"),
     )
     assert (digits_dir / "jaxnets_digits" / "1.0.0" / "dataset_info.json").exists()
     batches = list(data.eval_iterator(make_config("digits", digits_dir), 100))

@@ -105,6 +105,15 @@ def test_the_search_logs_each_epoch_and_writes_a_valid_final_arc(search):
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
 
 
+def test_the_report_of_a_search_draws_its_curves_and_the_arc_it_found(search):
+    from jaxnets.report import write_report
+
+    workdir, _ = search
+    written = write_report(workdir)
+    assert sorted(p.name for p in written) == ["architecture.png", "curves.png"]  # no test-split scoring
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
 def test_the_short_search_raises_its_reward_and_prefers_better_arcs_than_uniform(search):
     """The README's quickstart claim, short: the controller's mean reward rises beyond its epoch-to-epoch noise,
     and at the end its samples score better on the held-out split than uniform arcs through the same weights."""

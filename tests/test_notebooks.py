@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 
 import nbformat
 import numpy as np
@@ -159,3 +160,23 @@ def test_train_in_notebook_runs_the_library_loop_with_live_curves(tmp_path, monk
     assert figures(notebook) == 1  # one live display, updated in place
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["step"] == 21 and "eval_top1" in logged[-1]
+
+
+def test_a_listener_gets_every_report_with_speed_and_eta(tmp_path, monkeypatch):
+    from jaxnets import plots
+    from jaxnets.train import reporting
+
+    clock = iter([100.0, 102.0])  # two progress points 2 s apart
+    monkeypatch.setattr(reporting, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    reports = []
+    reporter = reporting.Reporter(tmp_path, total_steps=1000, steps_per_epoch=100, global_batch_size=64,
+                                  on_report=reports.append)
+    reporter.progress(100, {"train_loss": 1.0, "train_learning_rate": 0.1})
+    reporter.progress(300, {"train_loss": 0.5, "train_learning_rate": 0.1})
+    reporter.write(300, {"eval_top1": 0.75})
+    reporter.close()
+    assert [r.step for r in reports] == [100, 300, 300]
+    assert reports[0].eta_seconds is None and reports[1].eta_seconds == pytest.approx(7.0)  # 700 steps at 0.01 s
+    assert reports[1].metrics["images_per_second"] == pytest.approx(6400.0)
+    assert plots.progress_line(reports[1]) == "step 300/1000 (30%), 6,400 img/s, ETA 0:00:07"
+    assert reports[2].metrics == {"eval_top1": 0.75}

@@ -102,7 +102,8 @@ def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf
     decoders = {"image": tfds.decode.SkipDecoding()} if data.spec.family == "imagenet" else None
     part = None
     if data.spec.family == "folder":  # ImageFolder reads whole splits only: a part of one is skip + take
-        (part,) = builder.info.splits[split].file_instructions  # one "shard" per split
+        instructions = builder.info.splits[split].file_instructions  # one "shard" per split; none when empty
+        part = (instructions[0].skip, instructions[0].take) if instructions else (0, 0)
         split = _split_name(split)
     ds = builder.as_dataset(
         split=split,
@@ -111,7 +112,8 @@ def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf
         read_config=tfds.ReadConfig(try_autocache=False),  # config.cache decides
     )
     if part is not None:
-        ds = ds.skip(part.skip).take(part.take)
+        skip, take = part
+        ds = ds.skip(skip).take(take)
     return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})  # drop ids, file names
 
 

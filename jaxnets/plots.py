@@ -201,6 +201,9 @@ class LiveCurves:
     Redraws at most every `min_seconds` (and at every evaluation), so drawing never slows the run down much."""
 
     def __init__(self, min_seconds: float = 2.0):
+        from IPython.display import display  # (fails here, before a run compiles, where there is no IPython)
+
+        self._display = display
         self.records: list[dict] = []
         self.min_seconds = min_seconds
         self._drawn_at = -float("inf")
@@ -213,11 +216,9 @@ class LiveCurves:
         if not (evaluated or report.step == report.total_steps or now - self._drawn_at >= self.min_seconds):
             return
         self._drawn_at = now
-        from IPython.display import display
-
         fig = training_curves(self.records, title=progress_line(report))
         if self._handle is None:
-            self._handle = display(fig, display_id=True)
+            self._handle = self._display(fig, display_id=True)
         else:
             self._handle.update(fig)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
         with config.unlocked():
             config.eval_split = split
     spec = data.check_data_config(config).spec
-    apply = jax.jit(lambda images: model.apply(variables, images, train=False))
+    apply = jax.jit(functools.partial(model.apply, train=False))  # (variables passed, not baked in as constants)
     labels, logits, images = [], [], []
     seen = 0
     for batch in data.eval_iterator(config, batch_size):
@@ -50,7 +51,7 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
             keep = keep & (np.cumsum(keep) <= limit - seen)
         if not keep.any():
             break
-        logits.append(np.asarray(apply(batch["image"]))[keep])
+        logits.append(np.asarray(apply(variables, batch["image"]))[keep])
         labels.append(batch["label"][keep])
         if sum(len(i) for i in images) < images_kept:
             images.append(batch["image"][keep])

@@ -5,7 +5,8 @@
     predictions.png       a grid of test images with predicted and true classes, mistakes first
     architecture.png      the ENAS macro network: of an `enas_macro` run, or the arc a finished search found
 
-Options: --split (default: the run's eval split), --limit N (examples scored; default all).
+Options: --split (default: the run's eval split), --limit N (examples scored; default all); a search scores
+no split (its shared network has no single architecture to score).
 """
 
 from __future__ import annotations
@@ -20,43 +21,38 @@ def write_report(workdir, *, split: str | None = None, limit: int | None = None)
     """Writes the PNGs that apply to the run in `workdir`; returns their paths."""
     from jaxnets import plots
     from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
-    from jaxnets.nas.final import FINAL_ARC_FILE
+    from jaxnets.checkpoint_loading import load_checkpoint
+    from jaxnets.nas.final import FINAL_ARC_FILE, load_final_model
 
     workdir = epath.Path(workdir)
     meta = read_meta(resolve_step_dir(workdir))
     figures = {"curves.png": plots.training_curves(workdir, title=f"training curves of {workdir.name}")}
-    config = meta["config"]
-    if config.get("task", "classification") == "classification":
-        figures.update(_classification_figures(workdir, split, limit, tuple(meta.get("class_names", ()))))
-    if config["model"] == "enas_macro":
-        from jaxnets.checkpoint_loading import load_checkpoint
-
-        model, _, _ = load_checkpoint(workdir)
+    model, variables, config = load_checkpoint(workdir)
+    if config.task == "classification":
+        figures.update(_classification_figures(model, variables, config, split, limit,
+                                               tuple(meta.get("class_names", ()))))
+    if config.model == "enas_macro":
         figures["architecture.png"] = plots.enas_architecture(model, image_shape=meta["image_shape"])
     elif (workdir / FINAL_ARC_FILE).exists():
-        from jaxnets.nas.final import load_final_model
-
-        model, image_shape = load_final_model(workdir)
-        figures["architecture.png"] = plots.enas_architecture(model, image_shape=image_shape,
+        found, image_shape = load_final_model(workdir)
+        figures["architecture.png"] = plots.enas_architecture(found, image_shape=image_shape,
                                                               title="the arc the search found")
     written = []
     for name, figure in figures.items():
-        figure.savefig(workdir / name, dpi=110)
+        with (workdir / name).open("wb") as f:  # (epath: a gs:// workdir too)
+            figure.savefig(f, format="png", dpi=110)
         written.append(workdir / name)
     return written
 
 
-def _classification_figures(workdir, split, limit, class_names) -> dict:
+def _classification_figures(model, variables, config, split, limit, class_names) -> dict:
     from jaxnets import plots
-    from jaxnets.checkpoint_loading import load_checkpoint
     from jaxnets.predict import predict
 
-    model, variables, config = load_checkpoint(workdir)
     predictions = predict(model, variables, config, split=split, limit=limit)
-    split_name = split or config.eval_split or "the eval split"
     return {
         "confusion_matrix.png": plots.confusion_matrix(predictions.labels, predictions.predicted, class_names,
-                                                       title=f"{split_name}"),
+                                                       title=split or config.eval_split or "eval split"),
         "predictions.png": plots.prediction_grid(predictions.images, predictions.labels, predictions.predicted,
                                                  class_names, mistakes_first=True),
     }
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for path in write_report(args.workdir, split=args.split, limit=args.limit):
             print(f"wrote {path}")
-    except (UserError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -77,6 +77,10 @@ def test_folder_info_batches_and_held_out_parts(tmp_path):
     assert batch["image"].shape == (9, 8, 8, 3) and sorted(set(batch["label"].tolist())) == [0, 1, 2]
     held_out = [b for b in data.eval_iterator(resized, 4)]
     assert sum(int(b["mask"].sum()) for b in held_out) == 3
+    trained = np.concatenate([b["image"] for b in data.eval_iterator(folder_config(root, image_size=8,
+                                                                                   eval_split="train[:75%]"), 9)])
+    held = np.concatenate([b["image"][b["mask"]] for b in held_out])
+    assert not any(np.array_equal(h, t) for h in held for t in trained)  # the two parts are disjoint
 
 
 def broken(root, case: str):
@@ -100,17 +104,49 @@ def broken(root, case: str):
         (root / "test" / "new").mkdir()
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "test" / "new" / "0.png")
         return f"{root / 'test' / 'new'} is a class that {root / 'train'} lacks"
+    if case == "truncated jpeg":
+        path = root / "train" / "dots" / "photo.jpg"
+        Image.fromarray(pattern("dots", np.random.default_rng(1), 8)).save(path, quality=95)
+        path.write_bytes(path.read_bytes()[:-40])  # headers intact, the end of the scan data missing
+        return f"{path} is not a readable image"
+    if case == "not png or jpeg":
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dots" / "x.png", format="GIF")
+        return f"{root / 'train' / 'dots' / 'x.png'} is a GIF image, not PNG or JPEG"
+    if case == "class in another split folder":
+        (root / "val" / "extra").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "extra" / "0.png")
+        return f"the class 'extra' is in another split folder of {root} but not in {root / 'train'}"
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing split", "empty class", "unreadable image", "mixed sizes",
-                                  "class missing from training"])
+@pytest.mark.parametrize("case", ["missing split", "empty class", "unreadable image", "truncated jpeg",
+                                  "not png or jpeg", "mixed sizes", "class missing from training",
+                                  "class in another split folder"])
 def test_a_broken_folder_is_one_line_naming_the_file_or_folder(tmp_path, case):
     expected = broken(tmp_path / "images", case)
     with pytest.raises(ConfigError) as raised:
         data.dataset_info(folder_config(tmp_path / "images"))
     message = str(raised.value)
     assert expected in message and "\n" not in message
+
+
+def test_images_of_one_non_square_size_need_an_image_size(tmp_path):
+    make_folder(tmp_path, train_per_class=1, test_per_class=1, size=8)
+    for path in tmp_path.rglob("*.png"):
+        Image.fromarray(np.zeros((8, 12, 3), np.uint8)).save(path)
+    with pytest.raises(ConfigError, match=f"the images in {tmp_path} are 8x12, not square: set config.image_size"):
+        data.dataset_info(folder_config(tmp_path))
+    assert data.dataset_info(folder_config(tmp_path, image_size=8)).image_shape == (8, 8, 3)
+
+
+def test_a_sum_of_splits_is_refused_and_an_empty_share_reads_empty(tmp_path):
+    make_folder(tmp_path, train_per_class=2, test_per_class=1, size=8)
+    with pytest.raises(ConfigError, match=r"config.train_split='train\+test': a folder dataset reads one split"):
+        data.dataset_info(folder_config(tmp_path, train_split="train+test"))
+    tiny = folder_config(tmp_path, eval_split="test[:1]")  # 4 processes share 1 image: 3 get none
+    counts = [sum(int(b["mask"].sum()) for b in data.eval_iterator(tiny, 2, process_index=i, process_count=4))
+              for i in range(4)]
+    assert counts == [1, 0, 0, 0]
 
 
 def test_mixed_sizes_train_when_resized(tmp_path):

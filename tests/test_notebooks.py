@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from helpers import REPO
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = REPO / "colab"
 
@@ -81,8 +82,12 @@ def test_load_checkpoint_notebook_opens_an_8_device_checkpoint_on_one_device(qui
 
 
 def test_load_checkpoint_notebook_says_how_to_make_the_run_it_opens(tmp_path, monkeypatch):
-    with pytest.raises(Exception, match="configs/quickstart.py --workdir /tmp/jaxnets-quickstart"):
+    with pytest.raises(CellExecutionError) as raised:
         run_notebook("load_checkpoint.ipynb", monkeypatch, WORKDIR=str(tmp_path / "absent"))
+    assert raised.value.ename == "FileNotFoundError"
+    assert raised.value.evalue == (f"no jaxnets run in {tmp_path / 'absent'}: make it with `python train.py --config "
+                                   "configs/quickstart.py --workdir /tmp/jaxnets-quickstart`, or set WORKDIR to the "
+                                   "--workdir of another run")
 
 
 def test_report_writes_the_pictures_of_a_run(quickstart_run):
@@ -132,8 +137,11 @@ def test_torchvision_weights_notebook_classifies_with_converted_weights(tmp_path
 
 
 def test_torchvision_weights_notebook_says_what_to_do_without_the_file(tmp_path, monkeypatch):
-    with pytest.raises(Exception, match="does not exist: make it where you have network"):
+    with pytest.raises(CellExecutionError) as raised:
         run_notebook("torchvision_weights.ipynb", monkeypatch, WEIGHTS=str(tmp_path / "absent.safetensors"))
+    assert raised.value.ename == "FileNotFoundError"
+    assert raised.value.evalue.startswith(f"{tmp_path / 'absent.safetensors'} does not exist: make it where you have "
+                                          "network")
 
 
 def test_enas_architecture_notebook_draws_the_published_and_a_searched_arc(tmp_path, monkeypatch):
@@ -159,7 +167,19 @@ def test_train_in_notebook_runs_the_library_loop_with_live_curves(tmp_path, monk
     assert re.search(r"test top-1 0\.\d{4}; checkpoints in", printed(notebook))
     assert figures(notebook) == 1  # one live display, updated in place
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-1]["step"] == 21 and "eval_top1" in logged[-1]
+    assert logged[-1]["step"] == 1347 // 64 and "eval_top1" in logged[-1]  # one epoch of the digits, evaluated
+
+
+def test_the_training_notebook_trains_the_quickstart_recipe():
+    from helpers import load_recipe
+
+    notebook = nbformat.read(NOTEBOOKS / "train_in_notebook.ipynb", as_version=4)
+    namespace = {"EPOCHS": 40}
+    recipe_cell = next(cell.source for cell in notebook.cells if "config = base_config()" in cell.source)
+    exec("\n".join(line for line in recipe_cell.splitlines() if not line.startswith("%")), namespace)
+    notebook_config, quickstart = namespace["config"], load_recipe("quickstart")
+    differing = {k for k in quickstart.keys() if notebook_config[k] != quickstart[k]}
+    assert differing == {"log_every_steps", "checkpoint_every_steps"}  # a notebook logs and saves more often
 
 
 def test_a_listener_gets_every_report_with_speed_and_eta(tmp_path, monkeypatch):

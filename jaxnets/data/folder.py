@@ -73,7 +73,7 @@ def _scan(root: str, train_split: str, eval_split: str, resizing: bool) -> Folde
                         f"config.dataset: {other} is {size[0]}x{size[1]} but {first} is {first_size[0]}x"
                         f"{first_size[1]} (height x width): set config.image_size to resize every image to one size"
                     )
-    (only_size,) = sizes if len(sizes) == 1 else (None,)
+    only_size = next(iter(sizes)) if len(sizes) == 1 else None  # (height, width) shared by every image
     if only_size is not None and only_size[0] != only_size[1] and not resizing:
         raise ConfigError(f"config.dataset: the images in {root} are {only_size[0]}x{only_size[1]}, not square: "
                           "set config.image_size to resize them to a square")
@@ -100,9 +100,12 @@ def _image_size(image: epath.Path) -> tuple[int, int]:
             if opened.format not in ("PNG", "JPEG"):
                 raise ConfigError(f"config.dataset: {image} is a {opened.format} image, not PNG or JPEG "
                                   "(convert it or remove it)")
-            opened.verify()  # PNG: every chunk's checksum; JPEG: the headers
             width, height = opened.size
-    except (OSError, SyntaxError, UnidentifiedImageError) as e:
+            if opened.format == "PNG":
+                opened.verify()  # every chunk's checksum, without decoding
+            else:
+                opened.load()  # a JPEG's verify() reads only its headers: decode it, so a truncated one shows
+    except (OSError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ConfigError(f"config.dataset: {image} is not a readable image ({type(e).__name__}: {e}); "
                           "remove it or replace it") from None
     return height, width

@@ -49,6 +49,10 @@ def _checked(config: Any) -> DataConfig:
     data = check_data_config(config)
     if data.spec.family != "folder":
         return data
+    for field in ("train_split", "eval_split"):
+        if "+" in getattr(data, field):
+            raise ConfigError(f"config.{field}={getattr(data, field)!r}: a folder dataset reads one split folder "
+                              "(or a part of it, such as 'train[:90%]'), not a sum of splits")
     scan = scan_folder(data.spec.tfds_name, _split_name(data.train_split), _split_name(data.eval_split),
                        resizing=data.image_size is not None)
     return data if data.image_size is not None else dataclasses.replace(data, image_size=scan.image_size[0])
@@ -97,9 +101,11 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
 
 
 def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf.data.Dataset:
-    # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg); small fixed-size images
-    # are decoded at read, so that a cache holds uint8 pixels and a resume skips without decoding cost.
-    decoders = {"image": tfds.decode.SkipDecoding()} if data.spec.family == "imagenet" else None
+    # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg), and your own images until
+    # they are resized (a shuffle buffer or cache of full-size photos would not fit in memory); small fixed-size
+    # images are decoded at read, so that a cache holds uint8 pixels and a resume skips without decoding cost.
+    encoded = data.spec.family in ("imagenet", "folder")
+    decoders = {"image": tfds.decode.SkipDecoding()} if encoded else None
     part = None
     if data.spec.family == "folder":  # ImageFolder reads whole splits only: a part of one is skip + take
         instructions = builder.info.splits[split].file_instructions  # one "shard" per split; none when empty

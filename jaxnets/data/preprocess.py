@@ -58,15 +58,15 @@ def digits(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, 
 
 
 def folder(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
-    # Your own images (ImageFolder decodes them to [h, w, 3]): resized to image_size, then CIFAR's augmentation
-    # scaled to the size (a random shift of up to 1/8 of the side, and a horizontal flip).
+    # Your own images, still encoded: decoded to RGB (grey is repeated, an alpha channel dropped), resized to
+    # image_size x image_size (a non-square image is stretched), then CIFAR's augmentation scaled to the size
+    # (a random shift of up to 1/8 of the side, and a horizontal flip).
     image = tf.image.resize(_decode(image, 3), [image_size, image_size], method="bilinear", antialias=True)
     if augment:
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         image = _pad_and_random_crop(image, max(1, image_size // 8), crop_seed)
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    image = (image / 255.0 - tf.constant(spec.mean)) / tf.constant(spec.std)
-    return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32
+    return tf.ensure_shape(_normalise(image, spec), [image_size, image_size, 3])  # [S, S, 3] float32
 
 
 def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:

@@ -16,6 +16,7 @@ Resume takes the newest step, in this order:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -179,7 +180,7 @@ class Checkpoints:
         if broken:
             self.manager.reload()
 
-    def restore_latest(self, abstract_state, config: dict):
+    def restore_latest(self, abstract_state, config: dict, class_names: tuple[str, ...] = ()):
         """-> (step, state) from the newest good checkpoint, or None when there is none.
 
         `abstract_state` is the task's state of jax.ShapeDtypeStruct with the shardings to restore onto;
@@ -195,12 +196,14 @@ class Checkpoints:
                 broken.append((step, "no commit marker: the save did not finish"))
                 continue
             try:
-                saved_config = layout.read_meta(step_dir)["config"]
+                saved_meta = layout.read_meta(step_dir)
+                saved_config = saved_meta["config"]
                 saved_structure = layout.state_structure(step_dir)
             except Exception as e:  # noqa: BLE001  any unreadable metadata means a broken step
                 broken.append((step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue
             _check_fits(step_dir, saved_config, config, saved_structure, target)
+            _check_classes(step_dir, tuple(saved_meta.get("class_names", ())), tuple(class_names))
             args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)})
             try:
                 restored = self.manager.restore(step, args=args)[layout.STATE_ITEM]
@@ -237,6 +240,18 @@ class Checkpoints:
         if self.best is not None:
             self.best.wait_until_finished()
             self.best.close()
+
+
+def _check_classes(step_dir, saved: tuple[str, ...], current: tuple[str, ...]) -> None:
+    """The same labels must mean the same classes (a folder dataset whose class folders changed would train its
+    outputs on other classes); checkpoints written before class names were saved have none to compare."""
+    if saved and current and saved != current:
+        pairs = enumerate(itertools.zip_longest(saved, current, fillvalue="<none>"))
+        changed = next(f"label {i}: checkpoint {a!r}, dataset {b!r}" for i, (a, b) in pairs if a != b)
+        raise IncompatibleCheckpointError(
+            f"{step_dir} was trained on other classes ({len(saved)} there, {len(current)} now; {changed}): use "
+            "another --workdir, or --config.init_from to start from its parameters; no checkpoint was moved or changed"
+        )
 
 
 def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, target) -> None:

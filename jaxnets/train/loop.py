@@ -181,7 +181,7 @@ def _first_non_finite(metrics, names: dict[str, str]) -> tuple[str, float] | Non
 def _initial_state(trainer: Trainer, meta: dict, checkpoints: checkpoint.Checkpoints):
     """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s parameters)."""
     config = trainer.config
-    restored = checkpoints.restore_latest(trainer.abstract_state(), meta["config"])
+    restored = checkpoints.restore_latest(trainer.abstract_state(), meta["config"], tuple(meta["class_names"]))
     if restored is not None:
         step, state = restored
         log.info("resuming from %s at step %d", checkpoints.directory, step)

@@ -63,7 +63,10 @@ class Reporter:
         for name, value in scalars.items():
             self._writer.add_scalar(name, value, step)
         if self._on_report is not None:
-            self._on_report(Report(step, self.total_steps, scalars, self._eta_seconds))
+            try:
+                self._on_report(Report(step, self.total_steps, scalars, self._eta_seconds))
+            except Exception as e:  # noqa: BLE001  a listener (a plot) must never stop the training it watches
+                log.warning("on_report listener failed at step %d: %s: %s", step, type(e).__name__, e)
 
     def record(self, file_name: str, step: int, record: dict) -> None:
         """Appends `{"step": step, **record}` (any JSON) to the workdir's `file_name`, a JSON-lines log that a

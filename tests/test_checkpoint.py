@@ -96,7 +96,9 @@ def run_train_py(workdir, *extra, **popen):
 def wait_for(predicate, process, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert process.poll() is None, f"train.py ended early: {process.stderr.read()[-3000:] if process.stderr else ''}"
+        if process.poll() is not None:
+            stderr = process.stderr.read()[-3000:] if process.stderr else "(see its log file)"
+            raise AssertionError(f"train.py ended early: {stderr}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 

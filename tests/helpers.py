@@ -38,7 +38,7 @@ def optim_config(**fields) -> ml_collections.ConfigDict:
 def tiny_resnext_config(sync_batch_norm: bool = True, conv_lowering: str = "auto") -> ml_collections.ConfigDict:
     c = base_config()
     c.model = "cifar_resnext50"  # grouped 1x1 and 3x3 convs: the ones XLA's partitioner all-gathers
-    c.model_overrides.conv_lowering = conv_lowering
+    c.conv_lowering = conv_lowering
     c.model_overrides.stage_sizes = (1, 1)
     c.model_overrides.stage_planes = (16, 32)
     c.model_overrides.groups = 4

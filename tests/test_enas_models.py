@@ -3,9 +3,9 @@
 Tiny configurations (8 filters, 8x8 inputs; 6 layers fixed, 4 layers search) run the same code paths as
 the released ones; the released sizes are checked with `jax.eval_shape`, so nothing big is computed.
 A search step compiles every op of every layer, forward and backward; on XLA:CPU the decomposed
-depthwise lowering doubles that compile time, so most tests use conv_lowering="xla": the fixed
-whole-channel model (all six ops) runs the default lowering, and one test checks that the search
-network computes the same with both.
+depthwise lowering doubles that compile time, so the tests trace with XLA's native convolutions
+(`layers.conv_lowering("xla")`), and two tests check that the fixed and the search networks compute the
+same with the default lowering.
 """
 
 import functools
@@ -18,6 +18,7 @@ import pytest
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
+from jaxnets.models import layers
 from jaxnets.models.enas import (
     PUBLISHED_FINAL_ARC,
     ENASMacroChild,
@@ -32,12 +33,17 @@ from jaxnets.models.enas.shared import SharedBranch, SharedLayer
 from jaxnets.models.registry import create_model
 
 LAYERS, SEARCH_LAYERS, FILTERS, SIZE, BATCH = 6, 4, 8, 8, 4
-XLA = {"conv_lowering": "xla"}
 KEY = jax.random.key(0, impl="rbg")  # XLA:CPU compiles RBG initialisers much faster than threefry ones
 MODES = [True, False]  # whole_channels
 
 # 6 layers, all six ops (pools at the pool layers 1 and 3 too), skips to the stem and to earlier layers.
 FIXED_ARC_TEXT = "4  1 1  5 0 1  3 1 0 1  2 0 0 0 0  0 1 1 0 1 0"
+
+
+@pytest.fixture(autouse=True)
+def xla_convolutions():
+    with layers.conv_lowering("xla"):  # (at trace time: every test traces inside it)
+        yield
 
 
 def count_params(model, x):
@@ -64,10 +70,9 @@ def fixed_arc(whole_channels):
 
 
 def tiny_model(kind, whole_channels, **kw):
-    if kind == "fixed":  # the whole-channel one (all six ops) covers the default (CPU: decomposed) lowering
-        kw = dict(arc=fixed_arc(whole_channels), num_branches=6) | ({} if whole_channels else XLA) | kw
+    if kind == "fixed":
+        kw = dict(arc=fixed_arc(whole_channels), num_branches=6) | kw
         return ENASMacroChild(num_layers=LAYERS, num_filters=FILTERS, whole_channels=whole_channels, **kw)
-    kw = XLA | kw  # see test_search_default_lowering_matches_xla
     return ENASMacroSearch(num_layers=SEARCH_LAYERS, num_filters=FILTERS, whole_channels=whole_channels, **kw)
 
 
@@ -207,11 +212,30 @@ def test_search_trains_100_arcs_with_one_compilation(whole_channels):
 
 def test_search_default_lowering_matches_xla():
     x, arc = images(), sample_arc(2, True)
-    xla = tiny_model("search", True)
-    variables = xla.init(KEY, x)
-    default = tiny_model("search", True, conv_lowering="auto")
-    want = jax.jit(functools.partial(xla.apply, train=False))(variables, x, arc)
-    np.testing.assert_allclose(jax.jit(default.apply)(variables, x, arc), want, rtol=1e-4, atol=1e-5)
+    model = tiny_model("search", True)
+    variables = model.init(KEY, x)
+    want = jax.jit(functools.partial(model.apply, train=False))(variables, x, arc)
+    with layers.conv_lowering("auto"):
+        got = jax.jit(functools.partial(model.apply, train=False))(variables, x, arc)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_default_lowering_matches_xla_forward_and_backward():
+    """The fixed whole-channel child (all six ops, skips, factorized reductions) under the default lowering."""
+    model, x = tiny_model("fixed", True), images()
+    variables = model.init(KEY, x)
+
+    def loss(params):
+        logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                                rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(logits * jnp.sin(jnp.arange(logits.size, dtype=logits.dtype)).reshape(logits.shape))
+
+    want_loss, want_grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    with layers.conv_lowering("auto"):
+        got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-4, atol=1e-4)
+    for path, want in flatten_dict(want_grads).items():
+        np.testing.assert_allclose(flatten_dict(got_grads)[path], want, rtol=1e-3, atol=1e-4, err_msg=str(path))
 
 
 # --- the op is really selected -----------------------------------------------------------------------------
@@ -262,9 +286,9 @@ def test_skip_bit_zero_is_the_stem():
     # Layer 2's input is out_1, always used; skip bit i adds prev[i] (bit 0: the stem).
     for bits in [(1, 0), (0, 1)]:
         spec = parse_arc(f"0  0 0  0 {bits[0]} {bits[1]}", 3, 6).layers[2]
-        layer = FixedLayer(2, spec, FILTERS, conv_lowering="xla")
+        layer = FixedLayer(2, spec, FILTERS)
         assert _used_inputs(layer, layer.init(KEY, prev, False), prev) == [*map(bool, bits), True]
-    layer = SharedLayer(2, 6, FILTERS, conv_lowering="xla")
+    layer = SharedLayer(2, 6, FILTERS)
     variables = layer.init(KEY, prev, jnp.zeros((3,), jnp.int32), False)
     for bits in [(1, 0), (0, 1), (0, 0), (1, 1)]:  # traced 0/1 masks, one compile
         assert _used_inputs(layer, variables, prev, jnp.asarray((0, *bits))) == [*map(bool, bits), True]

@@ -1,59 +1,168 @@
-"""Every conv lowering computes what XLA's native convolution computes, forward and backward."""
+"""Every conv lowering computes what XLA's native convolution computes, forward and backward; the registry
+picks one per platform and kind of convolution, overridable by a context or the environment."""
+
+import functools
+import platform
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnets.models import layers
+from jaxnets.models import create_model, layers, list_models
+from jaxnets.ops import onednn
 
-# (in channels, out channels, kernel, stride, padding, groups): one case per path of `conv2d`.
+CPU_LOWERINGS = ["decomposed", "onednn"]
+
+# (input size, in channels, out channels, kernel, stride, padding, groups): each path of each lowering.
 CASES = {
-    "pointwise": (16, 24, 1, 1, 0, 1),
-    "pointwise_strided": (16, 24, 1, 2, 0, 1),
-    "dense_3x3": (8, 12, 3, 1, 1, 1),
-    "dense_7x7_strided": (3, 8, 7, 2, 3, 1),
-    "grouped_block_diagonal": (32, 32, 3, 1, 1, 8),  # 4 channels per group
-    "grouped_block_diagonal_strided": (32, 64, 3, 2, 1, 8),
-    "grouped_per_tap": (64, 64, 3, 1, 1, 2),  # 32 channels per group
-    "grouped_per_tap_strided": (64, 32, 3, 2, 1, 2),
-    "grouped_1x1": (32, 32, 1, 1, 0, 4),
-    "depthwise_3x3": (24, 24, 3, 1, 1, 24),
-    "depthwise_3x3_strided": (24, 24, 3, 2, 1, 24),
-    "depthwise_5x5": (12, 12, 5, 1, 2, 12),
+    "pointwise": (9, 16, 24, 1, 1, 0, 1),
+    "pointwise_strided": (9, 16, 24, 1, 2, 0, 1),
+    "dense_3x3": (9, 8, 12, 3, 1, 1, 1),
+    "dense_3x3_on_2x2": (2, 16, 16, 3, 1, 1, 1),  # a kernel larger than its input (ResNeXt's last stage)
+    "dense_3x3_strided_odd": (7, 8, 8, 3, 2, 1, 1),
+    "dense_5x5": (9, 8, 8, 5, 1, 2, 1),
+    "dense_7x7_strided": (9, 3, 8, 7, 2, 3, 1),
+    "grouped_block_diagonal": (9, 32, 32, 3, 1, 1, 8),  # 4 channels per group
+    "grouped_block_diagonal_strided": (9, 32, 64, 3, 2, 1, 8),
+    "grouped_per_tap": (9, 64, 64, 3, 1, 1, 2),  # 32 channels per group
+    "grouped_per_tap_strided": (9, 64, 32, 3, 2, 1, 2),
+    "grouped_1x1": (9, 32, 32, 1, 1, 0, 4),
+    "grouped_3x3_on_1x1": (1, 32, 32, 3, 1, 1, 8),
+    "depthwise_3x3": (9, 24, 24, 3, 1, 1, 24),
+    "depthwise_3x3_strided": (9, 24, 24, 3, 2, 1, 24),
+    "depthwise_5x5": (9, 12, 12, 5, 1, 2, 12),
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_decomposed_lowering_matches_xla(case):
-    cin, cout, k, stride, padding, groups = CASES[case]
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 9, 9, cin), dtype=np.float32))
-    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32))
-
-    def loss(lowering, x, kernel):
+def loss_and_grads(lowering, x, kernel, stride, padding, groups):
+    def loss(x, kernel):
         y = layers.conv2d(x, kernel, stride=stride, padding=padding, groups=groups, lowering=lowering)
-        weights = jnp.sin(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
-        return jnp.sum(y * weights), y
+        weights = jnp.sin(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape).astype(y.dtype)
+        return jnp.sum(y * weights, dtype=jnp.float32), y
 
-    (_, y_xla), grads_xla = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)("xla", x, kernel)
-    (_, y_dec), grads_dec = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)("decomposed", x, kernel)
-    np.testing.assert_allclose(y_dec, y_xla, rtol=1e-5, atol=1e-4)
-    for g_dec, g_xla, what in zip(grads_dec, grads_xla, ("input", "kernel"), strict=True):
-        np.testing.assert_allclose(g_dec, g_xla, rtol=1e-5, atol=1e-4, err_msg=f"{case}: d/d{what}")
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
 
 
-def test_auto_lowering_follows_backend_and_environment(monkeypatch):
+def random_case(case, dtype=np.float32):
+    size, cin, cout, k, stride, padding, groups = CASES[case]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, size, size, cin), dtype=np.float32), dtype)
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32), dtype)
+    return x, kernel, stride, padding, groups
+
+
+@pytest.mark.parametrize("lowering", CPU_LOWERINGS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cpu_lowerings_match_xla(case, lowering):
+    x, kernel, stride, padding, groups = random_case(case)
+    (_, y_xla), grads_xla = loss_and_grads("xla", x, kernel, stride, padding, groups)
+    (_, y), grads = loss_and_grads(lowering, x, kernel, stride, padding, groups)
+    np.testing.assert_allclose(y, y_xla, rtol=1e-5, atol=1e-4)
+    for got, want, what in zip(grads, grads_xla, ("input", "kernel"), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=f"{case}: d/d{what}")
+
+
+@pytest.mark.parametrize("case", ["dense_3x3", "grouped_block_diagonal_strided", "depthwise_3x3"])
+def test_onednn_bfloat16_matches_xla_in_float32(case):
+    """bfloat16 inputs, float32 accumulation: within bfloat16's rounding of the float32 result."""
+    x, kernel, stride, padding, groups = random_case(case, jnp.bfloat16)
+    (_, want), want_grads = loss_and_grads("xla", x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding,
+                                           groups)
+    (_, got), grads = loss_and_grads("onednn", x, kernel, stride, padding, groups)
+    assert got.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2 * scale)
+    for g, w in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(g.astype(np.float32), w, atol=2e-2 * float(jnp.abs(w).max()))
+
+
+def zoo_conv_shapes():
+    """Every distinct convolution of every model in the zoo at 32x32 (ImageNet models included: their last
+    stages are then 1x1, smaller than their 3x3 kernels): (input [H, W, C], kernel [kh, kw, C/g, O], stride,
+    padding, groups), recorded by tracing each model's init."""
+    shapes = set()
+    traced = layers.conv2d
+
+    def record(x, kernel, *, stride=1, padding=0, groups=1, lowering="auto"):
+        shapes.add((tuple(x.shape[1:]), tuple(kernel.shape), stride, padding, groups))
+        return traced(x, kernel, stride=stride, padding=padding, groups=groups, lowering=lowering)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers, "conv2d", record)
+        for name in list_models():
+            model = create_model(name, num_classes=10)
+            jax.eval_shape(functools.partial(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+    return sorted(shapes)
+
+
+def test_cpu_lowerings_match_xla_on_every_convolution_of_the_zoo():
+    """Batch 1, all of the zoo's convolutions in one jitted gradient per lowering (one compile each)."""
+    shapes = zoo_conv_shapes()
+    assert len(shapes) > 150  # the zoo's convolutions, not a handful
+    rng = np.random.default_rng(0)
+    inputs = [(jnp.asarray(rng.standard_normal((1, *x), dtype=np.float32)),
+               jnp.asarray(rng.standard_normal(k, dtype=np.float32) / np.sqrt(np.prod(k[:3]))))
+              for x, k, _, _, _ in shapes]
+
+    def gradients(lowering):
+        def loss(inputs):
+            outputs = [layers.conv2d(x, k, stride=s, padding=p, groups=g, lowering=lowering)
+                       for (x, k), (_, _, s, p, g) in zip(inputs, shapes, strict=True)]
+            return sum(jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)) for y in outputs)
+
+        return jax.jit(jax.grad(loss))(inputs)
+
+    want = gradients("xla")
+    for lowering in CPU_LOWERINGS:
+        for shape, (want_dx, want_dk), (dx, dk) in zip(shapes, want, gradients(lowering), strict=True):
+            np.testing.assert_allclose(dx, want_dx, rtol=1e-4, atol=1e-4, err_msg=f"{lowering}: d/dx of {shape}")
+            np.testing.assert_allclose(dk, want_dk, rtol=1e-4, atol=1e-4, err_msg=f"{lowering}: d/dkernel of {shape}")
+
+
+def test_registry_picks_per_platform_and_kind(monkeypatch):
     monkeypatch.delenv(layers.LOWERING_ENV_VAR, raising=False)
-    assert layers.resolve_lowering("auto") == ("decomposed" if jax.default_backend() == "cpu" else "xla")
+    best_cpu = "onednn" if onednn.available() else "decomposed"
+    for kind in layers.CONV_KINDS:
+        assert layers.resolve_lowering("auto", "cpu", kind) == best_cpu
+        assert layers.resolve_lowering("auto", "cuda", kind) == layers.resolve_lowering("auto", "tpu", kind) == "xla"
+    monkeypatch.setattr(onednn, "available", lambda: False)  # a machine without oneDNN's wheel
+    assert layers.resolve_lowering("auto", "cpu", "grouped") == "decomposed"
+    with pytest.raises(ValueError, match="conv lowering 'onednn' is not available: .* use 'auto'"):
+        layers.resolve_lowering("onednn", "cpu")
+
+
+def test_explicit_then_context_then_environment_then_registry(monkeypatch):
     monkeypatch.setenv(layers.LOWERING_ENV_VAR, "xla")
-    assert layers.resolve_lowering("auto") == "xla"
-    assert layers.resolve_lowering("decomposed") == "decomposed"  # an explicit choice beats the environment
+    assert layers.resolve_lowering("auto", "cpu") == "xla"
+    with layers.conv_lowering("decomposed"):
+        assert layers.resolve_lowering("auto", "cpu") == "decomposed"  # the context beats the environment
+        assert layers.resolve_lowering("xla", "cpu") == "xla"  # an explicit choice beats both
+        with layers.conv_lowering("auto"):  # "auto" falls through to the environment
+            assert layers.resolve_lowering("auto", "cpu") == "xla"
+    assert layers.resolve_lowering("onednn", "cuda") == "xla"  # oneDNN is the CPU's: elsewhere, XLA's
 
 
 def test_unknown_lowering_is_named():
     with pytest.raises(ValueError, match="conv lowering 'cudnn' is not one of"):
         layers.resolve_lowering("cudnn")
+    with pytest.raises(ValueError, match="conv lowering 'cudnn' is not one of"), layers.conv_lowering("cudnn"):
+        pass
+
+
+def test_the_lowering_follows_where_the_arrays_live():
+    """One traced function: compiled for the CPU it calls oneDNN; exported for a GPU it is XLA's convolution
+    (a notebook on a GPU host that runs a checkpoint on the CPU gets the CPU's lowering, and vice versa)."""
+    x, kernel, stride, padding, groups = random_case("grouped_block_diagonal")
+    step = jax.jit(jax.grad(lambda x, k: jnp.sum(layers.conv2d(x, k, stride=stride, padding=padding,
+                                                               groups=groups) ** 2), argnums=(0, 1)))
+    cpu_hlo = step.lower(x, kernel).compile().as_text()
+    gpu_module = jax.export.export(step, platforms=["cuda"])(x, kernel).mlir_module()
+    assert "custom_call" not in gpu_module and gpu_module.count("stablehlo.convolution") == 3  # fwd, dx, dw
+    if onednn.available():
+        assert cpu_hlo.count('custom_call_target="jaxnets_onednn_conv') == 3
+        assert "conditional" not in cpu_hlo  # the platform choice is made when lowering, not at run time
 
 
 def test_parameters_do_not_depend_on_lowering():
@@ -83,3 +192,12 @@ def test_torch_conv_init_is_untruncated_fan_out_normal():
     expected_std = np.sqrt(2.0 / (3 * 3 * 256))
     assert abs(float(jnp.std(kernel)) / expected_std - 1) < 0.02
     assert float(jnp.max(jnp.abs(kernel))) > 2.5 * expected_std  # a truncated normal stops at 2 std
+
+
+ONEDNN_WHEEL_EXISTS = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+def test_onednn_extension_is_built_where_its_wheel_exists():
+    """`pip install -e .` builds the extension here; a silent fallback would make every CPU run slower."""
+    assert onednn.available() and onednn.version() == "3.2.0"

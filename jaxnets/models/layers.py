@@ -24,9 +24,19 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-Lowering = Literal["auto", "xla", "decomposed"]
-LOWERINGS = ("auto", "xla", "decomposed")
+Lowering = Literal["auto", "xla", "decomposed", "onednn"]
+LOWERINGS = ("auto", "xla", "decomposed", "onednn")
 LOWERING_ENV_VAR = "JAXNETS_CONV_LOWERING"
+CONV_KINDS = ("pointwise", "dense", "grouped", "depthwise")
+
+# The registry: for each (platform, kind of convolution), the lowerings that compute it, best first; the
+# first one available is taken. oneDNN (jaxnets/ops/onednn.py) is the library PyTorch's CPU convolutions
+# use; "decomposed" is the best pure-JAX formulation measured on XLA:CPU (below), for CPUs without oneDNN's
+# wheel. Platforms not listed (GPU, TPU) take XLA's native convolution: cuDNN and the TPU compiler.
+_PREFERRED: dict[tuple[str, str], tuple[str, ...]] = {("cpu", kind): ("onednn", "decomposed") for kind in CONV_KINDS}
+_DEFAULT_PREFERRED = ("xla",)
+
+_OVERRIDE: contextvars.ContextVar[str] = contextvars.ContextVar("jaxnets_conv_lowering", default="auto")
 
 # Below this many input channels per group the CPU lowering builds one dense block-diagonal kernel
 # (`groups`x the FLOPs, at dense-conv speed); from it on, one batched matmul per kernel tap. Chosen on
@@ -37,22 +47,62 @@ _BLOCK_DIAGONAL_MAX_GROUP_WIDTH = 16
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def resolve_lowering(lowering: Lowering = "auto") -> str:
-    """Returns "xla" or "decomposed".
+@contextlib.contextmanager
+def conv_lowering(lowering: Lowering):
+    """Inside this context (at trace time), every convolution whose own `lowering` is "auto" uses `lowering`.
 
-    "auto" reads $JAXNETS_CONV_LOWERING if set, else picks "decomposed" on the CPU backend and "xla"
-    on GPU/TPU.
+    The trainer sets it from `config.conv_lowering`; a model never stores it, so checkpoints never depend on
+    it. A function jitted before entering the context keeps the lowering it was traced with.
     """
-    if lowering == "auto":
-        lowering = os.environ.get(LOWERING_ENV_VAR, "auto")
+    _check_name(lowering)
+    token = _OVERRIDE.set(lowering)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def conv_kind(kernel_shape: tuple[int, ...], groups: int) -> str:
+    kh, kw, group_in, out = kernel_shape
+    if groups == 1:
+        return "pointwise" if kh == kw == 1 else "dense"
+    return "depthwise" if group_in == 1 and out == groups else "grouped"
+
+
+def resolve_lowering(lowering: Lowering = "auto", platform: str | None = None, kind: str = "dense") -> str:
+    """The lowering that computes a `kind` convolution on `platform` (default: JAX's default backend).
+
+    Precedence: an explicit `lowering`, then the `conv_lowering` context, then $JAXNETS_CONV_LOWERING, then
+    the registry's first available lowering for (platform, kind). oneDNN runs on the CPU only: asked for
+    elsewhere, XLA's convolution is used.
+    """
+    platform = platform or jax.default_backend()
+    for choice in (lowering, _OVERRIDE.get(), os.environ.get(LOWERING_ENV_VAR, "auto")):
+        _check_name(choice)
+        if choice != "auto":
+            break
+    if choice == "auto":
+        return next(name for name in _PREFERRED.get((platform, kind), _DEFAULT_PREFERRED) if _available(name))
+    if choice == "onednn" and platform != "cpu":
+        return "xla"
+    if not _available(choice):
+        raise ValueError(f"conv lowering {choice!r} is not available: jaxnets was installed without its oneDNN "
+                         "extension (Linux x86-64 only); use 'auto'")
+    return choice
+
+
+def _check_name(lowering: str) -> None:
     if lowering not in LOWERINGS:
-        raise ValueError(
-            f"conv lowering {lowering!r} is not one of {LOWERINGS} "
-            f"(check the model's conv_lowering argument or ${LOWERING_ENV_VAR})"
-        )
-    if lowering == "auto":
-        return "decomposed" if jax.default_backend() == "cpu" else "xla"
-    return lowering
+        raise ValueError(f"conv lowering {lowering!r} is not one of {LOWERINGS} "
+                         f"(check config.conv_lowering or ${LOWERING_ENV_VAR})")
+
+
+def _available(lowering: str) -> bool:
+    if lowering == "onednn":
+        from jaxnets.ops import onednn
+
+        return onednn.available()
+    return True
 
 
 def conv2d(
@@ -64,15 +114,41 @@ def conv2d(
     groups: int = 1,
     lowering: Lowering = "auto",
 ) -> jax.Array:
-    """NHWC convolution with symmetric zero padding (PyTorch's `padding=p`) and HWIO kernel."""
+    """NHWC convolution with symmetric zero padding (PyTorch's `padding=p`) and HWIO kernel.
+
+    The lowering is chosen where the arrays live, when the function is lowered for a platform
+    (`lax.platform_dependent`): a notebook on a GPU host that runs a model on the CPU gets the CPU lowering.
+    """
     kh, kw, group_in, out = kernel.shape
     channels = x.shape[-1]
     if channels != group_in * groups:
         raise ValueError(
             f"conv input has {channels} channels but the kernel expects {group_in} x {groups} groups"
         )
-    if resolve_lowering(lowering) == "xla":
-        return _xla_conv(x, kernel, stride, padding, groups)
+    kind = conv_kind(kernel.shape, groups)
+    on_cpu, elsewhere = (_LOWER[resolve_lowering(lowering, platform, kind)] for platform in ("cpu", "elsewhere"))
+    lower = functools.partial(_lower_with, stride=stride, padding=padding, groups=groups)
+    if on_cpu is elsewhere:
+        return lower(on_cpu, x, kernel)
+    return lax.platform_dependent(x, kernel, cpu=functools.partial(lower, on_cpu),
+                                  default=functools.partial(lower, elsewhere))
+
+
+def _lower_with(lowering, x, kernel, *, stride, padding, groups):
+    return lowering(x, kernel, stride, padding, groups)
+
+
+def _onednn_conv(x, kernel, stride, padding, groups):
+    from jaxnets.ops import onednn
+
+    kh, kw, _, _ = kernel.shape
+    if kh == kw == 1 and stride > 1:  # a strided 1x1 reads every stride-th pixel: slice, then a 1x1 conv
+        x, stride = x[:, ::stride, ::stride, :], 1
+    return onednn.conv2d(x, kernel, stride=stride, padding=padding, groups=groups)
+
+
+def _decomposed_conv(x, kernel, stride, padding, groups):
+    kh, kw, group_in, out = kernel.shape
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     if groups == 1:
@@ -95,6 +171,9 @@ def _xla_conv(x, kernel, stride, padding, groups):
         dimension_numbers=_DIMENSION_NUMBERS,
         feature_group_count=groups,
     )
+
+
+_LOWER = {"xla": _xla_conv, "decomposed": _decomposed_conv, "onednn": _onednn_conv}
 
 
 def _pointwise(x, matrix):  # [N, H, W, C] @ [C, O]

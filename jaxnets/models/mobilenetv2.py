@@ -95,11 +95,10 @@ class MobileNetV2(nn.Module):
     dropout_rate: float = 0.2
     classifier_init_std: float | None = 0.01  # torchvision: N(0, 0.01); None: nn.Linear's default
     dtype: Any = jnp.float32
-    conv_lowering: layers.Lowering = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # [N, H, W, 3] -> [N, num_classes]
-        conv = functools.partial(layers.Conv, use_bias=self.use_bias, dtype=self.dtype, lowering=self.conv_lowering)
+        conv = functools.partial(layers.Conv, use_bias=self.use_bias, dtype=self.dtype)
         norm = layers.batch_norm(train, self.dtype)
         divisible = functools.partial(make_divisible, divisor=self.round_nearest)
 

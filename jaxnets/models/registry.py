@@ -47,6 +47,8 @@ def create_model_from_config(config, num_classes: int) -> nn.Module:
 def _check_fields(name: str, module: type[nn.Module], kwargs: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")}
     unknown = sorted(set(kwargs) - fields)
+    if "conv_lowering" in unknown:  # a model field until 2026-11; now the trainer's
+        raise ValueError("conv_lowering is not a model field: set config.conv_lowering (or $JAXNETS_CONV_LOWERING)")
     if unknown:
         raise ValueError(
             f"model {name!r} has no field(s) {', '.join(unknown)}; its fields are: {', '.join(sorted(fields))}"

@@ -69,7 +69,6 @@ class ResNeXt(nn.Module):
     zero_init_residual: bool = False
     num_classes: int = 1000
     dtype: Any = jnp.float32
-    conv_lowering: layers.Lowering = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # [N, H, W, 3] -> [N, num_classes]
@@ -78,7 +77,7 @@ class ResNeXt(nn.Module):
                 f"stage_sizes {tuple(self.stage_sizes)} and stage_planes {tuple(self.stage_planes)} "
                 "must have the same length"
             )
-        conv = functools.partial(layers.Conv, dtype=self.dtype, lowering=self.conv_lowering)
+        conv = functools.partial(layers.Conv, dtype=self.dtype)
         norm = layers.batch_norm(train, self.dtype)
 
         if self.stem == "imagenet":

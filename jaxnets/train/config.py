@@ -27,6 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "resnext29_8x64d"
     c.model_overrides = ml_collections.ConfigDict()
     c.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (parameters and BN statistics stay float32)
+    # How convolutions are computed, never what: "auto" (oneDNN on the CPU where built, else XLA's pure-JAX
+    # formulations; XLA's native convolution on GPU/TPU), "onednn", "decomposed" or "xla" (jaxnets.models.layers).
+    # Not part of the model: a checkpoint resumes under any value.
+    c.conv_lowering = "auto"
     c.sync_batch_norm = True  # BN statistics over the global batch; False: per device, averaged after the step
 
     # Data (jaxnets.data). None: the dataset's own value from jaxnets.data.DATASETS.

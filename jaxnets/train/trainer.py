@@ -156,7 +156,7 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     length = run_length(config, dataset_info.num_train_examples)
     task = TASKS[config.task](config, dataset_info, length.steps_per_epoch)
     mesh = parallel.create_mesh(devices)
-    train_step = task.train_step
+    train_step = with_conv_lowering(task.train_step, config.conv_lowering)
     if config.skip_nonfinite_steps:
         train_step = discard_non_finite(train_step, task.finite_metrics)
     train_step = agree_on_stopping(train_step)
@@ -167,10 +167,23 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
         mesh=mesh,
         task=task,
         train_step=parallel.data_parallel_train_step(train_step, mesh),
-        eval_step=parallel.data_parallel_eval_step(task.eval_step, mesh),
-        epoch_update=(parallel.data_parallel_train_step(task.epoch_update, mesh)
+        eval_step=parallel.data_parallel_eval_step(with_conv_lowering(task.eval_step, config.conv_lowering), mesh),
+        epoch_update=(parallel.data_parallel_train_step(with_conv_lowering(task.epoch_update, config.conv_lowering),
+                                                        mesh)
                       if isinstance(task, BetweenEpochs) else None),
     )
+
+
+def with_conv_lowering(step_fn, lowering: str):
+    """`step_fn` traced with `config.conv_lowering` (a context read at trace time, not a model field)."""
+    from jaxnets.models import layers
+
+    @functools.wraps(step_fn)
+    def step(*args, **kwargs):
+        with layers.conv_lowering(lowering):
+            return step_fn(*args, **kwargs)
+
+    return step
 
 
 def discard_non_finite(step_fn, metric_names):

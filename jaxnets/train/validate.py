@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 
 from jaxnets.errors import ConfigError
-from jaxnets.models import COMPUTE_DTYPES, create_model, list_models
+from jaxnets.models import COMPUTE_DTYPES, create_model, layers, list_models
 from jaxnets.train.config import SEARCH_TRAIN_PERCENT
 
 # Models that the classification task cannot train as they are, and what to use instead.
@@ -41,6 +41,11 @@ def check_config(config, device_count: int | None = None) -> None:
         _check_arc(config.model_overrides.arc, model)
     if config.dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {tuple(COMPUTE_DTYPES)}")
+    try:
+        with layers.conv_lowering(config.conv_lowering):
+            layers.resolve_lowering(platform="cpu")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     for field in ("global_batch_size", "eval_batch_size"):
         value = config[field]
         if value <= 0 or value % device_count:

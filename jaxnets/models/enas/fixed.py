@@ -30,11 +30,10 @@ class FixedLayer(nn.Module):
     features: int
     separable_as_full_conv: bool = False
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, prev, train: bool):
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, conv_lowering=self.conv_lowering)
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype)
         x = prev[-1]
         c = self.features
         if self.spec.op is not None:
@@ -97,23 +96,22 @@ class ENASMacroChild(nn.Module):
     whole_channels: bool = True
     separable_as_full_conv: bool = False
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # x: [N, H, W, 3] float32
         arc = self._checked_arc()
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, conv_lowering=self.conv_lowering)
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype)
         layers = [conv_bn(self.num_filters, 3, name="stem")(x, train)]  # [stem, out_0, out_1, ...]
         c = self.num_filters
         for k, spec in enumerate(arc.layers):
             layer = FixedLayer(
-                k, spec, c, self.separable_as_full_conv, self.dtype, self.conv_lowering, name=f"layer_{k}"
+                k, spec, c, self.separable_as_full_conv, self.dtype, name=f"layer_{k}"
             )
             layers.append(layer(layers, train))
             if k in pool_layers(self.num_layers):
                 c *= 2
                 layers = [
-                    FactorizedReduction(c, self.dtype, self.conv_lowering, name=f"pool_at_{k}_from_{i}")(t, train)
+                    FactorizedReduction(c, self.dtype, name=f"pool_at_{k}_from_{i}")(t, train)
                     for i, t in enumerate(layers)
                 ]
         return Head(self.num_classes, self.keep_prob, self.dtype, name="head")(layers[-1], train)

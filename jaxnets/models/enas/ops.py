@@ -75,13 +75,12 @@ class ConvBN(nn.Module):
     pre_relu: bool = False
     epsilon: float = BN_EPSILON
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool, mask: jax.Array | None = None):
         if self.pre_relu:
             x = nn.relu(x)
-        conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_normal, lowering=self.conv_lowering)
+        conv = functools.partial(Conv, dtype=self.dtype, kernel_init=he_normal)
         k = self.kernel_size
         if self.separable:
             c = x.shape[-1]
@@ -99,14 +98,13 @@ class FactorizedReduction(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):  # [N, H, W, Cin] -> [N, ceil(H/2), ceil(W/2), features]
         if self.features % 2:
             raise ValueError(f"{self.name}: factorized reduction needs an even filter count, got {self.features}")
         conv = functools.partial(
-            Conv, self.features // 2, 1, dtype=self.dtype, kernel_init=he_normal, lowering=self.conv_lowering
+            Conv, self.features // 2, 1, dtype=self.dtype, kernel_init=he_normal
         )
         path1 = conv(name="path1_conv")(x[:, ::2, ::2, :])
         # Path 2 is shifted by one pixel: pad bottom/right, drop the first row/column, then stride.

@@ -39,11 +39,10 @@ class SharedBranch(nn.Module):
     op: int
     features: int
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool, mask: jax.Array | None = None):
-        conv_bn = functools.partial(ConvBN, dtype=self.dtype, conv_lowering=self.conv_lowering)
+        conv_bn = functools.partial(ConvBN, dtype=self.dtype)
         y = nn.relu(conv_bn(self.features, name="inp_conv")(x, train))
         if self.op in KERNEL_SIZE:
             out_conv = conv_bn(
@@ -62,13 +61,12 @@ class SharedLayer(nn.Module):
     features: int
     whole_channels: bool = True
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     def setup(self):
         for b in range(self.num_branches):  # named branch_0 ... branch_{B-1}
-            setattr(self, f"branch_{b}", SharedBranch(b, self.features, self.dtype, self.conv_lowering))
+            setattr(self, f"branch_{b}", SharedBranch(b, self.features, self.dtype))
         if not self.whole_channels:
-            self.final_conv = ConvBN(self.features, dtype=self.dtype, conv_lowering=self.conv_lowering)
+            self.final_conv = ConvBN(self.features, dtype=self.dtype)
 
     @nn.compact
     def __call__(self, prev, spec, train: bool):
@@ -126,7 +124,6 @@ class ENASMacroSearch(nn.Module):
     keep_prob: float = 0.9
     whole_channels: bool = True
     dtype: Any = jnp.float32
-    conv_lowering: str = "auto"
 
     @nn.compact
     def __call__(self, x, arc: jax.Array | None = None, train: bool = False):  # x: [N, H, W, 3]
@@ -134,15 +131,15 @@ class ENASMacroSearch(nn.Module):
         arc = self._checked_arc(arc)
         offsets = layer_offsets(self.num_layers, self.num_branches, self.whole_channels)
         c = self.num_filters
-        layers = [ConvBN(c, 3, dtype=self.dtype, conv_lowering=self.conv_lowering, name="stem")(x, train)]
+        layers = [ConvBN(c, 3, dtype=self.dtype, name="stem")(x, train)]
         for k in range(self.num_layers):
             layer = SharedLayer(
-                k, self.num_branches, c, self.whole_channels, self.dtype, self.conv_lowering, name=f"layer_{k}"
+                k, self.num_branches, c, self.whole_channels, self.dtype, name=f"layer_{k}"
             )
             layers.append(layer(layers, arc[offsets[k] : offsets[k + 1]], train))
             if k in pool_layers(self.num_layers):
                 layers = [
-                    FactorizedReduction(c, self.dtype, self.conv_lowering, name=f"pool_at_{k}_from_{i}")(t, train)
+                    FactorizedReduction(c, self.dtype, name=f"pool_at_{k}_from_{i}")(t, train)
                     for i, t in enumerate(layers)
                 ]
         return Head(self.num_classes, self.keep_prob, self.dtype, name="head")(layers[-1], train)

@@ -1,0 +1,291 @@
+// oneDNN convolutions as XLA FFI custom calls: forward, gradient of the input, gradient of the kernel.
+//
+// Why: XLA:CPU lowers grouped, depthwise, strided-backward and tiny-spatial convolutions to slow loops
+// (DESIGN.md), while oneDNN - the library PyTorch's CPU convolutions use - has JIT kernels for each. The
+// Python side (jaxnets/ops/onednn.py) pairs these three calls in a jax.custom_vjp.
+//
+// Layouts are JAX's: activations NHWC, kernels HWIO ([kh, kw, in/groups, out]), described to oneDNN by
+// strides, so nothing is transposed in XLA. Kernels are handed to oneDNN's own preferred layout by a
+// reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower).
+// Primitives are created once per shape and cached; the scratchpad is per call (user mode), so the same
+// primitive may run on several XLA threads at once.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "nanobind/nanobind.h"
+#include "nanobind/stl/string.h"
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/c_api.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace nb = nanobind;
+namespace ffi = xla::ffi;
+using dnnl::memory;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One convolution's geometry, as the three calls see it.
+struct ConvShape {
+  int64_t n, h, w, c;     // input, NHWC
+  int64_t oh, ow, o;      // output, NHWC
+  int64_t kh, kw;         // kernel taps
+  int64_t stride, groups;
+  int64_t pad_top, pad_left, pad_bottom, pad_right;
+  memory::data_type type;
+
+  std::string Key(const char* kind) const {
+    std::string key = kind;
+    for (int64_t v : {n, h, w, c, oh, ow, o, kh, kw, stride, groups, pad_top, pad_left, pad_bottom, pad_right,
+                      static_cast<int64_t>(type)}) {
+      key += ',' + std::to_string(v);
+    }
+    return key;
+  }
+  memory::desc Input() const { return {{n, c, h, w}, type, memory::format_tag::nhwc}; }
+  memory::desc Output() const { return {{n, o, oh, ow}, type, memory::format_tag::nhwc}; }
+  // The HWIO kernel as oneDNN's logical [groups, out/g, in/g, kh, kw] (or [out, in, kh, kw]), by strides.
+  memory::desc KernelHWIO() const {
+    const int64_t in_g = c / groups, out_g = o / groups;
+    if (groups == 1) return {{o, c, kh, kw}, type, memory::dims{1, o, kw * c * o, c * o}};
+    return {{groups, out_g, in_g, kh, kw}, type, memory::dims{out_g, 1, o, kw * in_g * o, in_g * o}};
+  }
+  memory::desc KernelAny() const {
+    const int64_t in_g = c / groups, out_g = o / groups;
+    if (groups == 1) return {{o, c, kh, kw}, type, memory::format_tag::any};
+    return {{groups, out_g, in_g, kh, kw}, type, memory::format_tag::any};
+  }
+  memory::dims Strides() const { return {stride, stride}; }
+  memory::dims PadBegin() const { return {pad_top, pad_left}; }
+  memory::dims PadEnd() const { return {pad_bottom, pad_right}; }
+};
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
+  return {Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, s.Input(),
+          s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), UserScratchpad()};
+}
+
+// What one call needs, built once per shape: the primitive and the kernel's reorder to or from HWIO.
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel_desc;  // the layout oneDNN chose for the kernel (or its gradient)
+  memory::desc scratchpad_desc;
+  bool kernel_reordered = false;
+  dnnl::reorder kernel_reorder;
+};
+
+template <typename Build>
+std::shared_ptr<const Plan> CachedPlan(const std::string& key, Build build) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<const Plan>> plans;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = plans.find(key);
+    if (found != plans.end()) return found->second;
+  }
+  auto plan = std::make_shared<const Plan>(build());  // built outside the lock: creation can take ms
+  std::lock_guard<std::mutex> lock(mutex);
+  return plans.emplace(key, plan).first->second;
+}
+
+std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
+  return CachedPlan(s.Key("fwd"), [&] {
+    auto pd = ForwardDesc(s);
+    Plan plan{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
+    if (pd.weights_desc() != s.KernelHWIO()) {
+      plan.kernel_reordered = true;
+      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), s.KernelHWIO(), Engine(),
+                                                                        pd.weights_desc()));
+    }
+    return plan;
+  });
+}
+
+std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
+  return CachedPlan(s.Key("dx"), [&] {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
+        s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
+    Plan plan{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
+    if (pd.weights_desc() != s.KernelHWIO()) {
+      plan.kernel_reordered = true;
+      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), s.KernelHWIO(), Engine(),
+                                                                        pd.weights_desc()));
+    }
+    return plan;
+  });
+}
+
+std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
+  return CachedPlan(s.Key("dw"), [&] {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
+        s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
+    Plan plan{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
+    if (pd.diff_weights_desc() != s.KernelHWIO()) {  // computed in oneDNN's layout, then reordered to HWIO
+      plan.kernel_reordered = true;
+      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(),
+                                                                        Engine(), s.KernelHWIO()));
+    }
+    return plan;
+  });
+}
+
+// Per-thread buffers for the reordered kernel and the scratchpad, grown as needed and reused.
+struct Buffers {
+  std::vector<uint8_t> kernel, scratchpad;
+  static void* Sized(std::vector<uint8_t>& v, size_t bytes) {
+    if (v.size() < bytes) v.resize(bytes);
+    return v.data();
+  }
+};
+thread_local Buffers buffers;
+
+ffi::ErrorOr<memory::data_type> DataType(ffi::DataType type) {
+  switch (type) {
+    case ffi::DataType::F32: return memory::data_type::f32;
+    case ffi::DataType::BF16: return memory::data_type::bf16;
+    default: return ffi::Unexpected(ffi::Error::InvalidArgument("jaxnets oneDNN convolution: float32 or bfloat16 only"));
+  }
+}
+
+// x: [N, H, W, C]; kernel: [kh, kw, C/groups, O]; y: [N, Ho, Wo, O].
+ffi::ErrorOr<ConvShape> Shape(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer y, int64_t stride,
+                              int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
+                              int64_t pad_right) {
+  auto xd = x.dimensions(), kd = kernel.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument("jaxnets oneDNN convolution: arrays must be 4-D (NHWC, HWIO)"));
+  }
+  auto type = DataType(x.element_type());
+  if (type.has_error()) return ffi::Unexpected(type.error());
+  return ConvShape{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], stride, groups,
+                   pad_top, pad_left, pad_bottom, pad_right, *type};
+}
+
+void Run(const Plan& plan, std::unordered_map<int, memory> args) {
+  dnnl::stream stream(Engine());
+  args[DNNL_ARG_SCRATCHPAD] =
+      memory(plan.scratchpad_desc, Engine(), Buffers::Sized(buffers.scratchpad, plan.scratchpad_desc.get_size()));
+  plan.conv.execute(stream, args);
+  stream.wait();
+}
+
+#define JAXNETS_CONV_ATTRS                                                                            \
+  .Attr<int64_t>("stride").Attr<int64_t>("groups").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left") \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_right")
+
+// The kernel in the layout a plan wants: the HWIO buffer itself, or its reorder into a per-thread buffer.
+memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
+  memory user(s.KernelHWIO(), Engine(), hwio);
+  if (!plan.kernel_reordered) return user;
+  memory chosen(plan.kernel_desc, Engine(), Buffers::Sized(buffers.kernel, plan.kernel_desc.get_size()));
+  dnnl::stream stream(Engine());
+  plan.kernel_reorder.execute(stream, user, chosen);
+  stream.wait();
+  return chosen;
+}
+
+ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
+                       int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom, int64_t pad_right) {
+  auto s = Shape(x, kernel, *y, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
+  if (s.has_error()) return s.error();
+  try {
+    auto plan = ForwardPlan(*s);
+    Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
+                {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
+                {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> dx,
+                             int64_t stride, int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
+                             int64_t pad_right) {
+  auto s = Shape(*dx, kernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
+  if (s.has_error()) return s.error();
+  try {
+    auto plan = InputGradientPlan(*s);
+    Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
+                {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
+                {DNNL_ARG_DIFF_SRC, memory(s->Input(), Engine(), dx->untyped_data())}});
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution input gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
+                              int64_t stride, int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
+                              int64_t pad_right) {
+  auto s = Shape(x, *dkernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
+  if (s.has_error()) return s.error();
+  try {
+    auto plan = KernelGradientPlan(*s);
+    memory user(s->KernelHWIO(), Engine(), dkernel->untyped_data());
+    memory computed = plan->kernel_reordered
+                          ? memory(plan->kernel_desc, Engine(),
+                                   Buffers::Sized(buffers.kernel, plan->kernel_desc.get_size()))
+                          : user;
+    Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
+                {DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
+                {DNNL_ARG_DIFF_WEIGHTS, computed}});
+    if (plan->kernel_reordered) {
+      dnnl::stream stream(Engine());
+      plan->kernel_reorder.execute(stream, computed, user);
+      stream.wait();
+    }
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvForward, ForwardImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  JAXNETS_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvInputGradient, InputGradientImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  JAXNETS_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradient, KernelGradientImpl,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
+                                  JAXNETS_CONV_ATTRS);
+
+template <typename T>
+nb::capsule Capsule(T* handler) {
+  static_assert(std::is_invocable_r_v<XLA_FFI_Error*, T, XLA_FFI_CallFrame*>, "not an XLA FFI handler");
+  return nb::capsule(reinterpret_cast<void*>(handler));
+}
+
+NB_MODULE(_onednn, m) {
+  m.def("handlers", [] {
+    nb::dict handlers;
+    handlers["jaxnets_onednn_conv_forward"] = Capsule(ConvForward);
+    handlers["jaxnets_onednn_conv_input_gradient"] = Capsule(ConvInputGradient);
+    handlers["jaxnets_onednn_conv_kernel_gradient"] = Capsule(ConvKernelGradient);
+    return handlers;
+  });
+  m.def("version", [] {
+    const dnnl_version_t* v = dnnl_version();
+    return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  });
+}

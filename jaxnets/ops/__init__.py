@@ -1,0 +1,1 @@
+"""Native kernels reached through `jax.ffi` (optional: jaxnets runs without them, slower)."""

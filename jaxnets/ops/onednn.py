@@ -1,0 +1,113 @@
+"""oneDNN convolutions on the CPU, as XLA FFI calls with a custom VJP.
+
+The calls are built from csrc/onednn_conv.cc by `pip install` (scikit-build-core) where oneDNN's wheel
+exists (Linux x86-64); elsewhere `available()` is False and jaxnets lowers convolutions through XLA.
+`conv2d` has the semantics of `lax.conv_general_dilated` with NHWC/HWIO and symmetric padding, for
+float32 and bfloat16; its gradient is oneDNN's backward-data and backward-weights convolutions.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.cache
+def _extension():
+    """The compiled module with its FFI targets registered, or None where it was not built."""
+    try:
+        library = next(f for f in importlib.metadata.distribution("onednn-cpu-gomp").files or ()
+                       if f.name == "libdnnl.so.3")
+        # Loaded by path, globally, so that the extension's dependency on libdnnl.so.3 resolves to it.
+        ctypes.CDLL(str(library.locate()), mode=ctypes.RTLD_GLOBAL)
+        from jaxnets.ops import _onednn
+    except (importlib.metadata.PackageNotFoundError, StopIteration, ImportError, OSError):
+        return None
+    for name, handler in _onednn.handlers().items():
+        jax.ffi.register_ffi_target(name, handler, platform="cpu")
+    return _onednn
+
+
+def available() -> bool:
+    return _extension() is not None
+
+
+def version() -> str | None:
+    extension = _extension()
+    return extension.version() if extension is not None else None
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:
+    """NHWC x HWIO convolution with PyTorch's symmetric `padding`, through oneDNN (CPU only)."""
+    if _extension() is None:
+        raise RuntimeError("jaxnets' oneDNN convolutions are not built here (see jaxnets.ops.onednn.available())")
+    if x.dtype != kernel.dtype or x.dtype not in (jnp.float32, jnp.bfloat16):
+        raise ValueError(f"oneDNN convolution takes float32 or bfloat16, not {x.dtype} x {kernel.dtype}")
+    kh, kw = kernel.shape[:2]
+    height, width = (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1
+    # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
+    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
+    x, kernel = _varying_alike(x, kernel)
+    return _conv(x, kernel, stride, padding, groups)
+
+
+def _varying_alike(*arrays):
+    """Inside `shard_map`, makes every array vary over the mesh axes any of them varies over (what XLA's own
+    convolution does implicitly): the results of an FFI call are typed like its inputs, and the gradient of
+    a replicated kernel is then summed over the devices by the transpose of this cast."""
+    varying = [_varying_axes(a) for a in arrays]
+    union = frozenset().union(*varying)
+    return tuple(jax.lax.pcast(a, tuple(sorted(union - v)), to="varying") if union - v else a
+                 for a, v in zip(arrays, varying, strict=True))
+
+
+def _varying_axes(array) -> frozenset:
+    axis_type = getattr(jax.typeof(array), "manual_axis_type", None)
+    return frozenset(axis_type.varying) if axis_type is not None else frozenset()
+
+
+def _result(shape, like) -> jax.ShapeDtypeStruct:
+    """An FFI result of `shape`, with `like`'s dtype and (inside shard_map) varying axes."""
+    aval = jax.typeof(like)
+    if not _varying_axes(like):
+        return jax.ShapeDtypeStruct(shape, like.dtype)
+    return jax.ShapeDtypeStruct(shape, like.dtype, sharding=aval.sharding, manual_axis_type=aval.manual_axis_type)
+
+
+def _geometry(x_shape, kernel_shape, stride, padding, groups) -> dict:
+    kh, kw, _, _ = kernel_shape
+    height, width = (x_shape[1] + 2 * padding - kh) // stride + 1, (x_shape[2] + 2 * padding - kw) // stride + 1
+    return dict(
+        stride=np.int64(stride), groups=np.int64(groups), pad_top=np.int64(padding), pad_left=np.int64(padding),
+        pad_bottom=np.int64((height - 1) * stride + kh - x_shape[1] - padding),
+        pad_right=np.int64((width - 1) * stride + kw - x_shape[2] - padding),
+    ), (x_shape[0], height, width, kernel_shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, stride, padding, groups):
+    attrs, out_shape = _geometry(x.shape, kernel.shape, stride, padding, groups)
+    return jax.ffi.ffi_call("jaxnets_onednn_conv_forward", _result(out_shape, x),
+                            vmap_method="sequential")(x, kernel, **attrs)
+
+
+def _conv_forward(x, kernel, stride, padding, groups):
+    return _conv(x, kernel, stride, padding, groups), (x, kernel)
+
+
+def _conv_backward(stride, padding, groups, residuals, dy):
+    x, kernel = residuals
+    attrs, _ = _geometry(x.shape, kernel.shape, stride, padding, groups)
+    dx = jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(x.shape, x),
+                          vmap_method="sequential")(dy, kernel, **attrs)
+    dkernel = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient", _result(kernel.shape, kernel),
+                               vmap_method="sequential")(x, dy, **attrs)
+    return dx, dkernel
+
+
+_conv.defvjp(_conv_forward, _conv_backward)

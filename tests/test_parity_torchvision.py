@@ -36,3 +36,24 @@ def test_logits_match_pytorch(name, size):
     scale = np.abs(expected).max()
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * scale,
                                err_msg=f"{name} at {size}x{size} differs from the PyTorch reference")
+
+
+CIFAR_TWINS = {
+    "cifar_resnext50": torchvision_resnext.cifar_resnext50,
+    "resnext29_8x64d": torchvision_resnext.resnext29_8x64d,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CIFAR_TWINS))
+def test_cifar_resnext_twins_match_jaxnets(name):
+    """The PyTorch twins the benchmarks race (same architecture, torchvision's key names) at 32x32."""
+    torch.manual_seed(0)
+    reference = CIFAR_TWINS[name]().eval()
+    randomise_batch_norm(reference, seed=1)
+    images = np.random.default_rng(2).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+    model = create_model(name, num_classes=expected.shape[1])
+    variables = convert_state_dict(name, reference.state_dict())
+    logits = jax.jit(functools.partial(model.apply, train=False))(variables, images.transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

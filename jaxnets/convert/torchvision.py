@@ -25,6 +25,9 @@ _CLASSIFIER_KEY = {
     "resnext101_32x8d": "fc.weight",
     "resnext101_64x4d": "fc.weight",
     "resnext152_32x4d": "fc.weight",
+    # No torchvision weights exist for these; their PyTorch twins (jaxnets.reference) use torchvision's names.
+    "cifar_resnext50": "fc.weight",
+    "resnext29_8x64d": "fc.weight",
     "mobilenet_v2": "classifier.1.weight",
 }
 SUPPORTED_MODELS = tuple(_CLASSIFIER_KEY)
@@ -40,7 +43,7 @@ def convert_state_dict(model_name: str, state_dict: dict[str, Any]) -> dict[str,
     model = create_model(model_name, num_classes=arrays[classifier_key].shape[0])
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     expected = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(target).items()}
-    module_path = _resnext_module_path if model_name.startswith("resnext") else _mobilenet_module_path
+    module_path = _resnext_module_path if "resnext" in model_name else _mobilenet_module_path
 
     flat = {}
     for key, value in arrays.items():

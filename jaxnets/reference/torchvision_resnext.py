@@ -1,4 +1,8 @@
-"""torchvision's ResNet/ResNeXt with bottleneck blocks: same structure, key names and init."""
+"""torchvision's ResNet/ResNeXt with bottleneck blocks: same structure, key names and init.
+
+Beyond torchvision, the same options as jaxnets' ResNeXt for its CIFAR variants (the CIFAR stem, stage planes,
+a grouped first 1x1), so that every ResNeXt of the zoo has a PyTorch twin with torchvision's key names:
+`cifar_resnext50` (the pytorch-cifar100 seed code) and `resnext29_8x64d` (the paper's CIFAR ResNeXt-29)."""
 
 from __future__ import annotations
 
@@ -17,10 +21,10 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, grouped_first_1x1=False):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
-        self.conv1 = conv1x1(inplanes, width)
+        self.conv1 = nn.Conv2d(inplanes, width, 1, groups=groups if grouped_first_1x1 else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, stride, groups)
         self.bn2 = nn.BatchNorm2d(width)
@@ -41,21 +45,24 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, layers, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64):
+    def __init__(self, layers, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
+                 stage_planes=(64, 128, 256, 512), stem="imagenet", grouped_first_1x1=False):
         super().__init__()
         self.inplanes = 64
         self.groups = groups
         self.base_width = width_per_group
-        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+        self.grouped_first_1x1 = grouped_first_1x1
+        imagenet = stem == "imagenet"  # else "cifar": a 3x3/1 conv and no pooling
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7 if imagenet else 3, stride=2 if imagenet else 1,
+                               padding=3 if imagenet else 1, bias=False)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], stride=2)
-        self.layer3 = self._make_layer(256, layers[2], stride=2)
-        self.layer4 = self._make_layer(512, layers[3], stride=2)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if imagenet else nn.Identity()
+        for stage, (planes, blocks) in enumerate(zip(stage_planes, layers, strict=True)):  # layer1, layer2, ...
+            setattr(self, f"layer{stage + 1}", self._make_layer(planes, blocks, stride=1 if stage == 0 else 2))
+        self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
+        self.fc = nn.Linear(stage_planes[-1] * Bottleneck.expansion, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -74,15 +81,18 @@ class ResNet(nn.Module):
                 conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
                 nn.BatchNorm2d(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample, self.groups, self.base_width)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
+                             self.grouped_first_1x1)]
         self.inplanes = planes * Bottleneck.expansion
         for _ in range(1, blocks):
-            layers.append(Bottleneck(self.inplanes, planes, groups=self.groups, base_width=self.base_width))
+            layers.append(Bottleneck(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
+                                     grouped_first_1x1=self.grouped_first_1x1))
         return nn.Sequential(*layers)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in range(self.num_stages):
+            x = getattr(self, f"layer{stage + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
@@ -96,3 +106,15 @@ def resnext101_32x8d(**kwargs) -> ResNet:
 
 def resnext101_64x4d(**kwargs) -> ResNet:
     return ResNet([3, 4, 23, 3], groups=64, width_per_group=4, **kwargs)
+
+
+def cifar_resnext50(**kwargs) -> ResNet:
+    """jaxnets' `cifar_resnext50`: the ImageNet stages on a CIFAR stem, the first 1x1 grouped too."""
+    return ResNet([3, 4, 6, 3], groups=32, width_per_group=4, stem="cifar", grouped_first_1x1=True,
+                  **{"num_classes": 100, **kwargs})
+
+
+def resnext29_8x64d(**kwargs) -> ResNet:
+    """jaxnets' `resnext29_8x64d`: three stages of three blocks, 64 channels per group in stage 1."""
+    return ResNet([3, 3, 3], groups=8, width_per_group=64, stage_planes=(64, 128, 256), stem="cifar",
+                  **{"num_classes": 10, **kwargs})

@@ -1,0 +1,42 @@
+"""The benchmark commands run end to end in --tiny mode: every code path on tiny shapes, no speed checked."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_tiny(script, json_path, models):
+    command = [sys.executable, f"benchmarks/{script}", "--tiny", "--models", ",".join(models), "--json", str(json_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    assert json_path.with_suffix(".md").exists()
+    with open(json_path) as f:
+        return json.load(f)
+
+
+def test_cpu_benchmark_tiny(tmp_path):
+    models = ["mobilenet_v2", "enas_macro"]
+    report = run_tiny("cpu.py", tmp_path / "cpu.json", models)
+    assert [row["model"] for row in report["models"]] == models
+    for row in report["models"]:
+        for framework in ("jaxnets", "pytorch"):
+            assert row[framework]["train_images_per_s"] > 0 and row[framework]["forward_images_per_s"] > 0
+            assert row[framework]["memory"]["peak_mib"] > 0, row[framework]["memory"]
+        assert math.isfinite(row["train_ratio"]) and math.isfinite(row["forward_ratio"])
+    assert report["ops"] and all(math.isfinite(op["ratio"]) for op in report["ops"])
+    assert math.isfinite(report["enas_search"]["ratio_traced_over_fixed"])
+    assert not report["environment"]["tensorflow_imported"]
+
+
+def test_gpu_benchmark_tiny(tmp_path):
+    models = ["resnext50_32x4d", "mobilenet_v2"]
+    report = run_tiny("gpu.py", tmp_path / "gpu.json", models)
+    assert [row["model"] for row in report["models"]] == models
+    for row in report["models"]:
+        assert row["jaxnets"]["train_images_per_s"] > 0 and row["pytorch"]["train_images_per_s"] > 0
+        assert math.isfinite(row["train_ratio"])
+    assert not report["environment"]["tensorflow_imported"]

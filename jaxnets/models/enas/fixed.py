@@ -12,6 +12,7 @@ from jaxnets.models.enas.arc import PUBLISHED_FINAL_ARC, Arc, LayerArc, check_ch
 from jaxnets.models.enas.ops import (
     KERNEL_SIZE,
     SEPARABLE,
+    ConcatConvBN,
     ConvBN,
     FactorizedReduction,
     Head,
@@ -52,7 +53,7 @@ class FixedLayer(nn.Module):
             return out
         # Skips in ascending order, then this layer's output; the 1x1 runs even with no skip selected.
         selected = [t for t, bit in zip(prev[:-1], self.spec.skips, strict=True) if bit] + [out]
-        return conv_bn(c, pre_relu=True, name="skip_conv")(jnp.concatenate(selected, axis=-1), train)
+        return ConcatConvBN(c, dtype=self.dtype, name="skip_conv")(selected, train)
 
     def _channel_branches(self, x, conv_bn, train):
         """Channel mode: branch b contributes `count_b` channels (its start only matters in search).

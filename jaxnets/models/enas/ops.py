@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.models.layers import Conv, batch_norm, batch_norm_axis
+from jaxnets.models.layers import Conv, batch_norm, batch_norm_axis, conv2d
 
 # Ops by id, as in the official code.
 CONV3, SEP3, CONV5, SEP5, AVG_POOL, MAX_POOL = range(6)
@@ -91,6 +91,40 @@ class ConvBN(nn.Module):
         if mask is not None:
             return MaskedBatchNorm(epsilon=self.epsilon, dtype=self.dtype, name="bn")(x, mask, train)
         return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(x)
+
+
+class _Kernel(nn.Module):
+    """A conv kernel parameter on its own: the `conv/kernel` of ConvBN's parameter tree."""
+
+    shape: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", he_normal, self.shape)
+
+
+class ConcatConvBN(nn.Module):
+    """ReLU -> 1x1 conv -> BN of the channel concatenation of `inputs`, without building the concatenation.
+
+    The same maths and parameters as `ConvBN(pre_relu=True)` on `jnp.concatenate(inputs, -1)` (`conv/kernel`
+    [1, 1, sum of the inputs' channels, features], `bn`): the sum of each input's 1x1 conv with its rows of the
+    kernel. A layer of the released child concatenates up to 9 x 96 channels at 32x32; not copying them (nor
+    their gradient) took its training step (batch 64, 2-core CPU) from 6.6 s to 5.2 s and its peak memory from
+    7.1 to 5.1 GB (benchmarks/cpu.py).
+    """
+
+    features: int
+    epsilon: float = BN_EPSILON
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs, train: bool):
+        widths = [x.shape[-1] for x in inputs]
+        kernel = _Kernel((1, 1, sum(widths), self.features), name="conv")().astype(self.dtype)
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        y = sum(conv2d(nn.relu(x).astype(self.dtype), kernel[:, :, start : start + width, :])
+                for x, start, width in zip(inputs, starts, widths, strict=True))
+        return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(y)
 
 
 class FactorizedReduction(nn.Module):

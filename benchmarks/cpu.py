@@ -131,7 +131,7 @@ def batch_data(spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def release_memory() -> None:
-    """Returns freed heap to the OS between calls (as models_cpu.py), so neither framework runs on the
+    """Returns freed heap to the OS between calls so neither framework runs on the
     other's freed pages."""
     gc.collect()
     if platform.system() == "Linux":

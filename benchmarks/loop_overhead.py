@@ -67,7 +67,7 @@ def bare_step_images_per_second(config, steps: int, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/quickstart.py")
-    parser.add_argument("--epochs", type=float, default=20.0)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "loop_overhead.json"))
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # recipes import configs/

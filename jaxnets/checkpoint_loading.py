@@ -42,7 +42,9 @@ def load_checkpoint(path, device=None):
 
     step_dir = resolve_step_dir(path)
     meta = read_meta(step_dir)
-    config = ml_collections.ConfigDict(_tuples(meta["config"]))
+    saved = _tuples(meta["config"])
+    saved.get("model_overrides", {}).pop("conv_lowering", None)  # a model field before 2026-11; now the trainer's
+    config = ml_collections.ConfigDict(saved)
     device = jax.devices("cpu")[0] if device is None else device
     restored = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(device))
     params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]

@@ -201,3 +201,25 @@ ONEDNN_WHEEL_EXISTS = sys.platform == "linux" and platform.machine() == "x86_64"
 def test_onednn_extension_is_built_where_its_wheel_exists():
     """`pip install -e .` builds the extension here; a silent fallback would make every CPU run slower."""
     assert onednn.available() and onednn.version() == "3.2.0"
+
+
+POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)
+
+
+@pytest.mark.parametrize(("size", "stride", "padding", "height"), POOLS)
+def test_pools_match_flax(size, stride, padding, height):
+    """Strided-slice pools = Flax's reduce-window pools, values and (tie-free input) gradients."""
+    from flax import linen as nn
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, height, height, 3), dtype=np.float32))
+    pads = ((padding, padding), (padding, padding))
+    pairs = {
+        "max": (functools.partial(layers.max_pool, size=size, stride=stride, padding=padding),
+                lambda x: nn.max_pool(x, (size, size), (stride, stride), pads)),
+        "avg": (functools.partial(layers.avg_pool, size=size, stride=stride, padding=padding),
+                lambda x: nn.avg_pool(x, (size, size), (stride, stride), pads, count_include_pad=False)),
+    }
+    for kind, (ours, flax_pool) in pairs.items():
+        np.testing.assert_allclose(ours(x), flax_pool(x), rtol=1e-6, atol=1e-6, err_msg=kind)
+        grad = [jax.grad(lambda x, f=f: jnp.sum(f(x) * jnp.cos(f(x))))(x) for f in (ours, flax_pool)]
+        np.testing.assert_allclose(grad[0], grad[1], rtol=1e-5, atol=1e-6, err_msg=f"{kind} gradient")

@@ -83,7 +83,7 @@ class ResNeXt(nn.Module):
         if self.stem == "imagenet":
             x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # [N, H/4, W/4, 64]
+            x = layers.max_pool(x, size=3, stride=2, padding=1)  # [N, H/4, W/4, 64]
         elif self.stem == "cifar":
             x = conv(64, 3, padding=1, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))  # [N, H, W, 64]

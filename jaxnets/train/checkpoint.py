@@ -34,7 +34,8 @@ from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
 log = logging.getLogger("jaxnets")
 
 # Fields that change the parameters' structure: a checkpoint cannot continue under other values.
-# (conv_lowering changes how convs are computed, never the parameters.)
+# (`model_overrides.conv_lowering`, a model field before 2026-11, changed how convs are computed, never the
+# parameters: checkpoints that saved it resume without it.)
 MODEL_FIELDS = ("model", "model_overrides", "dataset")
 _PORTABLE_OVERRIDES = ("conv_lowering",)
 # Fields that change the rest of the train state (optimizer slots, EMA, clipping and decay stages), named

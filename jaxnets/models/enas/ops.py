@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.models.layers import Conv, batch_norm, batch_norm_axis, conv2d
+from jaxnets.models.layers import Conv, avg_pool, batch_norm, batch_norm_axis, conv2d, max_pool
 
 # Ops by id, as in the official code.
 CONV3, SEP3, CONV5, SEP5, AVG_POOL, MAX_POOL = range(6)
@@ -56,9 +56,9 @@ def pool_layers(num_layers: int) -> tuple[int, ...]:
 def pool3x3(x: jax.Array, op: int) -> jax.Array:
     """3x3 stride-1 SAME pool; the average excludes padded cells (TF's `average_pooling2d`)."""
     if op == AVG_POOL:
-        return nn.avg_pool(x, (3, 3), (1, 1), "SAME", count_include_pad=False).astype(x.dtype)
+        return avg_pool(x, size=3, stride=1, padding=1)
     if op == MAX_POOL:
-        return nn.max_pool(x, (3, 3), (1, 1), "SAME")
+        return max_pool(x, size=3, stride=1, padding=1)
     raise ValueError(f"op {op} is not a pool")
 
 

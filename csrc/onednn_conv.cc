@@ -7,8 +7,8 @@
 // Layouts are JAX's: activations NHWC, kernels HWIO ([kh, kw, in/groups, out]), described to oneDNN by
 // strides, so nothing is transposed in XLA. Kernels are handed to oneDNN's own preferred layout by a
 // reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower).
-// Primitives are created once per shape and cached; the scratchpad is per call (user mode), so the same
-// primitive may run on several XLA threads at once.
+// Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
+// primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
 #include <cstdint>
 #include <memory>
@@ -172,6 +172,12 @@ ffi::ErrorOr<ConvShape> Shape(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyB
   if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4) {
     return ffi::Unexpected(ffi::Error::InvalidArgument("jaxnets oneDNN convolution: arrays must be 4-D (NHWC, HWIO)"));
   }
+  if (groups < 1 || xd[3] != kd[2] * groups || yd[3] != kd[3] || yd[3] % groups || xd[0] != yd[0] ||
+      kernel.element_type() != x.element_type() || y.element_type() != x.element_type()) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "jaxnets oneDNN convolution: input, kernel and output do not fit each other (channels, groups, batch or "
+        "dtype)"));
+  }
   auto type = DataType(x.element_type());
   if (type.has_error()) return ffi::Unexpected(type.error());
   return ConvShape{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kd[0], kd[1], stride, groups,
@@ -210,7 +216,7 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi:
     Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
                 {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
                 {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution forward: ") + e.what());
   }
   return ffi::Error::Success();
@@ -226,7 +232,7 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
     Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
                 {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
                 {DNNL_ARG_DIFF_SRC, memory(s->Input(), Engine(), dx->untyped_data())}});
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution input gradient: ") + e.what());
   }
   return ffi::Error::Success();
@@ -252,7 +258,7 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
       plan->kernel_reorder.execute(stream, computed, user);
       stream.wait();
     }
-  } catch (const dnnl::error& e) {
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient: ") + e.what());
   }
   return ffi::Error::Success();
@@ -283,6 +289,16 @@ NB_MODULE(_onednn, m) {
     handlers["jaxnets_onednn_conv_input_gradient"] = Capsule(ConvInputGradient);
     handlers["jaxnets_onednn_conv_kernel_gradient"] = Capsule(ConvKernelGradient);
     return handlers;
+  });
+  // bfloat16 convolutions need AVX-512 (or AVX2-VNNI-2): true when oneDNN can build one on this CPU.
+  m.def("bfloat16_supported", [] {
+    try {
+      ConvShape s{1, 4, 4, 16, 4, 4, 16, 3, 3, 1, 1, 1, 1, 1, 1, memory::data_type::bf16};
+      ForwardDesc(s);
+      return true;
+    } catch (const std::exception&) {
+      return false;
+    }
   });
   m.def("version", [] {
     const dnnl_version_t* v = dnnl_version();

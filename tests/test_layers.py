@@ -19,6 +19,7 @@ CPU_LOWERINGS = ["decomposed", "onednn"]
 CASES = {
     "pointwise": (9, 16, 24, 1, 1, 0, 1),
     "pointwise_strided": (9, 16, 24, 1, 2, 0, 1),
+    "pointwise_strided_padded": (4, 16, 24, 1, 2, 1, 1),
     "dense_3x3": (9, 8, 12, 3, 1, 1, 1),
     "dense_3x3_on_2x2": (2, 16, 16, 3, 1, 1, 1),  # a kernel larger than its input (ResNeXt's last stage)
     "dense_3x3_strided_odd": (7, 8, 8, 3, 2, 1, 1),
@@ -223,3 +224,16 @@ def test_pools_match_flax(size, stride, padding, height):
         np.testing.assert_allclose(ours(x), flax_pool(x), rtol=1e-6, atol=1e-6, err_msg=kind)
         grad = [jax.grad(lambda x, f=f: jnp.sum(f(x) * jnp.cos(f(x))))(x) for f in (ours, flax_pool)]
         np.testing.assert_allclose(grad[0], grad[1], rtol=1e-5, atol=1e-6, err_msg=f"{kind} gradient")
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+def test_onednn_refuses_a_kernel_that_does_not_fit_and_falls_back_for_dtypes_it_cannot_compute(monkeypatch):
+    x, kernel, stride, padding, groups = random_case("grouped_block_diagonal")
+    with pytest.raises(ValueError, match=r"input \(2, 9, 9, 32\) and kernel \(3, 3, 4, 32\) \(HWIO\) do not fit"):
+        onednn.conv2d(x, kernel, padding=1, groups=4)  # 8 groups' kernel, told 4
+    onednn.supported_dtypes.cache_clear()
+    monkeypatch.setattr(onednn, "supported_dtypes", lambda: (jnp.dtype(jnp.float32),))  # a CPU without AVX-512
+    bf16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    (_, got), _ = loss_and_grads("onednn", *bf16, stride, padding, groups)
+    (_, want), _ = loss_and_grads("decomposed", *bf16, stride, padding, groups)
+    np.testing.assert_array_equal(got, want)  # the "decomposed" formulation, not an error at run time

@@ -75,7 +75,9 @@ def resolve_lowering(lowering: Lowering = "auto", platform: str | None = None, k
 
     Precedence: an explicit `lowering`, then the `conv_lowering` context, then $JAXNETS_CONV_LOWERING, then
     the registry's first available lowering for (platform, kind). oneDNN runs on the CPU only: asked for
-    elsewhere, XLA's convolution is used.
+    elsewhere, XLA's convolution is used (but `conv2d` resolves the CPU's lowering too, so asking for "onednn"
+    where it is not built raises even for a GPU run). oneDNN computes float32, and bfloat16 where the CPU can;
+    other dtypes take the "decomposed" formulations.
     """
     platform = platform or jax.default_backend()
     for choice in (lowering, _OVERRIDE.get(), os.environ.get(LOWERING_ENV_VAR, "auto")):
@@ -95,7 +97,7 @@ def resolve_lowering(lowering: Lowering = "auto", platform: str | None = None, k
 def _check_name(lowering: str) -> None:
     if lowering not in LOWERINGS:
         raise ValueError(f"conv lowering {lowering!r} is not one of {LOWERINGS} "
-                         f"(check config.conv_lowering or ${LOWERING_ENV_VAR})")
+                         f"(check config.conv_lowering, ${LOWERING_ENV_VAR} or the lowering passed to conv2d)")
 
 
 def _available(lowering: str) -> bool:
@@ -142,8 +144,10 @@ def _lower_with(lowering, x, kernel, *, stride, padding, groups):
 def _onednn_conv(x, kernel, stride, padding, groups):
     from jaxnets.ops import onednn
 
+    if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
+        return _decomposed_conv(x, kernel, stride, padding, groups)
     kh, kw, _, _ = kernel.shape
-    if kh == kw == 1 and stride > 1:  # a strided 1x1 reads every stride-th pixel: slice, then a 1x1 conv
+    if kh == kw == 1 and stride > 1 and padding == 0:  # reads every stride-th pixel: slice, then a 1x1 conv
         x, stride = x[:, ::stride, ::stride, :], 1
     return onednn.conv2d(x, kernel, stride=stride, padding=padding, groups=groups)
 
@@ -221,7 +225,8 @@ def max_pool(x: jax.Array, size: int, stride: int, padding: int) -> jax.Array:
 
     XLA:CPU's reduce-window and its gradient ran 10x slower (ResNeXt-50's 3x3/2 stem pool at 64x64, batch 32:
     34 ms forward+backward, 3 ms this way). Where several cells tie for the maximum their gradient is shared
-    instead of going to one; after a ReLU ties are zeros, whose gradient the ReLU stops anyway.
+    instead of going to one (unevenly: halved at each tied maximum); after a ReLU, ties are zeros, whose
+    gradient the ReLU stops anyway.
     """
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
     windows = [window for _, _, window in _taps(padded, size, size, stride)]

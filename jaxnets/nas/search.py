@@ -26,6 +26,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
+from jaxnets.models import layers
 from jaxnets.models.enas import OP_NAMES, arc_length, format_arc, parse_arc
 from jaxnets.models.enas.arc import layer_offsets
 from jaxnets.nas import reinforce
@@ -295,6 +296,10 @@ class SearchTask:
     def final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
         """The best of `search_final_arcs` samples on the whole held-out split, and (with the controller) as
         many uniform random arcs scored the same way for comparison. Collective: every process calls it."""
+        with layers.conv_lowering(self.config.conv_lowering):  # traced here, outside the trainer's steps
+            return self._final_pick(mesh, state, eval_batches, shard)
+
+    def _final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
         count = self.config.search_final_arcs
         purposes = {"samples": _FINAL_ARCS}
         if self.config.search_strategy == "enas":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.metadata
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +24,11 @@ def _extension():
     try:
         library = next(f for f in importlib.metadata.distribution("onednn-cpu-gomp").files or ()
                        if f.name == "libdnnl.so.3")
-        # Loaded by path, globally, so that the extension's dependency on libdnnl.so.3 resolves to it.
-        ctypes.CDLL(str(library.locate()), mode=ctypes.RTLD_GLOBAL)
+        # Loaded by path first: the extension's dependency on libdnnl.so.3 then resolves to it (by its soname).
+        ctypes.CDLL(str(library.locate()))
         from jaxnets.ops import _onednn
-    except (importlib.metadata.PackageNotFoundError, StopIteration, ImportError, OSError):
+    except (importlib.metadata.PackageNotFoundError, StopIteration, ImportError, OSError) as e:
+        logging.getLogger("jaxnets").debug("no oneDNN convolutions (%s: %s): XLA's are used", type(e).__name__, e)
         return None
     for name, handler in _onednn.handlers().items():
         jax.ffi.register_ffi_target(name, handler, platform="cpu")
@@ -37,17 +39,35 @@ def available() -> bool:
     return _extension() is not None
 
 
+@functools.cache
+def supported_dtypes() -> tuple:
+    """The dtypes `conv2d` computes on this CPU: float32, and bfloat16 where the CPU has AVX-512 (or
+    AVX2-VNNI-2); () where the extension is not built."""
+    extension = _extension()
+    if extension is None:
+        return ()
+    bfloat16 = (jnp.dtype(jnp.bfloat16),) if extension.bfloat16_supported() else ()
+    return (jnp.dtype(jnp.float32), *bfloat16)
+
+
 def version() -> str | None:
     extension = _extension()
     return extension.version() if extension is not None else None
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:
-    """NHWC x HWIO convolution with PyTorch's symmetric `padding`, through oneDNN (CPU only)."""
+    """NHWC x HWIO convolution with PyTorch's symmetric `padding`, through oneDNN (CPU only).
+
+    Differentiable in reverse mode (`jax.grad`, `jax.vjp`); a `jax.custom_vjp` has no forward mode (`jax.jvp`).
+    """
     if _extension() is None:
         raise RuntimeError("jaxnets' oneDNN convolutions are not built here (see jaxnets.ops.onednn.available())")
-    if x.dtype != kernel.dtype or x.dtype not in (jnp.float32, jnp.bfloat16):
-        raise ValueError(f"oneDNN convolution takes float32 or bfloat16, not {x.dtype} x {kernel.dtype}")
+    if x.dtype != kernel.dtype or x.dtype not in supported_dtypes():
+        raise ValueError(f"oneDNN convolution here takes {[str(d) for d in supported_dtypes()]}, not "
+                         f"{x.dtype} x {kernel.dtype}")
+    if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2] * groups or kernel.shape[3] % groups:
+        raise ValueError(f"oneDNN convolution: input {x.shape} and kernel {kernel.shape} (HWIO) do not fit "
+                         f"groups={groups}")
     kh, kw = kernel.shape[:2]
     height, width = (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1
     # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
@@ -79,7 +99,8 @@ def _result(shape, like) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, like.dtype, sharding=aval.sharding, manual_axis_type=aval.manual_axis_type)
 
 
-def _geometry(x_shape, kernel_shape, stride, padding, groups) -> dict:
+def _geometry(x_shape, kernel_shape, stride, padding, groups) -> tuple[dict, tuple[int, ...]]:
+    """-> (the FFI calls' attributes, the output's shape)."""
     kh, kw, _, _ = kernel_shape
     height, width = (x_shape[1] + 2 * padding - kh) // stride + 1, (x_shape[2] + 2 * padding - kw) // stride + 1
     return dict(

@@ -67,7 +67,8 @@ class Trainer:
     epoch_update: Callable[[State, dict], tuple[State, dict]] | None = None
 
     def init_state(self) -> State:
-        return jax.jit(self.task.init_state, out_shardings=parallel.replicated(self.mesh))()
+        init = with_conv_lowering(self.task.init_state, self.config.conv_lowering)
+        return jax.jit(init, out_shardings=parallel.replicated(self.mesh))()
 
     def abstract_state(self) -> State:
         """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""

@@ -1,15 +1,14 @@
-"""Convolution, normalisation and initialisers shared by every jaxnets model.
+"""Convolution, pooling, normalisation and initialisers shared by every jaxnets model.
 
-All convolutions go through `conv2d`, which is where the backend-dependent lowering lives. The stored
+All convolutions go through `conv2d`, which is where the platform-dependent lowering lives. The stored
 kernel is always the Flax/HWIO layout `[kh, kw, in/groups, out]`, whatever the lowering, so a
 checkpoint written on a GPU opens on a CPU and vice versa.
 
-Why the lowering matters (measured on the 2-core CPU machines, forward+backward, see DESIGN.md and
-benchmarks/): XLA:CPU's native grouped convolution is 25-70x slower than the same maths expressed as
-dense block-diagonal convolutions or batched matmuls, its depthwise convolution ~8x slower than nine
-shifted multiply-adds, and a 1x1 convolution ~5x slower than the equivalent matmul. On GPU and TPU the native
-`lax.conv_general_dilated` is what cuDNN / the TPU compiler want, so "auto" keeps it there.
-"""
+Why the lowering matters (measured on the 2-core CPU machines, forward+backward, see benchmarks/): XLA:CPU's
+native grouped convolution is 25-70x slower than the same maths expressed as dense block-diagonal convolutions
+or batched matmuls ("decomposed"), which are still 8-15x slower than oneDNN's kernels ("onednn", what PyTorch
+uses: jaxnets/ops/onednn.py), and its depthwise convolution ~8x slower than nine shifted multiply-adds. On GPU
+and TPU the native `lax.conv_general_dilated` is what cuDNN / the TPU compiler want, so "auto" keeps it there."""
 
 from __future__ import annotations
 

@@ -32,7 +32,6 @@ import atexit
 import ctypes
 import functools
 import gc
-import importlib.metadata
 import json
 import math
 import os
@@ -53,7 +52,7 @@ import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
-from flax.traverse_util import flatten_dict, unflatten_dict
+from common import host_variables, package_version, sgd_train_step
 
 from jaxnets.models import create_model, layers, list_models
 from jaxnets.models.enas import random_arc
@@ -83,6 +82,13 @@ def _tiny_enas_arc() -> str:
     return " ".join(map(str, random_arc(0, 3, 4)))  # 3 layers, the released 4 ops
 
 
+def _twin(module, builder: str, **kwargs) -> dict:
+    """ModelSpec's PyTorch fields for `module.builder(num_classes=10, **kwargs)` (a jaxnets.reference twin)."""
+    arguments = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return {"torch_builder": lambda: getattr(module, builder)(num_classes=NUM_CLASSES, **kwargs),
+            "torch_text": f"{module.__name__}.{builder}(num_classes={NUM_CLASSES}{arguments})"}
+
+
 def model_specs(tiny: bool = False) -> dict[str, ModelSpec]:
     from jaxnets.reference import torch_enas, torchvision_mobilenetv2, torchvision_resnext
 
@@ -90,37 +96,17 @@ def model_specs(tiny: bool = False) -> dict[str, ModelSpec]:
     # --tiny keeps every architecture but ENAS's released 24 x 96 child (a minute to compile): 3 layers of 8.
     enas = dict(num_layers=3, num_filters=8, arc=_tiny_enas_arc()) if tiny else {}
     return {
-        "resnext50_32x4d": ModelSpec(
-            "resnext50_32x4d", *imagenet,
-            torch_builder=lambda: torchvision_resnext.resnext50_32x4d(num_classes=NUM_CLASSES),
-            torch_text="jaxnets.reference.torchvision_resnext.resnext50_32x4d(num_classes=10)",
-        ),
-        "mobilenet_v2": ModelSpec(
-            "mobilenet_v2", *imagenet,
-            torch_builder=lambda: torchvision_mobilenetv2.mobilenet_v2(num_classes=NUM_CLASSES),
-            torch_text="jaxnets.reference.torchvision_mobilenetv2.mobilenet_v2(num_classes=10)",
-        ),
-        "cifar_resnext50": ModelSpec(
-            "cifar_resnext50", *cifar,
-            torch_builder=lambda: torchvision_resnext.cifar_resnext50(num_classes=NUM_CLASSES),
-            torch_text="jaxnets.reference.torchvision_resnext.cifar_resnext50(num_classes=10)",
-        ),
-        "resnext29_8x64d": ModelSpec(
-            "resnext29_8x64d", *cifar,
-            torch_builder=lambda: torchvision_resnext.resnext29_8x64d(num_classes=NUM_CLASSES),
-            torch_text="jaxnets.reference.torchvision_resnext.resnext29_8x64d(num_classes=10)",
-        ),
+        "resnext50_32x4d": ModelSpec("resnext50_32x4d", *imagenet, **_twin(torchvision_resnext, "resnext50_32x4d")),
+        "mobilenet_v2": ModelSpec("mobilenet_v2", *imagenet, **_twin(torchvision_mobilenetv2, "mobilenet_v2")),
+        "cifar_resnext50": ModelSpec("cifar_resnext50", *cifar, **_twin(torchvision_resnext, "cifar_resnext50")),
+        "resnext29_8x64d": ModelSpec("resnext29_8x64d", *cifar, **_twin(torchvision_resnext, "resnext29_8x64d")),
         "cifar_mobilenet_v2": ModelSpec(
             "cifar_mobilenet_v2", *cifar,
             no_twin="no PyTorch twin in jaxnets.reference: torchvision_mobilenetv2 builds only torchvision's "
             "MobileNetV2 (3x3/2 stem, no conv biases, no expand conv at t=1, 160 stage at stride 2)",
         ),
-        "enas_macro": ModelSpec(
-            "enas_macro", *cifar, jax_overrides=enas,
-            torch_builder=lambda: torch_enas.ENASMacroChild(num_classes=NUM_CLASSES, **enas),
-            torch_text="jaxnets.reference.torch_enas.ENASMacroChild(num_classes=10"
-            + "".join(f", {k}={v!r}" for k, v in enas.items()) + ")",
-        ),
+        "enas_macro": ModelSpec("enas_macro", *cifar, jax_overrides=enas,
+                                **_twin(torch_enas, "ENASMacroChild", **enas)),
     }
 
 
@@ -141,28 +127,6 @@ def release_memory() -> None:
 # --- the two frameworks' steps ---------------------------------------------------------------------------
 
 
-def init_variables(model, x) -> dict:
-    """The model's variables, shaped by `jax.eval_shape(model.init)` and filled from a fixed numpy draw:
-    kernels He-normal (N(0, 2 / fan_in)), BN scales and variances 1, biases and means 0.
-
-    Not `model.init` itself: XLA:CPU compiles an init in 3-6 s (it runs every initialiser and the forward
-    pass), and a step's speed does not depend on the weights' values.
-    """
-    shapes = flatten_dict(jax.eval_shape(model.init, jax.random.key(0), x))
-    rng = np.random.default_rng(0)
-    values = {}
-    for path, leaf in shapes.items():
-        if path[-1] == "kernel":
-            fan_in = math.prod(leaf.shape[:-1])
-            value = rng.standard_normal(leaf.shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
-        elif path[-1] in ("scale", "var"):
-            value = np.ones(leaf.shape, np.float32)
-        else:  # bias, mean
-            value = np.zeros(leaf.shape, np.float32)
-        values[path] = jnp.asarray(value, leaf.dtype)
-    return unflatten_dict(values)
-
-
 class JaxRunner:
     """The jitted train step (state donated) and eval forward of one Flax model, compiled up front.
 
@@ -175,27 +139,14 @@ class JaxRunner:
         self.y = jnp.asarray(labels, jnp.int32)
         self.extra = tuple(extra)
         self.key = jax.random.key(1)  # dropout
-        variables = init_variables(model, self.x)
+        variables = jax.tree.map(jnp.asarray, host_variables(model, self.x))
         tx = optax.sgd(0.1, momentum=0.9)
         self.state = {
             "params": variables["params"],
             "batch_stats": variables.get("batch_stats", {}),
             "opt": tx.init(variables["params"]),
         }
-
-        def step(state, x, y, key, *extra):
-            def loss_fn(params):
-                logits, updates = model.apply(
-                    {"params": params, "batch_stats": state["batch_stats"]}, x, *extra, train=True,
-                    mutable=["batch_stats"], rngs={"dropout": key},
-                )
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-                return loss, updates.get("batch_stats", {})
-
-            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-            updates, opt = tx.update(grads, state["opt"], state["params"])
-            params = optax.apply_updates(state["params"], updates)
-            return {"params": params, "batch_stats": batch_stats, "opt": opt}, loss
+        step = sgd_train_step(model, tx)
 
         start = time.perf_counter()
         self.train_step = jax.jit(step, donate_argnums=0).lower(
@@ -583,13 +534,6 @@ def measure_enas_search(rounds: int, tiny: bool) -> dict:
 # --- report ---------------------------------------------------------------------------------------------
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -628,9 +572,9 @@ def environment() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "jaxlib": _version("jaxlib"),
-        "flax": _version("flax"),
-        "optax": _version("optax"),
+        "jaxlib": package_version("jaxlib"),
+        "flax": package_version("flax"),
+        "optax": package_version("optax"),
         "numpy": np.__version__,
         "jax_backend": jax.default_backend(),
         "jax_devices": len(jax.devices()),

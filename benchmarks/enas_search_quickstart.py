@@ -14,7 +14,6 @@ Runs one train.py at a time (the machine has 2 cores).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import platform
@@ -24,6 +23,7 @@ import sys
 import time
 
 import numpy as np
+from common import load_recipe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -36,13 +36,6 @@ def train(config: pathlib.Path, workdir: pathlib.Path) -> float:
         subprocess.run([sys.executable, "train.py", "--config", str(config), "--workdir", str(workdir)], cwd=REPO,
                        stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - start
-
-
-def load_recipe(path: pathlib.Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def jsonl(path: pathlib.Path) -> list[dict]:

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.metadata
 import json
-import math
 import os
 import platform
 import statistics
@@ -44,7 +42,7 @@ import numpy as np
 import optax
 import torch
 import torch.nn.functional as F
-from flax.traverse_util import flatten_dict, unflatten_dict
+from common import host_variables, package_version, sgd_train_step
 
 from jaxnets.models import create_model
 
@@ -69,44 +67,17 @@ def torch_model(name: str) -> tuple[Callable[[], torch.nn.Module], str]:
             f"(torchvision {torchvision.__version__})")
 
 
-def init_variables(model, x) -> dict:
-    """Host (numpy) variables of the model's shapes: kernels He-normal, BN scales and variances 1, biases and
-    means 0. Not `model.init`: compiling an init costs seconds and a step's speed does not depend on the
-    weights' values. Kept on the host because a donated state is consumed, and every batch starts afresh."""
-    shapes = flatten_dict(jax.eval_shape(model.init, jax.random.key(0), x))
-    rng = np.random.default_rng(0)
-    values = {}
-    for path, leaf in shapes.items():
-        if path[-1] == "kernel":
-            values[path] = rng.standard_normal(leaf.shape, dtype=np.float32) * np.float32(
-                math.sqrt(2.0 / math.prod(leaf.shape[:-1])))
-        elif path[-1] in ("scale", "var"):
-            values[path] = np.ones(leaf.shape, np.float32)
-        else:  # bias, mean
-            values[path] = np.zeros(leaf.shape, np.float32)
-    return unflatten_dict(values)
-
-
 class JaxRunner:
-    def __init__(self, model, host_variables: dict, images_nchw: np.ndarray, labels: np.ndarray):
+    def __init__(self, model, variables: dict, images_nchw: np.ndarray, labels: np.ndarray):
         self.x = jax.device_put(images_nchw.transpose(0, 2, 3, 1))
         self.y = jax.device_put(labels.astype(np.int32))
         self.key = jax.random.key(1)  # dropout
         tx = optax.sgd(0.1, momentum=0.9)
-        params = jax.device_put(host_variables["params"])
-        self.state = {"params": params, "batch_stats": jax.device_put(host_variables.get("batch_stats", {})),
+        params = jax.device_put(variables["params"])
+        self.state = {"params": params, "batch_stats": jax.device_put(variables.get("batch_stats", {})),
                       "opt": tx.init(params)}
 
-        def step(state, x, y, key):
-            def loss_fn(params):
-                logits, updates = model.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
-                                              train=True, mutable=["batch_stats"], rngs={"dropout": key})
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
-
-            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-            updates, opt = tx.update(grads, state["opt"], state["params"])
-            return {"params": optax.apply_updates(state["params"], updates), "batch_stats": batch_stats,
-                    "opt": opt}, loss
+        step = sgd_train_step(model, tx)
 
         start = time.perf_counter()
         self.step = jax.jit(step, donate_argnums=0).lower(self.state, self.x, self.y, self.key).compile()
@@ -167,7 +138,7 @@ def jax_peak_gib() -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def measure_batch(name: str, batch: int, size: int, alive: dict, host_variables: dict, args, device) -> dict:
+def measure_batch(name: str, batch: int, size: int, alive: dict, variables: dict, args, device) -> dict:
     rng = np.random.default_rng(batch)
     images = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
     labels = rng.integers(0, NUM_CLASSES, batch)
@@ -181,7 +152,7 @@ def measure_batch(name: str, batch: int, size: int, alive: dict, host_variables:
             if device.type == "cuda" and fw == "pytorch":
                 torch.cuda.reset_peak_memory_stats()
             if fw == "jaxnets":
-                runner = JaxRunner(create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16), host_variables,
+                runner = JaxRunner(create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16), variables,
                                    images, labels)
             else:
                 torch._dynamo.reset()  # a fresh compile per batch, no recompile limits or dynamic shapes
@@ -228,13 +199,13 @@ def measure_batch(name: str, batch: int, size: int, alive: dict, host_variables:
 
 def measure_model(name: str, args, device) -> dict:
     model = create_model(name, num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
-    host_variables = init_variables(model, jnp.zeros((1, args.size, args.size, 3)))
+    variables = host_variables(model, jnp.zeros((1, args.size, args.size, 3)))
     alive = dict.fromkeys(FRAMEWORKS, True)
     sweep = []
     for batch in args.batches:
         if not any(alive.values()):
             break
-        sweep.append(measure_batch(name, batch, args.size, alive, host_variables, args, device))
+        sweep.append(measure_batch(name, batch, args.size, alive, variables, args, device))
         r = sweep[-1]
         print(f"{name} batch {batch}: " + ", ".join(
             f"{fw} {r[fw]['train_images_per_s']:.1f} img/s" if "train_images_per_s" in r[fw]
@@ -248,13 +219,6 @@ def measure_model(name: str, args, device) -> dict:
     result["train_ratio"] = (result["jaxnets"]["train_images_per_s"] / result["pytorch"]["train_images_per_s"]
                              if result["jaxnets"] and result["pytorch"] else None)
     return result
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _driver() -> str | None:
@@ -278,10 +242,10 @@ def environment(device: torch.device) -> dict:
         "nvidia_smi": _driver() if cuda else None,
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "jaxlib": _version("jaxlib"),
-        "jax_cuda_plugin": _version("jax-cuda12-plugin") or _version("jax-cuda13-plugin"),
-        "flax": _version("flax"),
-        "optax": _version("optax"),
+        "jaxlib": package_version("jaxlib"),
+        "jax_cuda_plugin": package_version("jax-cuda12-plugin") or package_version("jax-cuda13-plugin"),
+        "flax": package_version("flax"),
+        "optax": package_version("optax"),
         "jax_backend": jax.default_backend(),
         "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS"),
@@ -290,8 +254,8 @@ def environment(device: torch.device) -> dict:
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "torchvision": _version("torchvision"),
-        "triton": _version("triton"),
+        "torchvision": package_version("torchvision"),
+        "triton": package_version("triton"),
         "torch_threads": torch.get_num_threads(),
         "tensorflow_imported": "tensorflow" in sys.modules,
     }

@@ -12,7 +12,6 @@ one device-resident batch, back to back, blocking once at the end of each round.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -23,13 +22,11 @@ import time
 
 import jax
 import numpy as np
+from common import load_recipe
 
 
-def load_config(path: str, epochs: float):
-    spec = importlib.util.spec_from_file_location("recipe", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
-    config = recipe.get_config()
+def load_config(path: str, epochs: int):
+    config = load_recipe(path)
     config.num_epochs = epochs
     return config
 

@@ -34,6 +34,12 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// This XLA thread's in-order stream (on the CPU, executing on it runs the primitive and returns when done).
+dnnl::stream& Stream() {
+  thread_local dnnl::stream stream(Engine());
+  return stream;
+}
+
 // One convolution's geometry, as the three calls see it.
 struct ConvShape {
   int64_t n, h, w, c;     // input, NHWC
@@ -103,16 +109,24 @@ std::shared_ptr<const Plan> CachedPlan(const std::string& key, Build build) {
   return plans.emplace(key, plan).first->second;
 }
 
+// A plan around `conv`, whose kernel (or, for the kernel gradient, `kernel_is_result`) oneDNN wants in `chosen`:
+// with a reorder from HWIO into it (or out of it into HWIO) unless it is HWIO already.
+Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chosen, const memory::desc& scratchpad,
+              bool kernel_is_result) {
+  Plan plan{conv, chosen, scratchpad};
+  if (chosen != s.KernelHWIO()) {
+    plan.kernel_reordered = true;
+    const memory::desc& from = kernel_is_result ? chosen : s.KernelHWIO();
+    const memory::desc& to = kernel_is_result ? s.KernelHWIO() : chosen;
+    plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+  }
+  return plan;
+}
+
 std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
   return CachedPlan(s.Key("fwd"), [&] {
     auto pd = ForwardDesc(s);
-    Plan plan{dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc()};
-    if (pd.weights_desc() != s.KernelHWIO()) {
-      plan.kernel_reordered = true;
-      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), s.KernelHWIO(), Engine(),
-                                                                        pd.weights_desc()));
-    }
-    return plan;
+    return MakePlan(s, dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
 }
 
@@ -121,13 +135,7 @@ std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
         s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
-    Plan plan{dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc()};
-    if (pd.weights_desc() != s.KernelHWIO()) {
-      plan.kernel_reordered = true;
-      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), s.KernelHWIO(), Engine(),
-                                                                        pd.weights_desc()));
-    }
-    return plan;
+    return MakePlan(s, dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
 }
 
@@ -136,13 +144,7 @@ std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
         s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
-    Plan plan{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc()};
-    if (pd.diff_weights_desc() != s.KernelHWIO()) {  // computed in oneDNN's layout, then reordered to HWIO
-      plan.kernel_reordered = true;
-      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), pd.diff_weights_desc(),
-                                                                        Engine(), s.KernelHWIO()));
-    }
-    return plan;
+    return MakePlan(s, dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(), pd.scratchpad_desc(), true);
   });
 }
 
@@ -185,7 +187,7 @@ ffi::ErrorOr<ConvShape> Shape(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyB
 }
 
 void Run(const Plan& plan, std::unordered_map<int, memory> args) {
-  dnnl::stream stream(Engine());
+  dnnl::stream& stream = Stream();
   args[DNNL_ARG_SCRATCHPAD] =
       memory(plan.scratchpad_desc, Engine(), Buffers::Sized(buffers.scratchpad, plan.scratchpad_desc.get_size()));
   plan.conv.execute(stream, args);
@@ -201,7 +203,7 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   memory user(s.KernelHWIO(), Engine(), hwio);
   if (!plan.kernel_reordered) return user;
   memory chosen(plan.kernel_desc, Engine(), Buffers::Sized(buffers.kernel, plan.kernel_desc.get_size()));
-  dnnl::stream stream(Engine());
+  dnnl::stream& stream = Stream();
   plan.kernel_reorder.execute(stream, user, chosen);
   stream.wait();
   return chosen;
@@ -254,7 +256,7 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
                 {DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
                 {DNNL_ARG_DIFF_WEIGHTS, computed}});
     if (plan->kernel_reordered) {
-      dnnl::stream stream(Engine());
+      dnnl::stream& stream = Stream();
       plan->kernel_reorder.execute(stream, computed, user);
       stream.wait();
     }

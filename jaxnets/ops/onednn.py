@@ -69,7 +69,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
         raise ValueError(f"oneDNN convolution: input {x.shape} and kernel {kernel.shape} (HWIO) do not fit "
                          f"groups={groups}")
     kh, kw = kernel.shape[:2]
-    height, width = (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1
+    _, (_, height, width, _) = _geometry(x.shape, kernel.shape, stride, padding, groups)
     # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
     x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
     x, kernel = _varying_alike(x, kernel)

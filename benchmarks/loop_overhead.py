@@ -39,6 +39,8 @@ def loop_images_per_second(config) -> tuple[float, list[float]]:
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             records = [json.loads(line) for line in f]
     rates = [r["images_per_second"] for r in records if "images_per_second" in r][1:]  # after compilation
+    if not rates:
+        raise SystemExit(f"--epochs={config.num_epochs} logs no progress window after the first: use more epochs")
     return statistics.median(rates), rates
 
 

@@ -347,21 +347,22 @@ def test_cifar_train_augmentation_is_a_padded_shift_and_maybe_a_flip():
     spec = data.DATASETS["cifar10"]
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     padded = np.pad(image, [(4, 4), (4, 4), (0, 0)]).astype(np.float32) / 255
-    candidates = [
-        (padded[y : y + 32, x : x + 32] - spec.mean) / spec.std for y in range(9) for x in range(9)
-    ]  # every crop of the zero-padded image
-    seen = set()
-    for i in range(20):
-        out = preprocess.cifar(tf.constant(image), spec, 32, True, tf.constant([0, i], tf.int64)).numpy()
-        matches = [
-            (k, flip)
-            for k, c in enumerate(candidates)
-            for flip in (False, True)
-            if np.allclose(out, c[:, ::-1] if flip else c, atol=1e-5)
-        ]
+    candidates = {  # every crop of the zero-padded image, flipped or not
+        (y, x, flip): (crop[:, ::-1] if flip else crop)
+        for y in range(9) for x in range(9) for flip in (False, True)
+        for crop in [(padded[y : y + 32, x : x + 32] - spec.mean) / spec.std]
+    }
+    uniforms = np.random.default_rng(1).random((200, 3), dtype=np.float32)
+    uniforms[:3] = [[0, 0, 0], [0.9999999, 0.9999999, 0.9999999], [0.5, 0.5, 0.5]]  # the extremes
+    batch = np.repeat(image[None], len(uniforms), axis=0)
+    out = preprocess.cifar(tf.constant(batch), spec, 32, True, tf.constant(uniforms)).numpy()
+    seen = []
+    for i, augmented in enumerate(out):
+        matches = [key for key, candidate in candidates.items() if np.allclose(augmented, candidate, atol=1e-5)]
         assert matches, f"augmented image {i} is not a shifted (and possibly flipped) copy"
-        seen.update(matches)
-    assert len(seen) > 10  # and the shifts and flips vary
+        seen.extend(matches)
+    assert {(0, 0, True), (8, 8, False), (4, 4, False)} <= set(seen[:3])  # offsets 0..8; a flip below 0.5
+    assert len(set(seen)) > 100  # and the shifts and flips vary
 
 
 def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():

@@ -72,10 +72,10 @@ def search(tmp_path_factory, worker_id):
 def test_each_step_function_compiles_once_in_a_whole_search(search):
     workdir, stderr = search
     compiled = Counter(re.findall(r"Compiling (\S+) with global shapes", stderr))
-    # The shared network's step, the controller's update and the evaluation: one program each for 370 steps
+    # The shared network's steps, the controller's update and the evaluation: one program each for 370 steps
     # (a fresh arc each), 50 controller updates of 10 fresh arcs and 2 evaluations; one for the final scoring of
     # 10 sampled and 10 uniform arcs.
-    for name in ("jit(step)", "jit(epoch_update)", "jit(eval_step)", "jit(correct)"):
+    for name in ("jit(steps)", "jit(epoch_update)", "jit(eval_step)", "jit(correct)"):
         assert compiled[name] == 1, (name, compiled)
     train_steps = [r["step"] for r in jsonl(workdir / "metrics.jsonl") if "train_loss" in r]
     assert train_steps == list(range(5, STEPS + 1, 5))

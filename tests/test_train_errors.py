@@ -62,6 +62,7 @@ def config_with(**fields):
         ({"learning_rate_batch_size": 0}, r"config.learning_rate_batch_size must be None or a positive int, got 0"),
         ({"schedule": "staircase", "lr_decay_every_epochs": -1.0}, r"config.lr_decay_every_epochs must be None or > 0"),
         ({"eval_every_epochs": 0.0}, r"config.eval_every_epochs must be > 0, got 0.0"),
+        ({"steps_per_dispatch": 0}, r"config.steps_per_dispatch must be >= 1, got 0"),
     ],
 )
 def test_bad_config_names_the_field(fields, message):

@@ -6,7 +6,8 @@ of processes:
     stream = epoch start_epoch, start_epoch + 1, ... (batches run across epoch boundaries),
     global batch b = stream positions [b * G, (b + 1) * G), G = local batch x process_count,
     process i takes rows [i * L, (i + 1) * L) of each global batch (L = local batch),
-    augmentation of the example at stream position p is keyed by (config.seed, p),
+    augmentation of the example at stream position p is keyed by (config.seed, p) (per-batch augmentation draws
+    row p mod G of a table keyed by (config.seed, p // G)),
 so `train_iterator(..., start_step=k)` skips to exactly where an uninterrupted run is after k steps,
 without replaying earlier epochs, and a run resumed on another number of hosts sees the same batches.
 The price: every process reads every record of the split (it decodes, augments and keeps only its own
@@ -185,24 +186,39 @@ def train_iterator(
         shuffled = examples.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
         return shuffled.enumerate(start=e * num_examples)
 
-    key = tf.constant([data.seed, 0], tf.int64)
-    transform = preprocess.TRAIN[data.spec.family]
+    stages = preprocess.FAMILIES[data.spec.family]
     global_batch_size = local_batch_size * process_count
+    example_key = tf.constant([data.seed, 0], tf.int64)  # -> one seed per stream position
+    batch_key = tf.constant([data.seed, 1], tf.int64)  # -> one table of uniform numbers per global batch
 
     def mine(position: tf.Tensor, example: dict[str, tf.Tensor]) -> tf.Tensor:  # this process's rows only
         return (position % global_batch_size) // local_batch_size == process_index
 
-    def prepare(position: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        seed = tf.random.experimental.stateless_fold_in(key, position)
-        image = transform(example["image"], data.spec, data.image_size, data.augment, seed)
-        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+    def prepare_example(position: tf.Tensor, example: dict[str, tf.Tensor]):
+        seed = tf.random.experimental.stateless_fold_in(example_key, position)
+        return position, {**example, "image": stages.per_example(example["image"], data.spec, data.image_size,
+                                                                 data.augment, seed)}
+
+    def prepare_batch(positions: tf.Tensor, examples: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        images, uniforms = examples["image"], None
+        if data.augment and stages.draws:
+            # Global batch b draws a [G, draws] table keyed by b, and each example takes the row of its position in
+            # b: a pure function of (config.seed, position), whichever process takes the example.
+            table_seed = tf.random.experimental.stateless_fold_in(batch_key, positions[0] // global_batch_size)
+            table = tf.random.stateless_uniform([global_batch_size, stages.draws], table_seed)
+            uniforms = tf.gather(table, positions % global_batch_size)
+        if stages.per_batch is not None:
+            images = stages.per_batch(images, data.spec, data.image_size, data.augment, uniforms)
+        return {"image": images, "label": tf.cast(examples["label"], tf.int32)}
 
     start_epoch, offset = divmod(start_step * global_batch_size, num_examples)
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
     if process_count > 1:
         ds = ds.filter(mine)  # before decoding and augmenting
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if stages.per_example is not None:
+        ds = ds.map(prepare_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch_size, drop_remainder=True)  # a local batch: consecutive positions of one global batch
+    ds = ds.map(prepare_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     return _with_options(ds).as_numpy_iterator()
 
 
@@ -249,19 +265,28 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     counts = [_num_examples(builder, split) for split in splits]
     num_batches = math.ceil(max(counts) / local_batch_size)
     num_examples = counts[process_index]
-    transform = preprocess.EVAL[data.spec.family]
+    stages = preprocess.FAMILIES[data.spec.family]
     no_seed = tf.zeros([2], tf.int64)
 
-    def prepare(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image = transform(example["image"], data.spec, data.image_size, False, no_seed)
+    def prepare_example(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = example["image"]
+        if stages.per_example is not None:
+            image = stages.per_example(image, data.spec, data.image_size, False, no_seed)
         return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
 
+    def prepare_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        images = batch["image"]
+        if stages.per_batch is not None:
+            images = stages.per_batch(images, data.spec, data.image_size, False, None)
+        images = tf.where(batch["mask"][:, None, None, None], images, 0.0)  # padding stays zeros
+        return {**batch, "image": images}
+
     ds = _read(builder, data, splits[process_index]).apply(tf.data.experimental.assert_cardinality(num_examples))
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    shape = (data.image_size, data.image_size, data.spec.channels)
-    pad = {"image": tf.zeros(shape, tf.float32), "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
+    ds = ds.map(prepare_example, num_parallel_calls=tf.data.AUTOTUNE)
+    image = ds.element_spec["image"]
+    pad = {"image": tf.zeros(image.shape, image.dtype), "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * local_batch_size - num_examples))
-    ds = ds.batch(local_batch_size, drop_remainder=True)
+    ds = ds.batch(local_batch_size, drop_remainder=True).map(prepare_batch, num_parallel_calls=tf.data.AUTOTUNE)
     if data.cache:  # the eval images never change: later passes read the preprocessed batches from memory
         ds = ds.cache()
     return EvalBatches(_with_options(ds.prefetch(tf.data.AUTOTUNE)))

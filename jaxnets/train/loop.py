@@ -7,9 +7,10 @@ reporting. What is trained comes from `build_trainer` (the task seam: `task.py`)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 
@@ -56,65 +57,76 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                         is_main_process=is_main_process, start_step=start_step, on_report=on_report)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
              length.total_steps, length.steps_per_epoch, config.global_batch_size, trainer.mesh.size)
-    batches = parallel.prefetch_to_device(
-        data.train_iterator(config, config.global_batch_size // process_count, start_step=start_step,
-                            process_index=process_index, process_count=process_count),
-        trainer.mesh,
+    cadence = Cadence.of(trainer)
+    step_batches = data.train_iterator(config, config.global_batch_size // process_count, start_step=start_step,
+                                       process_index=process_index, process_count=process_count)
+    calls = cadence.dispatches(start_step, config.steps_per_dispatch)
+    dispatches = parallel.prefetch_to_device(  # (steps, their batches stacked on the devices) for each call
+        ((n, [next(step_batches) for _ in range(n)]) for n in calls),
+        put=lambda item: (item[0], trainer.shard_steps(item[1])),
     )
     heldout_batches = None
-    if trainer.epoch_update is not None:  # a task that learns between epochs (the ENAS controller)
+    if cadence.learns_every is not None:  # a task that learns between epochs (the ENAS controller)
         epochs_done = start_step // length.steps_per_epoch
         heldout_batches = parallel.prefetch_to_device(
             data.heldout_iterator(config, trainer.task.epoch_batch_size // process_count,
                                   start_step=epochs_done * trainer.task.epoch_updates,
                                   process_index=process_index, process_count=process_count),
-            trainer.mesh,
+            put=trainer.shard,
         )
     skipped_in_a_row = 0
-    stop_agreed = False  # some process asked to stop; read from a step's output, so the same on every process
+    stop_agreed = False  # some process asked to stop; read from a call's output, so the same on every process
 
-    def finish(step: int, metrics) -> None:
-        """Reads a dispatched step's metrics (blocks only on that step); stops at a non-finite loss or update."""
+    def finish(last_step: int, n: int, metrics) -> None:
+        """Reads a dispatched call's metrics (blocks only on that call): its steps last_step - n + 1 ... last_step,
+        in order; stops at a non-finite loss or update."""
         nonlocal skipped_in_a_row, stop_agreed
-        metrics = jax.device_get(metrics)  # one transfer of a few scalars
-        stop_agreed = stop_agreed or float(metrics.pop("stop_requested", 0.0)) > 0.0
-        non_finite = _first_non_finite(metrics, trainer.task.finite_metrics)
-        if non_finite:
-            name, value = non_finite
-            skipped_in_a_row += 1
-            if skipped_in_a_row > config.skip_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, set "
-                    "config.grad_clip_norm, or allow config.skip_nonfinite_steps)"
-                )
-            log.warning("step %d: %s is %s; its update is discarded (%d of config.skip_nonfinite_steps=%d in a row)",
-                        step, name, value, skipped_in_a_row, config.skip_nonfinite_steps)
-        else:
-            skipped_in_a_row = 0
-        if step % config.log_every_steps == 0 or step == length.total_steps:
-            reporter.progress(step, {f"train_{k}": v for k, v in metrics.items()})
+        metrics = jax.device_get(metrics)  # one transfer of a few scalars per step
+        stop_requested = float(metrics.pop("stop_requested", 0.0)) > 0.0
+        stop_agreed = stop_agreed or stop_requested
+        for row, step in enumerate(range(last_step - n + 1, last_step + 1)):
+            step_metrics = {name: values[row] for name, values in metrics.items()}
+            non_finite = _first_non_finite(step_metrics, trainer.task.finite_metrics)
+            if non_finite:
+                name, value = non_finite
+                skipped_in_a_row += 1
+                if skipped_in_a_row > config.skip_nonfinite_steps:
+                    raise NonFiniteLossError(
+                        f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, set "
+                        "config.grad_clip_norm, or allow config.skip_nonfinite_steps)"
+                    )
+                log.warning("step %d: %s is %s; its update is discarded (%d of config.skip_nonfinite_steps=%d in a "
+                            "row)", step, name, value, skipped_in_a_row, config.skip_nonfinite_steps)
+            else:
+                skipped_in_a_row = 0
+            if cadence.logs(step):
+                reporter.progress(step, {f"train_{k}": v for k, v in step_metrics.items()})
 
     eval_metrics: dict = {}
     pending = None
+    step = start_step
     try:
         with StopSignals() as signals:
-            for step in range(start_step + 1, length.total_steps + 1):
-                batch = trainer.with_stop_vote(next(batches), stop=signals.requested is not None)
-                state, metrics = trainer.train_step(state, batch)  # dispatch step t ...
+            for n, batches in dispatches:
+                batches = trainer.with_stop_vote(batches, stop=signals.requested is not None)
+                state, metrics = trainer.train_steps(state, batches, n)  # dispatch steps step+1 ... step+n ...
+                step += n
                 if pending is not None:
-                    finish(*pending)  # ... then read step t-1's metrics while t runs
-                pending = (step, metrics)
-                # Every decision below depends on the step number and on values read from steps' outputs
-                # only, so on a pod every process evaluates, saves and stops at the same steps.
-                if heldout_batches is not None and step % length.steps_per_epoch == 0:
+                    finish(*pending)  # ... then read the previous call's metrics while these run
+                pending = (step, n, metrics)
+                # A call ends at every step where the loop acts (`Cadence`), and every decision below depends on
+                # the step number and on values read from the steps' outputs only: on a pod every process
+                # evaluates, saves and stops at the same steps, and a run acts on the same steps whatever its
+                # config.steps_per_dispatch.
+                if cadence.learns(step):
                     state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter)
-                evaluating = step % length.eval_every_steps == 0 or step == length.total_steps
-                saving = step % config.checkpoint_every_steps == 0 or step == length.total_steps or stop_agreed
+                evaluating, saving = cadence.evaluates(step), cadence.saves(step) or stop_agreed
                 if evaluating or saving:
-                    finish(*pending)  # a state is saved only once its loss and update are known finite
+                    finish(*pending)  # a state is saved only once its losses and updates are known finite
                     pending = None
                 if evaluating:
-                    eval_metrics = trainer.evaluate(state, eval_batches)
+                    with reporter.paused():  # train images/s count training time only
+                        eval_metrics = trainer.evaluate(state, eval_batches)
                     reporter.write(step, eval_metrics)
                     log.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 if saving or stop_agreed:  # asynchronous: orbax copies the state to host memory, then writes it
@@ -129,6 +141,51 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
         checkpoints.close()  # waits for the saves in flight
         reporter.close()
     return eval_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """The steps after which the loop acts: logs, evaluates, saves, learns between epochs (a task that does), ends.
+    A call of `train_steps` runs up to config.steps_per_dispatch steps and ends at each of them."""
+
+    total_steps: int
+    log_every: int
+    eval_every: int
+    save_every: int
+    learns_every: int | None  # steps per epoch for a task that learns between epochs, else None
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> Cadence:
+        config, length = trainer.config, trainer.length
+        learns_every = length.steps_per_epoch if trainer.epoch_update is not None else None
+        return cls(length.total_steps, config.log_every_steps, length.eval_every_steps, config.checkpoint_every_steps,
+                   learns_every)
+
+    def logs(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def evaluates(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def saves(self, step: int) -> bool:
+        return step % self.save_every == 0 or step == self.total_steps
+
+    def learns(self, step: int) -> bool:
+        return self.learns_every is not None and step % self.learns_every == 0
+
+    def acts(self, step: int) -> bool:
+        return self.logs(step) or self.evaluates(step) or self.saves(step) or self.learns(step)
+
+    def dispatches(self, start_step: int, steps_per_dispatch: int) -> Iterator[int]:
+        """The number of steps of each call from start_step on: at most steps_per_dispatch, ending at every step
+        where the loop acts."""
+        step = start_step
+        while step < self.total_steps:
+            n = 1
+            while n < steps_per_dispatch and not self.acts(step + n):
+                n += 1
+            yield n
+            step += n
 
 
 def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, reporter: Reporter):

@@ -37,21 +37,34 @@ def data_parallel_train_step(step_fn, mesh: Mesh):
     return jax.jit(sharded, donate_argnums=0)
 
 
+def data_parallel_train_steps(steps_fn, mesh: Mesh):
+    """jit(shard_map(steps)) with the state donated: (state, stacked global batches, n) -> (state, stacked metrics);
+    the batches' second axis is sharded (`stacked_batch_sharded`), n is one number for every device."""
+    sharded = jax.shard_map(steps_fn, mesh=mesh, in_specs=(P(), P(None, DATA_AXIS), P()), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
 def data_parallel_eval_step(step_fn, mesh: Mesh):
     return jax.jit(jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P()))
 
 
-def device_batch(local_batch: dict, mesh: Mesh) -> dict:
-    """Host-local numpy batch (this process's slice of the global batch) -> one global sharded array."""
-    sharding = batch_sharded(mesh)
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """Batches stacked for several steps [steps, batch, ...]: each step's batch sharded as `batch_sharded`."""
+    return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def device_batch(local_batch: dict, mesh: Mesh, sharding: NamedSharding | None = None) -> dict:
+    """Host-local numpy batch (this process's slice of the global batch) -> one global sharded array per entry."""
+    sharding = batch_sharded(mesh) if sharding is None else sharding
     return jax.tree.map(functools.partial(jax.make_array_from_process_local_data, sharding), local_batch)
 
 
-def prefetch_to_device(iterator, mesh: Mesh, size: int = 2):
-    """Keeps `size` batches in flight to the devices while the current step runs."""
+def prefetch_to_device(items, put, size: int = 2):
+    """Yields `put(item)` (which starts an item's transfer to the devices) for each item, `size` items ahead, so
+    that the transfers run while the current step does."""
     queue = []
-    for batch in iterator:
-        queue.append(device_batch(batch, mesh))
+    for item in items:
+        queue.append(put(item))
         if len(queue) > size:
             yield queue.pop(0)
     yield from queue

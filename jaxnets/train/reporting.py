@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class Reporter:
         self.enabled = is_main_process
         self._last_time: float | None = None
         self._last_step: int | None = None
+        self._paused_seconds = 0.0  # since the last progress point: not training (evaluations)
         self._eta_seconds: float | None = None
         self._on_report = on_report
         self._writer = None
@@ -79,17 +81,26 @@ class Reporter:
             self._logs[file_name] = _JsonLines(self._workdir / file_name, self._start_step)
         return self._logs[file_name]
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block is not training: left out of the next images/s (not of the ETA)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused_seconds += time.perf_counter() - start
+
     def progress(self, step: int, metrics: dict) -> None:
         now = time.perf_counter()
         extra = {}
         if self._last_time is not None and step > self._last_step:
-            seconds_per_step = (now - self._last_time) / (step - self._last_step)
-            extra["images_per_second"] = self.global_batch_size / seconds_per_step
-            self._eta_seconds = seconds_per_step * (self.total_steps - step)
+            steps, seconds = step - self._last_step, now - self._last_time
+            extra["images_per_second"] = self.global_batch_size * steps / (seconds - self._paused_seconds)
+            self._eta_seconds = seconds / steps * (self.total_steps - step)  # evaluations included
             eta = _format_duration(self._eta_seconds)
         else:
             eta = "?"
-        self._last_time, self._last_step = now, step
+        self._last_time, self._last_step, self._paused_seconds = now, step, 0.0
         metrics = {**metrics, **extra}
         self.write(step, metrics)
         if self.enabled:

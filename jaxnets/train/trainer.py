@@ -3,11 +3,14 @@
     trainer = build_trainer(config)                  # resolves and checks the config; compiles nothing
     state = trainer.init_state()                     # replicated over the mesh
     state, metrics = trainer.train_step(state, trainer.shard(batch))
+    state, metrics = trainer.train_steps(state, trainer.shard_steps([batch, batch]), 2)  # two steps, one call
     print(trainer.evaluate(state, eval_batches))
 
 The trainer holds the resolved config, the run length, the mesh and the task, with the task's steps made
 data parallel (`parallel.py`) and the loop's non-finite policy applied. The loop (`loop.py`) adds data,
-cadence, signals, checkpoints and reporting.
+cadence, signals, checkpoints and reporting, and runs `train_steps`: up to config.steps_per_dispatch steps
+per call, so that the host's work per call (dispatch, transfers, reading the metrics) is paid once for all
+of them; a small model's step is a few milliseconds, about what that work costs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from jaxnets.train import parallel
 from jaxnets.train.config import resolve_config
 from jaxnets.train.task import BetweenEpochs, State, Task
 
-STOP_VOTE = "stop_vote"  # the batch entry that carries each device's wish to stop (`Trainer.with_stop_vote`)
+STOP_VOTE = "stop_vote"  # the entry of stacked batches that carries each device's wish to stop (`with_stop_vote`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Trainer:
     mesh: Mesh
     task: Task
     train_step: Callable[[State, dict], tuple[State, dict]]  # jitted, data parallel; donates the state
+    # (state, batches stacked by `shard_steps`, n) -> (state, metrics stacked [steps_per_dispatch]): train_step on
+    # the first n batches in one call (rows n... of the metrics are zeros). One program for every n.
+    train_steps: Callable[[State, dict, int], tuple[State, dict]]
     eval_step: Callable[[State, dict], dict]  # jitted, data parallel: psum'd sums of one global batch
     # A task that learns between epochs (`task.BetweenEpochs`): its update, jitted and data parallel; else None.
     epoch_update: Callable[[State, dict], tuple[State, dict]] | None = None
@@ -80,17 +86,29 @@ class Trainer:
         """This process's numpy batch -> the global batch, sharded over the mesh."""
         return parallel.device_batch(local_batch, self.mesh)
 
-    def with_stop_vote(self, batch: dict, stop: bool) -> dict:
-        """`batch` (sharded) carrying this process's wish to stop; the step returns `stop_requested`, the
-        same on every process (see `agree_on_stopping`)."""
-        return {**batch, STOP_VOTE: self._stop_votes[stop]}
+    def shard_steps(self, local_batches: list[dict]) -> dict:
+        """Up to config.steps_per_dispatch numpy batches of this process -> `train_steps`' stack of them,
+        [steps_per_dispatch, global batch, ...], sharded over the mesh (rows past len(local_batches) repeat the
+        last batch: `train_steps` runs only the first n)."""
+        steps = self.config.steps_per_dispatch
+        if not 1 <= len(local_batches) <= steps:
+            raise ValueError(f"{len(local_batches)} batches for config.steps_per_dispatch={steps}")
+        padding = [local_batches[-1]] * (steps - len(local_batches))
+        stacked = jax.tree.map(_stack, *local_batches, *padding)
+        return parallel.device_batch(stacked, self.mesh, parallel.stacked_batch_sharded(self.mesh))
+
+    def with_stop_vote(self, batches: dict, stop: bool) -> dict:
+        """`shard_steps`' batches carrying this process's wish to stop; `train_steps` returns `stop_requested`,
+        the same on every process (see `agree_on_stopping`)."""
+        return {**batches, STOP_VOTE: self._stop_votes[stop]}
 
     @functools.cached_property
     def _stop_votes(self) -> dict[bool, jax.Array]:
-        """The two possible votes, on the devices once: a step reads them and never donates them."""
-        local = len(self.mesh.local_devices)  # one value per local device
-        return {stop: parallel.device_batch(np.full((local,), float(stop), np.float32), self.mesh)
-                for stop in (False, True)}
+        """The two possible votes, on the devices once: a call reads them and never donates them."""
+        local = len(self.mesh.local_devices)  # one value per local device, stacked like the batches
+        votes = {stop: np.full((self.config.steps_per_dispatch, local), float(stop), np.float32) for stop in (0, 1)}
+        sharding = parallel.stacked_batch_sharded(self.mesh)
+        return {bool(stop): parallel.device_batch(vote, self.mesh, sharding) for stop, vote in votes.items()}
 
     def evaluate(self, state: State, batches: Iterable[dict]) -> dict:
         """One pass over host-local eval batches -> the task's `eval_*` metrics."""
@@ -160,7 +178,7 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     train_step = with_conv_lowering(task.train_step, config.conv_lowering)
     if config.skip_nonfinite_steps:
         train_step = discard_non_finite(train_step, task.finite_metrics)
-    train_step = agree_on_stopping(train_step)
+    train_steps = agree_on_stopping(run_steps(train_step, config.steps_per_dispatch))
     return Trainer(
         config=config,
         dataset=dataset_info,
@@ -168,11 +186,16 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
         mesh=mesh,
         task=task,
         train_step=parallel.data_parallel_train_step(train_step, mesh),
+        train_steps=parallel.data_parallel_train_steps(train_steps, mesh),
         eval_step=parallel.data_parallel_eval_step(with_conv_lowering(task.eval_step, config.conv_lowering), mesh),
         epoch_update=(parallel.data_parallel_train_step(with_conv_lowering(task.epoch_update, config.conv_lowering),
                                                         mesh)
                       if isinstance(task, BetweenEpochs) else None),
     )
+
+
+def _stack(*rows: np.ndarray) -> np.ndarray:
+    return rows[0][None] if len(rows) == 1 else np.stack(rows)  # (one batch: a view, no copy of a large batch)
 
 
 def with_conv_lowering(step_fn, lowering: str):
@@ -201,18 +224,37 @@ def discard_non_finite(step_fn, metric_names):
     return step
 
 
-def agree_on_stopping(step_fn):
-    """`step_fn` for batches that may carry STOP_VOTE: it is taken out of the batch, and the step's metrics get
-    `stop_requested`, its maximum over every device of every process. A SIGTERM that reaches one host thus
-    reaches the step's output on all of them, which every host reads after the same step: all save that
-    step and stop together. Riding on the step costs one scalar all-reduce and no extra host sync."""
+def run_steps(step_fn, max_steps: int):
+    """(state, batches [max_steps, ...], n) -> (state, metrics [max_steps, ...]): `step_fn` on the first n of the
+    batches, one after the other, in one call. A loop with a traced trip count: one program for every n."""
 
-    def step(state, batch):
-        if STOP_VOTE not in batch:
-            return step_fn(state, batch)
-        batch = dict(batch)
-        vote = batch.pop(STOP_VOTE)  # [1] on each device
-        new_state, metrics = step_fn(state, batch)
+    def steps(state, batches, n):
+        first = jax.tree.map(lambda rows: rows[0], batches)
+        metrics = jax.tree.map(lambda m: jnp.zeros((max_steps, *m.shape), m.dtype),
+                               jax.eval_shape(step_fn, state, first)[1])
+
+        def one_step(i, carry):
+            state, metrics = carry
+            state, step_metrics = step_fn(state, jax.tree.map(lambda rows: rows[i], batches))
+            return state, jax.tree.map(lambda rows, value: rows.at[i].set(value), metrics, step_metrics)
+
+        return jax.lax.fori_loop(0, n, one_step, (state, metrics))
+
+    return steps
+
+
+def agree_on_stopping(steps_fn):
+    """`steps_fn` (`run_steps`) for batches that may carry STOP_VOTE: it is taken out of the batches, and the
+    metrics get `stop_requested`, its maximum over every device of every process. A SIGTERM that reaches one
+    host thus reaches the call's output on all of them, which every host reads after the same step: all save
+    that step and stop together. Riding on the steps costs one scalar all-reduce and no extra host sync."""
+
+    def steps(state, batches, n):
+        if STOP_VOTE not in batches:
+            return steps_fn(state, batches, n)
+        batches = dict(batches)
+        vote = batches.pop(STOP_VOTE)  # [steps, 1] on each device
+        new_state, metrics = steps_fn(state, batches, n)
         return new_state, {**metrics, "stop_requested": jax.lax.pmax(jnp.max(vote), parallel.DATA_AXIS)}
 
-    return step
+    return steps

@@ -61,7 +61,7 @@ def check_config(config, device_count: int | None = None) -> None:
         raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.skip_nonfinite_steps < 0:
         raise ConfigError(f"config.skip_nonfinite_steps must be >= 0, got {config.skip_nonfinite_steps}")
-    for field in ("checkpoint_every_steps", "max_to_keep", "log_every_steps"):
+    for field in ("checkpoint_every_steps", "max_to_keep", "log_every_steps", "steps_per_dispatch"):
         if config[field] < 1:
             raise ConfigError(f"config.{field} must be >= 1, got {config[field]}")
     if config.eval_every_epochs <= 0:

@@ -1,0 +1,109 @@
+"""Several train steps per jitted call (config.steps_per_dispatch): the calls end wherever the loop acts, one
+program serves every number of steps, and a run trains the same numbers whatever the value, resumed or not."""
+
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from helpers import load_recipe
+
+from jaxnets import data
+from jaxnets.checkpoint_loading import restore_variables
+from jaxnets.train import build_trainer, train_and_evaluate
+from jaxnets.train.loop import Cadence
+from jaxnets.train.reporting import Reporter
+
+
+def test_calls_end_at_every_step_where_the_loop_acts():
+    cadence = Cadence(total_steps=25, log_every=10, eval_every=7, save_every=100, learns_every=None)
+    # The loop acts after steps 7, 10, 14, 20, 21 and 25.
+    assert list(cadence.dispatches(0, steps_per_dispatch=4)) == [4, 3, 3, 4, 4, 2, 1, 4]
+    assert list(cadence.dispatches(10, steps_per_dispatch=4)) == [4, 4, 2, 1, 4]  # a resume at step 10
+    assert list(cadence.dispatches(0, steps_per_dispatch=1)) == [1] * 25
+    learning = Cadence(total_steps=12, log_every=100, eval_every=100, save_every=100, learns_every=5)
+    assert list(learning.dispatches(0, steps_per_dispatch=8)) == [5, 5, 2]  # and between epochs
+
+
+def quickstart(**fields):
+    c = load_recipe("quickstart")
+    c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps, c.eval_every_epochs = 13, 5, 6, 100.0
+    for key, value in fields.items():
+        c[key] = value
+    return c
+
+
+def logged(workdir) -> dict[int, dict]:
+    """metrics.jsonl's records, merged per step (a step's train and eval records)."""
+    records: dict[int, dict] = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records.setdefault(record["step"], {}).update(record)
+    return records
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 13 steps (logs after 5, 10, 13; saves after 6, 12, 13) one step per call and 4 per call."""
+    workdirs = {k: tmp_path_factory.mktemp(f"steps_per_dispatch_{k}") for k in (1, 4)}
+    for k, workdir in workdirs.items():
+        train_and_evaluate(quickstart(steps_per_dispatch=k), str(workdir))
+    return workdirs
+
+
+def params_at(workdir, step):
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.leaves(restore_variables(str(workdir / "checkpoints" / str(step)), device))
+
+
+def test_four_steps_per_call_train_the_same_numbers_as_one(runs):
+    one, four = logged(runs[1]), logged(runs[4])
+    assert sorted(one) == sorted(four) == [5, 10, 13]
+    for step in (5, 10, 13):
+        for key in ("train_loss", "train_grad_norm", "train_param_norm", "eval_top1"):
+            if key in one[step]:
+                assert four[step][key] == one[step][key], (step, key)
+    for a, b in zip(params_at(runs[1], 13), params_at(runs[4], 13), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_resumes_under_another_number_of_steps_per_call(runs, tmp_path):
+    shutil.copytree(runs[4] / "checkpoints" / "6", tmp_path / "checkpoints" / "6")
+    train_and_evaluate(quickstart(steps_per_dispatch=3), str(tmp_path))
+    expected, resumed = logged(runs[1]), logged(tmp_path)
+    assert sorted(resumed) == [10, 13]
+    assert [resumed[s]["train_loss"] for s in (10, 13)] == [expected[s]["train_loss"] for s in (10, 13)]
+
+
+def test_one_program_runs_any_number_of_steps_like_single_steps():
+    config = quickstart(steps_per_dispatch=4)
+    trainer = build_trainer(config)
+    stream = data.train_iterator(trainer.config, config.global_batch_size)
+    batches = [next(stream) for _ in range(3)]
+    single, losses = trainer.init_state(), []
+    for batch in batches:
+        single, metrics = trainer.train_step(single, trainer.shard(batch))
+        losses.append(float(metrics["loss"]))
+    state = trainer.init_state()
+    state, first = trainer.train_steps(state, trainer.shard_steps(batches[:1]), 1)  # 3 steps in calls of 1 and 2
+    state, rest = trainer.train_steps(state, trainer.shard_steps(batches[1:]), 2)
+    assert trainer.train_steps._cache_size() == 1, "one program for every number of steps"
+    assert int(state.step) == 3 and not np.asarray(rest["loss"])[2:].any(), "rows past n stay zeros"
+    np.testing.assert_allclose([*np.asarray(first["loss"])[:1], *np.asarray(rest["loss"])[:2]], losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluations_are_left_out_of_the_train_images_per_second(tmp_path, monkeypatch):
+    clock = iter([0.0, 10.0, 14.0, 20.0])  # a window of 20 s of which 4 s were evaluating
+    monkeypatch.setattr("jaxnets.train.reporting.time.perf_counter", lambda: next(clock))
+    reporter = Reporter(tmp_path, total_steps=40, steps_per_epoch=10, global_batch_size=8)
+    reporter.progress(10, {"train_loss": 1.0, "train_learning_rate": 0.1})  # t = 0
+    with reporter.paused():  # t = 10 ... 14
+        pass
+    reporter.progress(20, {"train_loss": 1.0, "train_learning_rate": 0.1})  # t = 20
+    reporter.close()
+    rate = logged(tmp_path)[20]["images_per_second"]
+    assert rate == pytest.approx(8 * 10 / 16.0)  # 10 steps of 8 images in 16 s of training

@@ -99,7 +99,7 @@ def main() -> None:
               f"{bare:,.0f} img/s (median of {np.round(before + after).tolist()}): ratio {loop / bare:.2f}")
     ratio = statistics.median(r["ratio_loop_over_bare"] for r in rounds)
     result = {
-        "config": args.config, "epochs": config.num_epochs, "steps_per_dispatch": config.steps_per_dispatch,
+        "config": args.config, "epochs": config.num_epochs, "steps_per_dispatch": bare_step.trainer.steps_per_dispatch,
         "checkpoint_every_steps": config.checkpoint_every_steps, "devices": jax.device_count(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
         "ratio_loop_over_bare": ratio, "rounds": rounds,

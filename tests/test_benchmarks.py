@@ -40,3 +40,18 @@ def test_gpu_benchmark_tiny(tmp_path):
         assert row["jaxnets"]["train_images_per_s"] > 0 and row["pytorch"]["train_images_per_s"] > 0
         assert math.isfinite(row["train_ratio"])
     assert not report["environment"]["tensorflow_imported"]
+
+
+def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
+    json_path = tmp_path / "loop.json"
+    command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "10", "--rounds", "1", "--json",
+               str(json_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "XLA_FLAGS": ""})  # one device, as the quickstart runs
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    with open(json_path) as f:
+        report = json.load(f)
+    (only_round,) = report["rounds"]
+    assert len(only_round["loop_windows"]) == 2  # 210 steps logged at 100, 200 and 210
+    assert len(only_round["bare_step_measurements"]) == 6 and math.isfinite(report["ratio_loop_over_bare"])
+    assert report["steps_per_dispatch"] == 10 and report["checkpoint_every_steps"] == 210  # the recipe's

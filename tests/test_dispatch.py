@@ -1,18 +1,25 @@
 """Several train steps per jitted call (config.steps_per_dispatch): the calls end wherever the loop acts, one
-program serves every number of steps, and a run trains the same numbers whatever the value, resumed or not."""
+program serves every number of steps, and a run trains the same numbers whatever the value, resumed or not.
+
+The runs are train.py on one CPU device (the suite's 8 forced devices run one step per call: see
+`jaxnets.train.trainer._steps_per_dispatch`)."""
 
 import json
+import logging
+import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import load_recipe
+from helpers import REPO, load_recipe
 
 from jaxnets import data
 from jaxnets.checkpoint_loading import restore_variables
-from jaxnets.train import build_trainer, train_and_evaluate
+from jaxnets.train import build_trainer
 from jaxnets.train.loop import Cadence
 from jaxnets.train.reporting import Reporter
 
@@ -27,12 +34,24 @@ def test_calls_end_at_every_step_where_the_loop_acts():
     assert list(learning.dispatches(0, steps_per_dispatch=8)) == [5, 5, 2]  # and between epochs
 
 
+# 13 quickstart steps: logs after 5, 10 and 13, saves after 6, 12 and 13, evaluates at the end.
+SHORT = {"num_train_steps": 13, "log_every_steps": 5, "checkpoint_every_steps": 6, "eval_every_epochs": 100.0}
+
+
 def quickstart(**fields):
     c = load_recipe("quickstart")
-    c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps, c.eval_every_epochs = 13, 5, 6, 100.0
-    for key, value in fields.items():
+    for key, value in {**SHORT, **fields}.items():
         c[key] = value
     return c
+
+
+def train_on_one_device(workdir, steps_per_dispatch: int) -> None:
+    flags = [f"--config.{k}={v}" for k, v in {**SHORT, "steps_per_dispatch": steps_per_dispatch}.items()]
+    result = subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir",
+                             str(workdir), *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "XLA_FLAGS": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runs as 1" not in result.stderr
 
 
 def logged(workdir) -> dict[int, dict]:
@@ -46,10 +65,10 @@ def logged(workdir) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 13 steps (logs after 5, 10, 13; saves after 6, 12, 13) one step per call and 4 per call."""
+    """The same 13 steps one step per call (no device loop) and up to 4 per call (calls of 4, 1, 1, 4, 2, 1)."""
     workdirs = {k: tmp_path_factory.mktemp(f"steps_per_dispatch_{k}") for k in (1, 4)}
     for k, workdir in workdirs.items():
-        train_and_evaluate(quickstart(steps_per_dispatch=k), str(workdir))
+        train_on_one_device(workdir, k)
     return workdirs
 
 
@@ -71,7 +90,7 @@ def test_four_steps_per_call_train_the_same_numbers_as_one(runs):
 
 def test_a_run_resumes_under_another_number_of_steps_per_call(runs, tmp_path):
     shutil.copytree(runs[4] / "checkpoints" / "6", tmp_path / "checkpoints" / "6")
-    train_and_evaluate(quickstart(steps_per_dispatch=3), str(tmp_path))
+    train_on_one_device(tmp_path, 3)
     expected, resumed = logged(runs[1]), logged(tmp_path)
     assert sorted(resumed) == [10, 13]
     assert [resumed[s]["train_loss"] for s in (10, 13)] == [expected[s]["train_loss"] for s in (10, 13)]
@@ -79,7 +98,8 @@ def test_a_run_resumes_under_another_number_of_steps_per_call(runs, tmp_path):
 
 def test_one_program_runs_any_number_of_steps_like_single_steps():
     config = quickstart(steps_per_dispatch=4)
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, devices=jax.devices()[:1])
+    assert trainer.steps_per_dispatch == 4
     stream = data.train_iterator(trainer.config, config.global_batch_size)
     batches = [next(stream) for _ in range(3)]
     single, losses = trainer.init_state(), []
@@ -94,6 +114,13 @@ def test_one_program_runs_any_number_of_steps_like_single_steps():
     np.testing.assert_allclose([*np.asarray(first["loss"])[:1], *np.asarray(rest["loss"])[:2]], losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_several_cpu_devices_run_one_step_per_call(caplog):
+    with caplog.at_level(logging.WARNING, logger="jaxnets"):
+        trainer = build_trainer(quickstart(steps_per_dispatch=4))
+    assert jax.device_count() == 8 and trainer.steps_per_dispatch == 1
+    assert "config.steps_per_dispatch=4 runs as 1 on 8 CPU devices" in caplog.text
 
 
 def test_evaluations_are_left_out_of_the_train_images_per_second(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
     cadence = Cadence.of(trainer)
     step_batches = data.train_iterator(config, config.global_batch_size // process_count, start_step=start_step,
                                        process_index=process_index, process_count=process_count)
-    calls = cadence.dispatches(start_step, config.steps_per_dispatch)
+    calls = cadence.dispatches(start_step, trainer.steps_per_dispatch)
     dispatches = parallel.prefetch_to_device(  # (steps, their batches stacked on the devices) for each call
         ((n, [next(step_batches) for _ in range(n)]) for n in calls),
         put=lambda item: (item[0], trainer.shard_steps(item[1])),

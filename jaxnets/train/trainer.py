@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +32,8 @@ from jaxnets.errors import ConfigError
 from jaxnets.train import parallel
 from jaxnets.train.config import resolve_config
 from jaxnets.train.task import BetweenEpochs, State, Task
+
+log = logging.getLogger("jaxnets")
 
 STOP_VOTE = "stop_vote"  # the entry of stacked batches that carries each device's wish to stop (`with_stop_vote`)
 
@@ -68,6 +71,7 @@ class Trainer:
     # (state, batches stacked by `shard_steps`, n) -> (state, metrics stacked [steps_per_dispatch]): train_step on
     # the first n batches in one call (rows n... of the metrics are zeros). One program for every n.
     train_steps: Callable[[State, dict, int], tuple[State, dict]]
+    steps_per_dispatch: int  # config.steps_per_dispatch, or 1 on several CPU devices (`_steps_per_dispatch`)
     eval_step: Callable[[State, dict], dict]  # jitted, data parallel: psum'd sums of one global batch
     # A task that learns between epochs (`task.BetweenEpochs`): its update, jitted and data parallel; else None.
     epoch_update: Callable[[State, dict], tuple[State, dict]] | None = None
@@ -90,9 +94,9 @@ class Trainer:
         """Up to config.steps_per_dispatch numpy batches of this process -> `train_steps`' stack of them,
         [steps_per_dispatch, global batch, ...], sharded over the mesh (rows past len(local_batches) repeat the
         last batch: `train_steps` runs only the first n)."""
-        steps = self.config.steps_per_dispatch
+        steps = self.steps_per_dispatch
         if not 1 <= len(local_batches) <= steps:
-            raise ValueError(f"{len(local_batches)} batches for config.steps_per_dispatch={steps}")
+            raise ValueError(f"{len(local_batches)} batches for {steps} steps per call")
         padding = [local_batches[-1]] * (steps - len(local_batches))
         stacked = jax.tree.map(_stack, *local_batches, *padding)
         return parallel.device_batch(stacked, self.mesh, parallel.stacked_batch_sharded(self.mesh))
@@ -106,7 +110,7 @@ class Trainer:
     def _stop_votes(self) -> dict[bool, jax.Array]:
         """The two possible votes, on the devices once: a call reads them and never donates them."""
         local = len(self.mesh.local_devices)  # one value per local device, stacked like the batches
-        votes = {stop: np.full((self.config.steps_per_dispatch, local), float(stop), np.float32) for stop in (0, 1)}
+        votes = {stop: np.full((self.steps_per_dispatch, local), float(stop), np.float32) for stop in (0, 1)}
         sharding = parallel.stacked_batch_sharded(self.mesh)
         return {bool(stop): parallel.device_batch(vote, self.mesh, sharding) for stop, vote in votes.items()}
 
@@ -178,7 +182,8 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     train_step = with_conv_lowering(task.train_step, config.conv_lowering)
     if config.skip_nonfinite_steps:
         train_step = discard_non_finite(train_step, task.finite_metrics)
-    train_steps = agree_on_stopping(run_steps(train_step, config.steps_per_dispatch))
+    steps_per_dispatch = _steps_per_dispatch(config.steps_per_dispatch, mesh)
+    train_steps = agree_on_stopping(run_steps(train_step, steps_per_dispatch))
     return Trainer(
         config=config,
         dataset=dataset_info,
@@ -187,6 +192,7 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
         task=task,
         train_step=parallel.data_parallel_train_step(train_step, mesh),
         train_steps=parallel.data_parallel_train_steps(train_steps, mesh),
+        steps_per_dispatch=steps_per_dispatch,
         eval_step=parallel.data_parallel_eval_step(with_conv_lowering(task.eval_step, config.conv_lowering), mesh),
         epoch_update=(parallel.data_parallel_train_step(with_conv_lowering(task.epoch_update, config.conv_lowering),
                                                         mesh)
@@ -224,9 +230,29 @@ def discard_non_finite(step_fn, metric_names):
     return step
 
 
+def _steps_per_dispatch(configured: int, mesh) -> int:
+    """config.steps_per_dispatch, or 1 (with a warning) on a CPU mesh of several devices: XLA:CPU's in-process
+    all-reduces inside a device loop hung there (3 of about 15 runs of the quickstart on 8 forced CPU devices,
+    2026-11-29: "Expected 8 threads to join the rendezvous, but only 7 of them arrived"), and CPU processes
+    joined by gloo were not tried; one step per call never has. Accelerators and a single CPU run the loop."""
+    if configured > 1 and mesh.devices.flat[0].platform == "cpu" and mesh.size > 1:
+        log.warning("config.steps_per_dispatch=%d runs as 1 on %d CPU devices (XLA:CPU's collectives inside a "
+                    "device loop can hang)", configured, mesh.size)
+        return 1
+    return configured
+
+
 def run_steps(step_fn, max_steps: int):
     """(state, batches [max_steps, ...], n) -> (state, metrics [max_steps, ...]): `step_fn` on the first n of the
-    batches, one after the other, in one call. A loop with a traced trip count: one program for every n."""
+    batches, one after the other, in one call. A loop with a traced trip count: one program for every n (for
+    max_steps = 1, step_fn itself: no loop)."""
+    if max_steps == 1:
+        def one_step(state, batches, n):
+            del n  # always 1
+            state, metrics = step_fn(state, jax.tree.map(lambda rows: rows[0], batches))
+            return state, jax.tree.map(lambda value: value[None], metrics)
+
+        return one_step
 
     def steps(state, batches, n):
         first = jax.tree.map(lambda rows: rows[0], batches)

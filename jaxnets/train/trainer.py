@@ -91,7 +91,7 @@ class Trainer:
         return parallel.device_batch(local_batch, self.mesh)
 
     def shard_steps(self, local_batches: list[dict]) -> dict:
-        """Up to config.steps_per_dispatch numpy batches of this process -> `train_steps`' stack of them,
+        """Up to `steps_per_dispatch` numpy batches of this process -> `train_steps`' stack of them,
         [steps_per_dispatch, global batch, ...], sharded over the mesh (rows past len(local_batches) repeat the
         last batch: `train_steps` runs only the first n)."""
         steps = self.steps_per_dispatch

@@ -123,6 +123,23 @@ def test_several_cpu_devices_run_one_step_per_call(caplog):
     assert "config.steps_per_dispatch=4 runs as 1 on 8 CPU devices" in caplog.text
 
 
+def test_several_steps_per_call_compile_on_eight_devices_without_gathering_the_batch():
+    """What accelerators run, compiled only (8 CPU devices run one step per call): the device loop of 4 steps
+    under shard_map, each step's batch sharded over the devices, one stop vote per call."""
+    from jaxnets.train import parallel
+    from jaxnets.train.trainer import STOP_VOTE, agree_on_stopping, run_steps, with_conv_lowering
+
+    trainer = build_trainer(quickstart())
+    step = with_conv_lowering(trainer.task.train_step, trainer.config.conv_lowering)
+    train_steps = parallel.data_parallel_train_steps(agree_on_stopping(run_steps(step, 4)), trainer.mesh)
+    stacked = parallel.stacked_batch_sharded(trainer.mesh)
+    batches = {"image": jax.ShapeDtypeStruct((4, 64, 8, 8, 1), np.float32, sharding=stacked),
+               "label": jax.ShapeDtypeStruct((4, 64), np.int32, sharding=stacked),
+               STOP_VOTE: jax.ShapeDtypeStruct((4, 8), np.float32, sharding=stacked)}
+    hlo = train_steps.lower(trainer.abstract_state(), batches, 1).compile().as_text()
+    assert " while(" in hlo and "all-reduce" in hlo and "all-gather" not in hlo
+
+
 def test_evaluations_are_left_out_of_the_train_images_per_second(tmp_path, monkeypatch):
     clock = iter([0.0, 10.0, 14.0, 20.0])  # a window of 20 s of which 4 s were evaluating
     monkeypatch.setattr("jaxnets.train.reporting.time.perf_counter", lambda: next(clock))

@@ -10,8 +10,8 @@ of processes:
     row p mod G of a table keyed by (config.seed, p // G)),
 so `train_iterator(..., start_step=k)` skips to exactly where an uninterrupted run is after k steps,
 without replaying earlier epochs, and a run resumed on another number of hosts sees the same batches.
-The price: every process reads every record of the split (it decodes, augments and keeps only its own
-rows); for the in-memory datasets that is nothing, for ImageNet each host reads the split's bytes.
+The price: every process reads every record of the split (and keeps only its own rows before decoding and
+augmenting them); for the in-memory datasets that is nothing, for ImageNet each host reads the split's bytes.
 
 Nothing here downloads: a dataset that is not prepared fails at once with how to prepare it (the bundled
 digits prepare themselves from the package). Host-side work stays in tf.data; the trainer moves batches
@@ -203,7 +203,8 @@ def train_iterator(
         images, uniforms = examples["image"], None
         if data.augment and stages.draws:
             # Global batch b draws a [G, draws] table keyed by b, and each example takes the row of its position in
-            # b: a pure function of (config.seed, position), whichever process takes the example.
+            # b: a pure function of (config.seed, G, position), whichever process takes the example. (A local batch
+            # never straddles two global batches: `offset` is a multiple of G and each process keeps L rows of each.)
             table_seed = tf.random.experimental.stateless_fold_in(batch_key, positions[0] // global_batch_size)
             table = tf.random.stateless_uniform([global_batch_size, stages.draws], table_seed)
             uniforms = tf.gather(table, positions % global_batch_size)

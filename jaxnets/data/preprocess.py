@@ -1,8 +1,8 @@
 """Preprocessing in TensorFlow: decode, augment, normalise; per example, then per batch. Randomness is stateless.
 
 A per-example stage takes an explicit `seed` (shape [2] int64), a per-batch stage explicit `uniforms` ([B, k]
-numbers in [0, 1)), both derived by the pipeline from (config.seed, position of the example in the stream), so
-what a run sees is a pure function of the config and the step.
+numbers in [0, 1)), both derived by the pipeline from (config.seed, global batch size, position of the example
+in the stream), so what a run sees is a pure function of the config and the step.
 """
 
 from __future__ import annotations

@@ -51,8 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # > 0 caps the run (smoke tests) without changing the schedule
     # Train steps per jitted call (a loop on the devices over that many batches, ending early where the loop logs,
     # evaluates or saves): the host's work per call (dispatch, transfers, reading metrics, ~1 ms) is paid once
-    # for all of them. Worth it where a step takes milliseconds (small models, fast accelerators); the same
-    # results whatever the value, and a checkpoint resumes under any.
+    # for all of them. Worth it where a step takes milliseconds (small models, fast accelerators); a call holds
+    # that many batches on the devices and a stop signal waits for up to ~3 calls. The same results whatever the
+    # value (bit for bit on the CPU), and a checkpoint resumes under any. 1 on a CPU mesh of several devices.
     c.steps_per_dispatch = 1
 
     # Optimisation (jaxnets.optim).

@@ -64,6 +64,7 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
     dispatches = parallel.prefetch_to_device(  # (steps, their batches stacked on the devices) for each call
         ((n, [next(step_batches) for _ in range(n)]) for n in calls),
         put=lambda item: (item[0], trainer.shard_steps(item[1])),
+        size=2 if trainer.steps_per_dispatch == 1 else 1,  # a call of N steps holds N batches on the devices
     )
     heldout_batches = None
     if cadence.learns_every is not None:  # a task that learns between epochs (the ENAS controller)
@@ -119,9 +120,11 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                 # evaluates, saves and stops at the same steps, and a run acts on the same steps whatever its
                 # config.steps_per_dispatch.
                 if cadence.learns(step):
+                    finish(*pending)  # a non-finite train step is named as such, not as the task's update
+                    pending = None
                     state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter)
                 evaluating, saving = cadence.evaluates(step), cadence.saves(step) or stop_agreed
-                if evaluating or saving:
+                if (evaluating or saving) and pending is not None:
                     finish(*pending)  # a state is saved only once its losses and updates are known finite
                     pending = None
                 if evaluating:

@@ -110,9 +110,10 @@ class Trainer:
     def _stop_votes(self) -> dict[bool, jax.Array]:
         """The two possible votes, on the devices once: a call reads them and never donates them."""
         local = len(self.mesh.local_devices)  # one value per local device, stacked like the batches
-        votes = {stop: np.full((self.steps_per_dispatch, local), float(stop), np.float32) for stop in (0, 1)}
         sharding = parallel.stacked_batch_sharded(self.mesh)
-        return {bool(stop): parallel.device_batch(vote, self.mesh, sharding) for stop, vote in votes.items()}
+        return {stop: parallel.device_batch(np.full((self.steps_per_dispatch, local), float(stop), np.float32),
+                                            self.mesh, sharding)
+                for stop in (False, True)}
 
     def evaluate(self, state: State, batches: Iterable[dict]) -> dict:
         """One pass over host-local eval batches -> the task's `eval_*` metrics."""

@@ -255,14 +255,16 @@ def run_steps(step_fn, max_steps: int):
 
         return one_step
 
+    step = jax.jit(step_fn)  # traced once: the loop's body reuses the trace that eval_shape makes of it
+
     def steps(state, batches, n):
         first = jax.tree.map(lambda rows: rows[0], batches)
-        metrics = jax.tree.map(lambda m: jnp.zeros((max_steps, *m.shape), m.dtype),
-                               jax.eval_shape(step_fn, state, first)[1])
+        metrics_shape = jax.eval_shape(step, state, first)[1]
+        metrics = jax.tree.map(lambda m: jnp.zeros((max_steps, *m.shape), m.dtype), metrics_shape)
 
         def one_step(i, carry):
             state, metrics = carry
-            state, step_metrics = step_fn(state, jax.tree.map(lambda rows: rows[i], batches))
+            state, step_metrics = step(state, jax.tree.map(lambda rows: rows[i], batches))
             return state, jax.tree.map(lambda rows, value: rows.at[i].set(value), metrics, step_metrics)
 
         return jax.lax.fori_loop(0, n, one_step, (state, metrics))

@@ -11,6 +11,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+import jaxnets.tasks  # noqa: F401  (registers the built-in tasks, for a config saved by a run or written by hand)
 import jaxnets.train
 from jaxnets.errors import UserError
 from jaxnets.train import distributed

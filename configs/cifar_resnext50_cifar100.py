@@ -8,7 +8,7 @@ picked on the test set, so slightly optimistic).
 by up to 15 degrees; jaxnets' CIFAR augmentation does not.
 """
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():

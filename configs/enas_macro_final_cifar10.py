@@ -10,8 +10,8 @@ L2 2e-4 in the loss over all parameters, keep_prob 0.5, each gradient tensor cli
 official "norm" mode meant per-tensor `clip_by_norm`, but appended the unclipped gradient: a no-op there).
 """
 
+from jaxnets.config import base_config
 from jaxnets.models.enas import PUBLISHED_FINAL_ARC
-from jaxnets.train import base_config
 
 
 def get_config():

@@ -6,18 +6,17 @@
 The released search's algorithm (configs/enas_macro_search.py) at a size that fits the digits and the CPU:
 6 layers of 16 filters (6 ops each), fewer controller updates per epoch. The search trains on the first
 90% of the digits' training split and takes its rewards on the last 10%; the found arc is then trained
-from scratch on the whole training split and tested on the test split (the `final` block below).
+from scratch on the whole training split and tested on the test split (the `search.final` block below).
 README and docs/enas.md give the measured curves, time and the comparison with random arcs.
 """
 
 import ml_collections
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():
-    c = base_config()
-    c.task = "search"
+    c = base_config("search")
     c.model = "enas_macro_shared"
     c.model_overrides.num_layers = 6
     c.model_overrides.num_filters = 16
@@ -36,14 +35,14 @@ def get_config():
     c.eval_every_epochs = 10.0
     c.checkpoint_every_steps = 500
 
-    c.controller_updates_per_epoch = 10
-    c.controller_arcs_per_update = 10
-    c.controller_batch_size = 32
-    c.search_eval_arcs = 10
-    c.search_final_arcs = 20
+    c.search.controller_updates_per_epoch = 10
+    c.search.controller_arcs_per_update = 10
+    c.search.controller_batch_size = 32
+    c.search.eval_arcs = 10
+    c.search.final_arcs = 20
 
     # Training the found arc from scratch: the quickstart's settings (configs/quickstart.py).
-    c.final = ml_collections.ConfigDict(dict(
+    c.search.final = ml_collections.ConfigDict(dict(
         global_batch_size=64, eval_batch_size=64, num_epochs=40, optimizer="sgd", nesterov=True, learning_rate=0.1,
         schedule="cosine", warmup_epochs=1.0, weight_decay=5e-4, weight_decay_mode="l2_loss",
         log_every_steps=100, eval_every_epochs=10.0, checkpoint_every_steps=100,

@@ -6,7 +6,7 @@
 batch) decayed x0.98 every epoch, wd 4e-5, random-resized crop 224 + flip.
 """
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():

@@ -6,7 +6,7 @@ Offline: the dataset ships inside the package. Expected: >= 97% test top-1 (READ
 figure and time on the 2-core CPU).
 """
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():

@@ -5,7 +5,7 @@
 300 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at epochs 150 and 225, wd 5e-4, pad-4 crop + flip.
 """
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ epochs 30 and 60 (torchvision's StepLR(30, 0.1)), wd 1e-4, random-resized crop 2
 256 + center crop 224. ImageNet must be prepared once (`tfds build imagenet2012 --manual_dir=...`).
 """
 
-from jaxnets.train import base_config
+from jaxnets.config import base_config
 
 
 def get_config():

@@ -17,10 +17,14 @@ import json
 import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
+from jaxnets.models.enas import OP_NAMES
+from jaxnets.models.enas.ops import pool_layers
 from jaxnets.train.reporting import METRICS_FILE, Report
 
 # Op colours of the ENAS drawing (Okabe-Ito, readable by colour-blind eyes), in OP_NAMES order.
@@ -131,9 +135,6 @@ def enas_architecture(model, *, image_shape: Sequence[int] = (32, 32, 3), title:
     """An ENAS macro child (`jaxnets.models.enas.ENASMacroChild`, whole-channel arcs): one node per layer coloured
     by its op, its parameter count below, skip connections as arcs above, and the reductions (spatial size
     halved, channels doubled) as dashed lines."""
-    from jaxnets.models.enas import OP_NAMES
-    from jaxnets.models.enas.ops import pool_layers
-
     arc = model._checked_arc()
     if not arc.whole_channels:
         raise ValueError("enas_architecture draws whole-channel arcs (one op per layer), not channel-mode ones")
@@ -176,9 +177,6 @@ def enas_architecture(model, *, image_shape: Sequence[int] = (32, 32, 3), title:
 def layer_parameters(model, *, image_shape: Sequence[int] = (32, 32, 3)) -> dict:
     """{"stem": n, "layers": [n per layer, with the reductions after it], "total": n} of an ENAS macro child on
     images of `image_shape` (H, W, C), counted from its abstract initialisation (no arrays are made)."""
-    import jax
-    import jax.numpy as jnp
-
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape))))
     counts = {"stem": 0, "layers": [0] * model.num_layers, "total": 0}
     for name, tree in shapes["params"].items():

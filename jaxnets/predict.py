@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 import numpy as np
+
+from jaxnets import data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +36,6 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
     """`model` on `split` (default: config.eval_split, the dataset's test split unless the run held one out), one
     device, BN in inference mode; at most `limit` examples. Reads the data through the run's own eval pipeline,
     so the images are preprocessed as in training's evaluations."""
-    import jax
-
-    from jaxnets import data
-
     config = config.copy_and_resolve_references()
     if split is not None:
         with config.unlocked():

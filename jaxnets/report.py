@@ -12,25 +12,26 @@ no split (its shared network has no single architecture to score).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from etils import epath
 
+from jaxnets import plots
+from jaxnets.checkpoints import load_checkpoint, read_meta, resolve_step_dir
+from jaxnets.errors import UserError
+from jaxnets.predict import predict
+from jaxnets.tasks.enas_search import FINAL_ARC_FILE, load_final_model
+
 
 def write_report(workdir, *, split: str | None = None, limit: int | None = None) -> list[epath.Path]:
     """Writes the PNGs that apply to the run in `workdir`; returns their paths."""
-    from jaxnets import plots
-    from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
-    from jaxnets.checkpoint_loading import load_checkpoint
-    from jaxnets.nas.final import FINAL_ARC_FILE, load_final_model
-
     workdir = epath.Path(workdir)
     meta = read_meta(resolve_step_dir(workdir))
     figures = {"curves.png": plots.training_curves(workdir, title=f"training curves of {workdir.name}")}
     model, variables, config = load_checkpoint(workdir)
-    if config.task == "classification":
-        figures.update(_classification_figures(model, variables, config, split, limit,
-                                               tuple(meta.get("class_names", ()))))
+    if not _is_search_space(model):
+        figures.update(_classification_figures(model, variables, config, split, limit, tuple(meta["class_names"])))
     if config.model == "enas_macro":
         figures["architecture.png"] = plots.enas_architecture(model, image_shape=meta["image_shape"])
     elif (workdir / FINAL_ARC_FILE).exists():
@@ -45,10 +46,12 @@ def write_report(workdir, *, split: str | None = None, limit: int | None = None)
     return written
 
 
-def _classification_figures(model, variables, config, split, limit, class_names) -> dict:
-    from jaxnets import plots
-    from jaxnets.predict import predict
+def _is_search_space(model) -> bool:
+    """A search space takes the architecture as an input of each call (`arc`): it has no single network to score."""
+    return "arc" in inspect.signature(model.__call__).parameters
 
+
+def _classification_figures(model, variables, config, split, limit, class_names) -> dict:
     predictions = predict(model, variables, config, split=split, limit=limit)
     return {
         "confusion_matrix.png": plots.confusion_matrix(predictions.labels, predictions.predicted, class_names,
@@ -64,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="the split to score (default: the run's eval split)")
     parser.add_argument("--limit", type=int, default=None, help="score at most this many examples")
     args = parser.parse_args(argv)
-    from jaxnets.errors import UserError
-
     try:
         for path in write_report(args.workdir, split=args.split, limit=args.limit):
             print(f"wrote {path}")

@@ -8,8 +8,8 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from jaxnets.config import base_config
 from jaxnets.data import DatasetInfo
-from jaxnets.train import base_config
 
 REPO = pathlib.Path(__file__).parents[1]
 GLOBAL_BATCH = 16

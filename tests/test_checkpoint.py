@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from helpers import REPO, load_recipe
 
-from jaxnets.checkpoint_layout import read_meta
+from jaxnets.checkpoints import manager as ckpt
+from jaxnets.checkpoints.layout import read_meta
 from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
 from jaxnets.train import build_trainer, train_and_evaluate
-from jaxnets.train import checkpoint as ckpt
 from jaxnets.train.signals import StopSignals
 
 STEPS, EVERY = 40, 4
@@ -292,7 +292,7 @@ def poison_steps(monkeypatch):
 
 
 def assert_finite_checkpoint(step_dir):
-    from jaxnets.checkpoint_loading import restore_variables
+    from jaxnets.checkpoints import restore_variables
 
     variables = restore_variables(str(step_dir), jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))

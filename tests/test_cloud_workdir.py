@@ -9,7 +9,7 @@ import tensorboardX
 from etils import epath
 from etils.epath import testing as epath_testing
 
-from jaxnets.train import checkpoint
+from jaxnets.checkpoints import manager as checkpoint
 from jaxnets.train.reporting import Reporter
 
 

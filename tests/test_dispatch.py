@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO, load_recipe
 
 from jaxnets import data
-from jaxnets.checkpoint_loading import restore_variables
+from jaxnets.checkpoints import restore_variables
 from jaxnets.train import build_trainer
 from jaxnets.train.loop import Cadence
 from jaxnets.train.reporting import Reporter

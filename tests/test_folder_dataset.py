@@ -14,8 +14,8 @@ from PIL import Image
 
 import jaxnets
 from jaxnets import data
+from jaxnets.config import base_config
 from jaxnets.errors import ConfigError
-from jaxnets.train import base_config
 
 CLASSES = ("dots", "horizontal", "vertical")
 

@@ -21,7 +21,7 @@ from filelock import FileLock
 from helpers import REPO, load_recipe
 
 import jaxnets
-from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
+from jaxnets.checkpoints import read_meta, resolve_step_dir
 from jaxnets.data import DatasetInfo
 from jaxnets.errors import ConfigError
 from jaxnets.models.enas import parse_arc
@@ -32,9 +32,9 @@ from jaxnets.train import build_trainer, resolve_config
 # of 32) on one CPU device, 5 controller updates of 10 arcs after each, the controller's lr raised to 0.01 so
 # that it learns within 50 updates. About 1.5 minutes.
 SHORT = ["--config.model_overrides.num_layers=3", "--config.model_overrides.num_filters=16",
-         "--config.learning_rate=0.1", "--config.num_epochs=10", "--config.controller_learning_rate=0.01",
-         "--config.controller_updates_per_epoch=5", "--config.controller_arcs_per_update=10",
-         "--config.controller_batch_size=16", "--config.search_eval_arcs=3", "--config.search_final_arcs=10",
+         "--config.learning_rate=0.1", "--config.num_epochs=10", "--config.search.controller_learning_rate=0.01",
+         "--config.search.controller_updates_per_epoch=5", "--config.search.controller_arcs_per_update=10",
+         "--config.search.controller_batch_size=16", "--config.search.eval_arcs=3", "--config.search.final_arcs=10",
          "--config.eval_every_epochs=5.0", "--config.checkpoint_every_steps=100", "--config.log_every_steps=5"]
 STEPS, EPOCHS = 370, 10
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -181,10 +181,10 @@ ARCS, PER_ARC, DEVICES = 3, 8, 2
 def tiny_trainer(**fields):
     c = load_recipe("enas_search_quickstart")
     c.model_overrides.num_layers, c.model_overrides.num_filters = 3, 8
-    c.controller_arcs_per_update, c.controller_batch_size = ARCS, PER_ARC
-    c.controller_entropy_weight = 0.01  # large enough that a mistake in the reward would show
+    c.search.controller_arcs_per_update, c.search.controller_batch_size = ARCS, PER_ARC
+    c.search.controller_entropy_weight = 0.01  # large enough that a mistake in the reward would show
     for name, value in fields.items():
-        c[name] = value
+        c.search[name] = value
     return build_trainer(c, devices=jax.devices()[:DEVICES], dataset_info=DIGITS_LIKE)
 
 
@@ -233,13 +233,13 @@ def test_a_controller_update_is_reinforce_with_the_released_rules():
     expected = jax.tree.map(lambda p, g: p - 1e-3 * g / (np.abs(g) + 1e-3), before.controller_params, grads)
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7),
                  after.controller_params, expected)
-    assert config.controller_adam_b1 == 0.0 and int(after.controller_step) == 1
+    assert config.search.controller_adam_b1 == 0.0 and int(after.controller_step) == 1
     # The best arcs so far: the sampled arcs, highest accuracy first.
     assert sorted(after.best_accuracies[:ARCS].tolist(), reverse=True) == after.best_accuracies[:ARCS].tolist()
 
 
 def test_the_random_baseline_samples_uniform_arcs_and_never_trains_the_controller():
-    trainer = tiny_trainer(search_strategy="random")
+    trainer = tiny_trainer(strategy="random")
     state = trainer.init_state()
     before = jax.device_get(state.controller_params)
     state, metrics = trainer.epoch_update(state, trainer.shard(heldout_batch()))
@@ -255,17 +255,20 @@ def test_the_random_baseline_samples_uniform_arcs_and_never_trains_the_controlle
     ("train_split", "train", "config.train_split and config.eval_split: a search needs both"),
     ("ema_decay", 0.999, "config.ema_decay: a search keeps no parameter EMA"),
     ("model", "cifar_resnext50", "config.model: the search task trains the ENAS search space 'enas_macro_shared'"),
-    ("controller_batch_size", 12, "config.controller_batch_size=12 is not a positive multiple of the 8 devices"),
-    ("search_strategy", "evolution", "config.search_strategy: 'evolution' is not 'enas'"),
-    ("controller_baseline_decay", 1.0, "config.controller_baseline_decay must be in [0, 1), got 1.0"),
-    ("final.num_epoch", 3, "config.final: unknown field(s) num_epoch"),
-    ("final.learning_rate", -1.0, "config.final: "),
+    ("search.controller_batch_size", 12,
+     "config.search.controller_batch_size=12 is not a positive multiple of the 8 devices"),
+    ("search.strategy", "evolution", "config.search.strategy: 'evolution' is not 'enas'"),
+    ("search.controller_baseline_decay", 1.0, "config.search.controller_baseline_decay must be in [0, 1), got 1.0"),
+    ("search.final.num_epoch", 3, "config.search.final: unknown field(s) num_epoch"),
+    ("search.final.learning_rate", -1.0, "config.search.final: "),
 ])
 def test_bad_search_configs_are_refused_naming_the_field(field, value, message):
     c = load_recipe("enas_search_quickstart")
-    if field.startswith("final."):  # the recipe the search will write, checked before the search
-        with c.final.unlocked():
-            c.final[field.removeprefix("final.")] = value
+    if field.startswith("search.final."):  # the recipe the search will write, checked before the search
+        with c.search.final.unlocked():
+            c.search.final[field.removeprefix("search.final.")] = value
+    elif field.startswith("search."):
+        c.search[field.removeprefix("search.")] = value
     elif field == "splits":
         c.train_split, c.eval_split = value
     else:

@@ -114,10 +114,10 @@ def test_torchvision_weights_notebook_classifies_with_converted_weights(tmp_path
     import torch
     from matplotlib.cbook import get_sample_data
     from safetensors.torch import save_file
+    from torch_twins.mobilenetv2 import mobilenet_v2
 
     from jaxnets.data import DATASETS, imagenet_class_names
     from jaxnets.data.preprocess import imagenet_eval
-    from jaxnets.reference.torchvision_mobilenetv2 import mobilenet_v2
 
     torch.manual_seed(0)
     reference = mobilenet_v2().eval()  # torchvision's architecture and key names, random weights
@@ -149,7 +149,7 @@ def test_enas_architecture_notebook_draws_the_published_and_a_searched_arc(tmp_p
 
     from jaxnets.models import create_model
     from jaxnets.models.enas import random_arc
-    from jaxnets.nas.final import final_config_source
+    from jaxnets.tasks.enas_search.final import final_config_source
 
     search = load_recipe("enas_search_quickstart")  # what the README's search would leave in its workdir
     model = create_model("enas_macro_shared", num_classes=10, **search.model_overrides.to_dict())

@@ -24,7 +24,7 @@ TINY_MODEL = {
 }
 # A search: one epoch of 3 steps, then one controller update of 2 arcs, and the final pick of 2 arcs.
 TINY_SEARCH = {"controller_updates_per_epoch": 1, "controller_arcs_per_update": 2, "controller_batch_size": 8,
-               "search_eval_arcs": 2, "search_final_arcs": 2, "num_train_steps": 3}
+               "eval_arcs": 2, "final_arcs": 2}
 
 
 def shrink(config, workdir):
@@ -50,8 +50,9 @@ def shrink(config, workdir):
     config.log_every_steps = 1
     config.data_dir = str(workdir / "tfds")
     if config.task == "search":
+        config.num_train_steps = 3
         for key, value in TINY_SEARCH.items():
-            config[key] = value
+            config.search[key] = value
     return config
 
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from helpers import SYNTHETIC_DATASET, random_batches, tiny_resnext_config
 
+from jaxnets.tasks.supervised import cross_entropy
 from jaxnets.train import build_trainer
-from jaxnets.train.classification import cross_entropy
 
 
 def one_step(config, poisoned: bool = False):

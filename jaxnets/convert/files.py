@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from safetensors.numpy import load_file
 
 HOW_TO_CONVERT = (
     "convert it once, where torch is installed: "
@@ -18,8 +19,6 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
         return load_file(path)
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:

@@ -10,6 +10,8 @@ The dataset table, DatasetInfo and check_data_config import without TensorFlow; 
 import it on first use, so the rest of jaxnets (and a GPU box without TF) never needs it.
 """
 
+from importlib import resources
+
 from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config, dataset_spec
 from jaxnets.errors import DatasetNotPreparedError
 
@@ -23,15 +25,13 @@ __all__ = [
 
 def imagenet_class_names() -> tuple[str, ...]:
     """The 1,000 ImageNet-1k class names in torchvision's and TFDS's label order ("tench", "goldfish", ...)."""
-    from importlib import resources
-
     lines = resources.files("jaxnets.data.imagenet").joinpath("classes.tsv").read_text().splitlines()
     return tuple(line.split("\t")[1].split(",")[0] for line in lines)
 
 
 def __getattr__(name: str):
     if name in _PIPELINE:
-        from jaxnets.data import pipeline
+        from jaxnets.data import pipeline  # imports TensorFlow: only where the input pipeline is used
 
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 
 from etils import epath
+from PIL import Image, UnidentifiedImageError
 
 from jaxnets.errors import ConfigError
 
@@ -93,8 +94,6 @@ def _class_folders(root: epath.Path, split: str) -> list[str]:
 
 def _image_size(image: epath.Path) -> tuple[int, int]:
     """(height, width) of a readable PNG or JPEG; ConfigError naming the file otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with image.open("rb") as f, Image.open(f) as opened:
             if opened.format not in ("PNG", "JPEG"):

@@ -24,6 +24,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from jaxnets.ops import onednn
+
 Lowering = Literal["auto", "xla", "decomposed", "onednn"]
 LOWERINGS = ("auto", "xla", "decomposed", "onednn")
 LOWERING_ENV_VAR = "JAXNETS_CONV_LOWERING"
@@ -101,8 +103,6 @@ def _check_name(lowering: str) -> None:
 
 def _available(lowering: str) -> bool:
     if lowering == "onednn":
-        from jaxnets.ops import onednn
-
         return onednn.available()
     return True
 
@@ -141,8 +141,6 @@ def _lower_with(lowering, x, kernel, *, stride, padding, groups):
 
 
 def _onednn_conv(x, kernel, stride, padding, groups):
-    from jaxnets.ops import onednn
-
     if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
         return _decomposed_conv(x, kernel, stride, padding, groups)
     kh, kw, _, _ = kernel.shape

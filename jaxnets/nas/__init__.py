@@ -1,7 +1,6 @@
-"""ENAS search: the controller, REINFORCE and the search task of the training loop (`config.task = "search"`)."""
+"""The ENAS controller and what trains it (REINFORCE) or stands in for it (uniform arcs). The search task that
+uses them is `jaxnets.tasks.enas_search`."""
 
 from jaxnets.nas.controller import MacroController
-from jaxnets.nas.final import load_final_model
-from jaxnets.nas.search import SearchState, SearchTask
 
-__all__ = ["MacroController", "SearchState", "SearchTask", "load_final_model"]
+__all__ = ["MacroController"]

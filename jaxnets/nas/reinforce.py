@@ -18,12 +18,13 @@ import optax
 from jaxnets.nas.controller import MacroController
 
 
-def controller_optimizer(config) -> optax.GradientTransformation:
+def controller_optimizer(search) -> optax.GradientTransformation:
+    """The controller's optimizer from a run's `config.search` section."""
     chain = []
-    if config.controller_grad_clip_norm is not None:  # optax's clip really clips (the official one was a no-op)
-        chain.append(optax.clip_by_global_norm(config.controller_grad_clip_norm))
-    chain.append(optax.adam(config.controller_learning_rate, b1=config.controller_adam_b1,
-                            b2=config.controller_adam_b2, eps=config.controller_adam_eps))
+    if search.controller_grad_clip_norm is not None:  # optax's clip really clips (the official one was a no-op)
+        chain.append(optax.clip_by_global_norm(search.controller_grad_clip_norm))
+    chain.append(optax.adam(search.controller_learning_rate, b1=search.controller_adam_b1,
+                            b2=search.controller_adam_b2, eps=search.controller_adam_eps))
     return optax.chain(*chain)
 
 

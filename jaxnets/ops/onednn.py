@@ -26,7 +26,7 @@ def _extension():
                        if f.name == "libdnnl.so.3")
         # Loaded by path first: the extension's dependency on libdnnl.so.3 then resolves to it (by its soname).
         ctypes.CDLL(str(library.locate()))
-        from jaxnets.ops import _onednn
+        from jaxnets.ops import _onednn  # the native extension: absent where it was not built
     except (importlib.metadata.PackageNotFoundError, StopIteration, ImportError, OSError) as e:
         logging.getLogger("jaxnets").debug("no oneDNN convolutions (%s: %s): XLA's are used", type(e).__name__, e)
         return None

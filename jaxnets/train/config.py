@@ -1,11 +1,12 @@
-"""Every field a run reads, with its one default, and `resolve_config`: the config a run actually uses.
+"""The fields every run reads, with their one default, and `resolve_config`: the config a run actually uses.
 
-Recipes in configs/ start from `base_config()` and set what differs. Fields are flat, so any of them
-overrides from the command line (`--config.learning_rate=0.05`); the model's own fields go in
-`model_overrides` (`--config.model_overrides.width_multiplier=0.5`). Nothing else in jaxnets holds a
-default for these fields.
+Recipes in configs/ start from `jaxnets.config.base_config(task)`: these fields, `task`, and the task's own
+section (`config.<task>`, its defaults the task's). Fields are flat, so any of them overrides from the
+command line (`--config.learning_rate=0.05`); the model's own fields go in `model_overrides`
+(`--config.model_overrides.width_multiplier=0.5`). Nothing else in jaxnets holds a default for these fields.
 
-`resolve_config` runs after the command line: it fills the dataset's own defaults where a field is None
+`resolve_config` runs after the command line: the task derives its values (its `prepare`), then it fills
+the dataset's own defaults where a field is None
 (image size, splits, shuffle buffer, cache; the table is `jaxnets.data.DATASETS`), derives the values
 that depend on other fields (the learning rate scaled to the batch), and validates everything, so a
 derived value can never be stale. Steps per epoch and schedule boundaries depend on the dataset's size and
@@ -14,15 +15,20 @@ are derived when the trainer is built (`jaxnets.train.build_trainer`), from the 
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from jaxnets.data import check_data_config
 from jaxnets.errors import ConfigError
+from jaxnets.train.task import get_task
+from jaxnets.train.validate import check_config
 
 
-def base_config() -> ml_collections.ConfigDict:
+def engine_config() -> ml_collections.ConfigDict:
+    """The fields of every run, whatever its task; `jaxnets.config.base_config(task)` adds the task's."""
     c = ml_collections.ConfigDict()
-    c.task = "classification"  # what is trained (jaxnets.train.trainer.TASKS); the loop is the same for all
+    c.task = placeholder(str)  # what is trained: a registered task (jaxnets.train.task); the loop is the same for all
     # Model: a registry name plus any of its fields.
     c.model = "resnext29_8x64d"
     c.model_overrides = ml_collections.ConfigDict()
@@ -103,82 +109,43 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_best = False  # also keep the best checkpoint by eval top-1 in workdir/checkpoints_best
     c.init_from = placeholder(str)  # a workdir or step: start from its params and batch_stats only
 
-    # ENAS search (task="search", model enas_macro_shared; jaxnets.nas): the released search's values
-    # (../docs/enas.md). The rewards come from eval_split, which a search holds out of the training data.
-    c.search_strategy = "enas"  # "enas": the controller samples arcs and learns; "random": uniform arcs (the baseline)
-    c.controller_lstm_size = 64
-    c.controller_temperature = placeholder(float)
-    c.controller_tanh_constant = 1.5  # logits -> tanh_constant * tanh(logits); None: raw logits
-    c.controller_learning_rate = 1e-3
-    c.controller_adam_b1 = 0.0
-    c.controller_adam_b2 = 0.999
-    c.controller_adam_eps = 1e-3
-    c.controller_grad_clip_norm = placeholder(float)
-    c.controller_entropy_weight = 1e-4  # reward = held-out accuracy + entropy_weight * entropy of the arc
-    c.controller_baseline_decay = 0.99  # the reward EMA that REINFORCE subtracts
-    c.controller_skip_target = 0.4  # the skip rate a KL penalty pulls the controller towards ...
-    c.controller_skip_weight = 0.8  # ... with this weight
-    c.controller_updates_per_epoch = 50  # controller updates after each epoch of the shared network
-    c.controller_arcs_per_update = 20  # arcs sampled (and gradients averaged) per update
-    c.controller_batch_size = 128  # held-out images that score one sampled arc (over all devices)
-    c.search_eval_arcs = 10  # arcs scored on the whole held-out split at each evaluation
-    c.search_final_arcs = 100  # the final arc is the best of this many samples on the held-out split
-    # final_config.py: the fields (and model_overrides) that differ from base_config() when the found arc
-    # is trained from scratch (the searched model's layers, branches and data are taken from the search).
-    c.final = ml_collections.ConfigDict()
     return c
 
 
 def resolve_config(config, device_count: int | None = None) -> ml_collections.ConfigDict:
-    """The config a run uses: dataset defaults filled in, derived values computed, every field checked.
+    """The config a run uses: the task's values derived, dataset defaults filled in, every field checked.
 
     Returns a new, locked ConfigDict; `config` is not changed. Resolving a resolved config changes nothing
     (a checkpoint's saved config resolves to itself). Raises ConfigError naming the first bad field.
     `device_count` (default: every device) is what the batch sizes must divide.
     """
-    from jaxnets.data import check_data_config  # the dataset table; imports no TensorFlow
-    from jaxnets.train.validate import check_config
-
-    missing = sorted(set(base_config().keys()) - set(config.keys()))
+    missing = sorted(set(engine_config().keys()) - set(config.keys()))
     if missing:
-        raise ConfigError(f"config: missing field(s) {', '.join(missing)}: start the recipe from base_config()")
+        raise ConfigError(f"config: missing field(s) {', '.join(missing)}: start the recipe from "
+                          "jaxnets.config.base_config()")
+    if config.task is None:
+        raise ConfigError("config.task: no task; start the recipe from jaxnets.config.base_config(task)")
+    task = get_task(config.task)
+    if task.config_section is not None and task.name not in config:
+        raise ConfigError(f"config.{task.name}: missing, the {task.name!r} task's section: start the recipe "
+                          f"from jaxnets.config.base_config({task.name!r})")
     resolved = config.copy_and_resolve_references()
-    if resolved.task == "search":
-        _hold_out_validation(resolved)
-    try:
-        data = check_data_config(resolved)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     with resolved.unlocked():
+        if task.prepare is not None:
+            task.prepare(resolved)
+        try:
+            data = check_data_config(resolved)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for field in ("image_size", "train_split", "eval_split", "shuffle_buffer", "cache"):
             resolved[field] = getattr(data, field)
         _scale_learning_rate(resolved)
+    device_count = jax.device_count() if device_count is None else device_count
     check_config(resolved, device_count)
+    if task.check is not None:
+        task.check(resolved, device_count)
     resolved.lock()
     return resolved
-
-
-# A search trains on the first SEARCH_TRAIN_PERCENT of the training split and holds out the rest for its
-# rewards: CIFAR's last 5,000 of 50,000 images, as the released search did, and the same share of any dataset.
-SEARCH_TRAIN_PERCENT = 90
-
-
-def _hold_out_validation(config) -> None:
-    """A search trains on the first 90% of the training split and takes rewards on the rest, never the test set."""
-    from jaxnets.data import dataset_spec
-
-    spec = dataset_spec(config.dataset)
-    if spec is None:
-        return  # check_data_config names the unknown dataset
-    if (config.train_split is None) != (config.eval_split is None):
-        raise ConfigError(
-            "config.train_split and config.eval_split: a search needs both (eval_split held out of the training "
-            "data) or neither (the default: the first and last parts of the dataset's training split)"
-        )
-    with config.unlocked():
-        if config.train_split is None:
-            config.train_split = f"{spec.train_split}[:{SEARCH_TRAIN_PERCENT}%]"
-            config.eval_split = f"{spec.train_split}[{SEARCH_TRAIN_PERCENT}%:]"
 
 
 def _scale_learning_rate(config) -> None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterator
 
 import jax
 
-from jaxnets.checkpoint_layout import absolute
-from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError, NonFiniteLossError
-from jaxnets.train import checkpoint, parallel
+from jaxnets import checkpoints as ckpt
+from jaxnets import data
+from jaxnets.train import parallel
+from jaxnets.train.nonfinite import NonFinitePolicy
 from jaxnets.train.reporting import Report, Reporter
 from jaxnets.train.signals import StopSignals
 from jaxnets.train.task import BetweenEpochs
@@ -30,25 +30,23 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
 
     `on_report` (main process only) receives every `Report` as metrics.jsonl gets it, e.g.
     `jaxnets.plots.LiveCurves()` to watch curves and progress in a notebook."""
-    from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
-
     trainer = build_trainer(config)  # resolves and checks the config: nothing is compiled or written before
     config, length = trainer.config, trainer.length
-    checkpoint.check_writable(workdir)
+    ckpt.check_writable(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main_process = process_index == 0
     meta = trainer.checkpoint_meta()
-    checkpoints = checkpoint.Checkpoints(workdir, max_to_keep=config.max_to_keep,
-                                         best_metric=trainer.task.best_metric if config.keep_best else None,
-                                         is_main_process=is_main_process)
+    checkpoints = ckpt.Checkpoints(workdir, max_to_keep=config.max_to_keep,
+                                   best_metric=trainer.task.best_metric if config.keep_best else None,
+                                   is_main_process=is_main_process)
     try:
         state = _initial_state(trainer, meta, checkpoints)  # restores before compiling
     except BaseException:
         checkpoints.close()
         raise
 
-    eval_batches = data.eval_batches(config, config.eval_batch_size // process_count, process_index=process_index,
-                                     process_count=process_count)
+    eval_batches = data.eval_batches(  # (the first use of the input pipeline imports TensorFlow)
+        config, config.eval_batch_size // process_count, process_index=process_index, process_count=process_count)
     start_step = int(state.step)
     if is_main_process:  # once the workdir is known to fit: what this run trains, as build_trainer resolved it
         log.info("resolved config (%d steps, %d per epoch, eval every %d):\n%s", length.total_steps,
@@ -75,31 +73,19 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                                   process_index=process_index, process_count=process_count),
             put=trainer.shard,
         )
-    skipped_in_a_row = 0
+    non_finite = NonFinitePolicy(trainer.task, config.skip_nonfinite_steps)
     stop_agreed = False  # some process asked to stop; read from a call's output, so the same on every process
 
     def finish(last_step: int, n: int, metrics) -> None:
         """Reads a dispatched call's metrics (blocks only on that call): its steps last_step - n + 1 ... last_step,
         in order; stops at a non-finite loss or update."""
-        nonlocal skipped_in_a_row, stop_agreed
+        nonlocal stop_agreed
         metrics = jax.device_get(metrics)  # one transfer of a few scalars per step
         stop_requested = float(metrics.pop("stop_requested", 0.0)) > 0.0
         stop_agreed = stop_agreed or stop_requested
         for row, step in enumerate(range(last_step - n + 1, last_step + 1)):
             step_metrics = {name: values[row] for name, values in metrics.items()}
-            non_finite = _first_non_finite(step_metrics, trainer.task.finite_metrics)
-            if non_finite:
-                name, value = non_finite
-                skipped_in_a_row += 1
-                if skipped_in_a_row > config.skip_nonfinite_steps:
-                    raise NonFiniteLossError(
-                        f"{name} is {value} at step {step}: the run stops here (lower config.learning_rate, set "
-                        "config.grad_clip_norm, or allow config.skip_nonfinite_steps)"
-                    )
-                log.warning("step %d: %s is %s; its update is discarded (%d of config.skip_nonfinite_steps=%d in a "
-                            "row)", step, name, value, skipped_in_a_row, config.skip_nonfinite_steps)
-            else:
-                skipped_in_a_row = 0
+            non_finite.train_step(step, step_metrics)
             if cadence.logs(step):
                 reporter.progress(step, {f"train_{k}": v for k, v in step_metrics.items()})
 
@@ -122,7 +108,7 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                 if cadence.learns(step):
                     finish(*pending)  # a non-finite train step is named as such, not as the task's update
                     pending = None
-                    state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter)
+                    state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter, non_finite)
                 evaluating, saving = cadence.evaluates(step), cadence.saves(step) or stop_agreed
                 if (evaluating or saving) and pending is not None:
                     finish(*pending)  # a state is saved only once its losses and updates are known finite
@@ -191,7 +177,8 @@ class Cadence:
             step += n
 
 
-def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, reporter: Reporter):
+def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, reporter: Reporter,
+                          non_finite: NonFinitePolicy):
     """The task's updates on held-out batches after the epoch that ends at `step`; logs their summary."""
     task = trainer.task
     updates = []
@@ -199,13 +186,7 @@ def _learn_between_epochs(trainer: Trainer, state, heldout_batches, step: int, r
         state, metrics = trainer.epoch_update(state, next(heldout_batches))
         updates.append(metrics)
     updates = jax.device_get(updates)
-    non_finite = [(i, u["grad_norm"]) for i, u in enumerate(updates) if not math.isfinite(float(u["grad_norm"]))]
-    if non_finite:  # the state is not saved: the run stops at its last checkpoint
-        i, value = non_finite[0]
-        raise NonFiniteLossError(
-            f"the gradient norm of update {i + 1} between epochs is {value} after step {step}: the run stops here "
-            "(lower config.controller_learning_rate or set config.controller_grad_clip_norm)"
-        )
+    non_finite.epoch_updates(step, updates)  # (a stop here saves nothing: the run resumes at its last checkpoint)
     scalars, record = task.describe_epoch(state, updates)
     reporter.write(step, scalars)
     reporter.record(task.records_file, step, {"epoch": step // trainer.length.steps_per_epoch, **record})
@@ -218,9 +199,9 @@ def _complete_run(trainer: Trainer, state, eval_batches, workdir: str, reporter:
     """A completed run's last word (a search's final arc and recipe): computed on every process, written by one.
     The files come first, then the closing record (`final: true`), which a run started again on the finished
     workdir replaces (the files are rewritten the same)."""
-    files, record = trainer.task.finish(trainer, state, eval_batches, workdir)
+    files, record = trainer.task.complete(trainer, state, eval_batches, workdir)
     if is_main_process:
-        directory = absolute(workdir)
+        directory = ckpt.absolute(workdir)
         for name, text in files.items():
             temporary = directory / f".{name}.tmp"  # written whole, then renamed: never a half-written file
             temporary.write_text(text)
@@ -229,39 +210,15 @@ def _complete_run(trainer: Trainer, state, eval_batches, workdir: str, reporter:
     reporter.record(trainer.task.records_file, int(state.step), {"final": True, **record})
 
 
-def _first_non_finite(metrics, names: dict[str, str]) -> tuple[str, float] | None:
-    """The first of the task's checked metrics that is NaN or Inf, as (its name in words, its value)."""
-    for key, spoken in names.items():
-        value = float(metrics[key])
-        if not math.isfinite(value):
-            return spoken, value
-    return None
-
-
-def _initial_state(trainer: Trainer, meta: dict, checkpoints: checkpoint.Checkpoints):
-    """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s parameters)."""
-    config = trainer.config
+def _initial_state(trainer: Trainer, meta: dict, checkpoints: ckpt.Checkpoints):
+    """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s model variables)."""
     restored = checkpoints.restore_latest(trainer.abstract_state(), meta["config"], tuple(meta["class_names"]))
     if restored is not None:
         step, state = restored
         log.info("resuming from %s at step %d", checkpoints.directory, step)
         return state
     state = trainer.init_state()
-    if config.init_from:
-        from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
-        from jaxnets.checkpoint_loading import restore_variables
-
-        try:
-            step_dir = resolve_step_dir(config.init_from)
-        except CheckpointNotFoundError as e:
-            raise CheckpointNotFoundError(f"config.init_from: {e}") from None
-        differing = checkpoint.model_differences(read_meta(step_dir)["config"], meta["config"])
-        if differing:
-            raise IncompatibleCheckpointError(
-                f"config.init_from: {step_dir} is of another model (differs in {', '.join(differing)})"
-            )
-        loaded = restore_variables(step_dir, parallel.replicated(trainer.mesh))
-        state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"],
-                              ema_params=None if state.ema_params is None else loaded["params"])
-        log.info("parameters and BN statistics from %s; step, optimizer and rng start afresh", step_dir)
+    if trainer.config.init_from:
+        state = ckpt.initialise_from(state, trainer.config.init_from, meta["config"],
+                                     parallel.replicated(trainer.mesh))
     return state

@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from tensorboardX import SummaryWriter
 
-from jaxnets.checkpoint_layout import absolute, is_local
+from jaxnets.checkpoints.layout import absolute, is_local
 
 log = logging.getLogger("jaxnets")
 
@@ -47,8 +48,6 @@ class Reporter:
         self._on_report = on_report
         self._writer = None
         if self.enabled:
-            from tensorboardX import SummaryWriter
-
             workdir = absolute(workdir)
             self._writer = SummaryWriter(str(workdir), flush_secs=30)  # (tensorboardX writes gs:// itself)
             self._workdir = workdir
@@ -106,10 +105,10 @@ class Reporter:
         if self.enabled:
             epoch = step / self.steps_per_epoch
             rate = f"{extra['images_per_second']:.0f} img/s" if extra else "- img/s"
-            log.info(
-                "step %d/%d  epoch %.2f  loss %.4f  lr %.5g  %s  ETA %s", step, self.total_steps, epoch,
-                float(metrics["train_loss"]), float(metrics["train_learning_rate"]), rate, eta,
-            )
+            # A task's loss and learning rate when it reports them (the protocol asks for no particular metric).
+            shown = "".join(f"  {name} {float(metrics[key]):.5g}" for name, key in
+                            (("loss", "train_loss"), ("lr", "train_learning_rate")) if key in metrics)
+            log.info("step %d/%d  epoch %.2f%s  %s  ETA %s", step, self.total_steps, epoch, shown, rate, eta)
 
     def close(self) -> None:
         if self.enabled:

@@ -28,10 +28,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxnets import data
 from jaxnets.errors import ConfigError
+from jaxnets.models import layers
 from jaxnets.train import parallel
 from jaxnets.train.config import resolve_config
-from jaxnets.train.task import BetweenEpochs, State, Task
+from jaxnets.train.nonfinite import discard_non_finite
+from jaxnets.train.task import BetweenEpochs, State, Task, get_task
 
 log = logging.getLogger("jaxnets")
 
@@ -83,8 +86,9 @@ class Trainer:
     def abstract_state(self) -> State:
         """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""
         sharding = parallel.replicated(self.mesh)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                            jax.eval_shape(self.task.init_state))
+        state = jax.eval_shape(self.task.init_state)
+        _check_state_contract(state, self.config.task)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), state)
 
     def shard(self, local_batch: dict) -> dict:
         """This process's numpy batch -> the global batch, sharded over the mesh."""
@@ -129,41 +133,6 @@ class Trainer:
                 "image_shape": list(self.dataset.image_shape), "class_names": list(self.dataset.class_names)}
 
 
-def _classification(config, dataset, steps_per_epoch: int) -> Task:
-    from jaxnets.models import create_model_from_config
-    from jaxnets.optim import create_optimizer, create_schedule
-    from jaxnets.train.classification import ClassificationTask
-
-    return ClassificationTask(
-        model=create_model_from_config(config, dataset.num_classes),
-        tx=create_optimizer(config, steps_per_epoch),
-        schedule=create_schedule(config, steps_per_epoch),
-        config=config,
-        image_shape=tuple(dataset.image_shape),
-    )
-
-
-def _search(config, dataset, steps_per_epoch: int) -> Task:
-    from jaxnets.models import create_model_from_config
-    from jaxnets.nas import MacroController
-    from jaxnets.nas.search import SearchTask
-    from jaxnets.optim import create_optimizer, create_schedule
-
-    model = create_model_from_config(config, dataset.num_classes)
-    controller = MacroController(
-        num_layers=model.num_layers, num_branches=model.num_branches, whole_channels=model.whole_channels,
-        num_filters=model.num_filters, lstm_size=config.controller_lstm_size,
-        temperature=config.controller_temperature, tanh_constant=config.controller_tanh_constant,
-        skip_target=config.controller_skip_target,
-    )
-    return SearchTask(model=model, controller=controller, tx=create_optimizer(config, steps_per_epoch),
-                      schedule=create_schedule(config, steps_per_epoch), config=config,
-                      image_shape=tuple(dataset.image_shape))
-
-
-TASKS: dict[str, Callable[..., Task]] = {"classification": _classification, "search": _search}
-
-
 def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     """The trainer for `config` on `devices` (default: every device of every process).
 
@@ -174,11 +143,9 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     devices = jax.devices() if devices is None else list(devices)
     config = resolve_config(config, device_count=len(devices))
     if dataset_info is None:
-        from jaxnets import data  # TensorFlow is imported here, not when jaxnets.train is
-
-        dataset_info = data.dataset_info(config)
+        dataset_info = data.dataset_info(config)  # (the first use of the pipeline imports TensorFlow)
     length = run_length(config, dataset_info.num_train_examples)
-    task = TASKS[config.task](config, dataset_info, length.steps_per_epoch)
+    task = get_task(config.task).build(config, dataset_info, length.steps_per_epoch)
     mesh = parallel.create_mesh(devices)
     train_step = with_conv_lowering(task.train_step, config.conv_lowering)
     if config.skip_nonfinite_steps:
@@ -207,8 +174,6 @@ def _stack(*rows: np.ndarray) -> np.ndarray:
 
 def with_conv_lowering(step_fn, lowering: str):
     """`step_fn` traced with `config.conv_lowering` (a context read at trace time, not a model field)."""
-    from jaxnets.models import layers
-
     @functools.wraps(step_fn)
     def step(*args, **kwargs):
         with layers.conv_lowering(lowering):
@@ -217,18 +182,14 @@ def with_conv_lowering(step_fn, lowering: str):
     return step
 
 
-def discard_non_finite(step_fn, metric_names):
-    """`step_fn` that keeps the old state (but advances `step`, so the data moves on) when any of the named
-    metrics is NaN or Inf, and reports `skipped` (1.0 or 0.0). The metrics are reduced over devices, so
-    every device takes the same decision."""
-
-    def step(state, batch):
-        new_state, metrics = step_fn(state, batch)
-        finite = jnp.all(jnp.isfinite(jnp.stack([metrics[k] for k in metric_names])))
-        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        return kept.replace(step=new_state.step), {**metrics, "skipped": 1.0 - finite.astype(jnp.float32)}
-
-    return step
+def _check_state_contract(state, name: str) -> None:
+    """The state entries the loop, the checkpoints and `init_from` read (`task.State`), checked before anything
+    compiles: a task defined elsewhere learns here, in one line, what its state lacks."""
+    missing = [f for f in ("step", "params", "batch_stats", "eval_variables", "with_model_variables")
+               if not hasattr(state, f)]
+    if missing:
+        raise TypeError(f"task {name!r}: its state ({type(state).__name__}) lacks {', '.join(missing)} "
+                        "(the contract is jaxnets.train.task.State)")
 
 
 def _steps_per_dispatch(configured: int, mesh) -> int:

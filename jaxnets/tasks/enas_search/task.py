@@ -1,10 +1,10 @@
-"""The ENAS search as a task of the training loop (`config.task = "search"`).
+"""The ENAS search as a task of the training loop (`config.task = "search"`, its fields in `config.search`).
 
 Each step of the loop trains the shared network (`enas_macro_shared`) on one arc, sampled afresh for that
-step by the controller (or uniformly, `config.search_strategy = "random"`), through one compiled step: the
-arc is a traced input. After each epoch, the controller takes `controller_updates_per_epoch` REINFORCE
-updates (`reinforce.py`) on rewards from the held-out split. Evaluation scores `search_eval_arcs` sampled
-arcs on the whole held-out split; at the end of the run the final arc is the best of `search_final_arcs`
+step by the controller (or uniformly, `config.search.strategy = "random"`), through one compiled step: the
+arc is a traced input. After each epoch, the controller takes `search.controller_updates_per_epoch` REINFORCE
+updates (`jaxnets.nas.reinforce`) on rewards from the held-out split. Evaluation scores `search.eval_arcs` sampled
+arcs on the whole held-out split; at the end of the run the final arc is the best of `search.final_arcs`
 samples there (`final.py` writes it and the recipe that trains it from scratch).
 
 Randomness: every arc comes from a key that is a function of (config.seed, what it is for, a counter in the
@@ -26,14 +26,15 @@ import optax
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from jaxnets.models import layers
+from jaxnets.models import create_model_from_config, layers
 from jaxnets.models.enas import OP_NAMES, arc_length, format_arc, parse_arc
 from jaxnets.models.enas.arc import layer_offsets
 from jaxnets.nas import reinforce
 from jaxnets.nas.controller import MacroController
-from jaxnets.nas.final import FINAL_ARC_FILE, FINAL_CONFIG_FILE, final_config_source
 from jaxnets.nas.uniform import uniform_arc
-from jaxnets.train.classification import supervised_step
+from jaxnets.optim import create_optimizer, create_schedule
+from jaxnets.tasks.enas_search.final import FINAL_ARC_FILE, FINAL_CONFIG_FILE, final_config_source
+from jaxnets.tasks.supervised import DIVERGENCE_ADVICE, FINITE_METRICS, supervised_step
 from jaxnets.train.parallel import DATA_AXIS, replicated
 
 BEST_ARCS_KEPT = 10  # the highest-accuracy arcs the controller updates have scored, kept in the state
@@ -55,10 +56,12 @@ class SearchState:
     baseline: jax.Array  # float32: the EMA of rewards
     best_arcs: jax.Array  # int32 [BEST_ARCS_KEPT, arc length]
     best_accuracies: jax.Array  # float32 [BEST_ARCS_KEPT]; -inf where no arc is kept yet
-    ema_params: Any = None  # (no parameter EMA in a search; the field keeps the classification state's shape)
 
-    def eval_variables(self) -> dict:
+    def eval_variables(self) -> dict:  # (a search keeps no parameter EMA: its rewards read the shared weights)
         return {"params": self.params, "batch_stats": self.batch_stats}
+
+    def with_model_variables(self, params, batch_stats) -> SearchState:
+        return self.replace(params=params, batch_stats=batch_stats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +73,17 @@ class SearchTask:
     config: Any  # the resolved run config
     image_shape: tuple[int, int, int]
 
-    finite_metrics = {"loss": "loss", "grad_norm": "gradient norm", "param_norm": "parameter norm"}
+    finite_metrics = FINITE_METRICS
+    divergence_advice = DIVERGENCE_ADVICE
+    epoch_finite_metrics = {"grad_norm": "gradient norm"}
+    epoch_divergence_advice = ("lower config.search.controller_learning_rate or set "
+                               "config.search.controller_grad_clip_norm")
     best_metric = "eval_mean_accuracy"
     records_file = "search.jsonl"  # one line per epoch (controller statistics, best arcs) and one for the final pick
 
     @functools.cached_property
     def controller_tx(self) -> optax.GradientTransformation:
-        return reinforce.controller_optimizer(self.config)
+        return reinforce.controller_optimizer(self.config.search)
 
     @property
     def arc_length(self) -> int:
@@ -84,11 +91,11 @@ class SearchTask:
 
     @property
     def epoch_updates(self) -> int:
-        return self.config.controller_updates_per_epoch
+        return self.config.search.controller_updates_per_epoch
 
     @property
     def epoch_batch_size(self) -> int:  # held-out images of one controller update, over all devices
-        return self.config.controller_arcs_per_update * self.config.controller_batch_size
+        return self.config.search.controller_arcs_per_update * self.config.search.controller_batch_size
 
     # ---- state and the shared network's step -------------------------------------------------------------
 
@@ -123,8 +130,8 @@ class SearchTask:
                                                                                   jax.lax.axis_index(DATA_AXIS)))
 
     def sample_arc(self, controller_params, key: jax.Array) -> jax.Array:
-        """One arc (int32 [arc length]) from the controller, or uniform with search_strategy="random"."""
-        if self.config.search_strategy == "random":
+        """One arc (int32 [arc length]) from the controller, or uniform with search.strategy="random"."""
+        if self.config.search.strategy == "random":
             return self.uniform_arc(key)
         return self.controller.apply({"params": controller_params}, key)["arc"]
 
@@ -170,7 +177,7 @@ class SearchTask:
         return jax.vmap(functools.partial(self.sample_arc, state.controller_params))(keys)
 
     def eval_step(self, state: SearchState, batch) -> dict:
-        arcs = self.eval_arcs(state, _EVAL_ARCS, self.config.search_eval_arcs)
+        arcs = self.eval_arcs(state, _EVAL_ARCS, self.config.search.eval_arcs)
         sums = {"correct": self._correct(state, arcs, batch["image"], batch["label"], batch["mask"]),
                 "count": jnp.sum(batch["mask"].astype(jnp.float32))}
         return jax.lax.psum(sums, DATA_AXIS)
@@ -187,16 +194,16 @@ class SearchTask:
         """One controller update, per device: `batch` holds controller_arcs_per_update x controller_batch_size
         held-out images; arc a is scored on row block a of every device's shard (its accuracy is psum'd)."""
         config = self.config
-        arcs_per_update = config.controller_arcs_per_update
+        arcs_per_update = config.search.controller_arcs_per_update
         images = batch["image"].reshape(arcs_per_update, -1, *batch["image"].shape[1:])
         labels = batch["label"].reshape(arcs_per_update, -1)
         key = jax.random.fold_in(self._stream_key(_CONTROLLER_UPDATES), state.controller_step)
         keys = jax.random.split(key, arcs_per_update)
         variables = state.eval_variables()
         params = state.controller_params
-        random_search = config.search_strategy == "random"
+        random_search = config.search.strategy == "random"
         loss_grad = jax.grad(functools.partial(reinforce.controller_loss, self.controller,
-                                               skip_weight=config.controller_skip_weight))
+                                               skip_weight=config.search.controller_skip_weight))
 
         def one_arc(carry, inputs):
             baseline, grad_sum = carry
@@ -205,8 +212,8 @@ class SearchTask:
             logits = self.model.apply(variables, x, sample["arc"], train=False)
             correct = jax.lax.psum(jnp.sum(jnp.argmax(logits, -1) == y).astype(jnp.float32), DATA_AXIS)
             accuracy = correct / jax.lax.psum(jnp.float32(y.shape[0]), DATA_AXIS)
-            reward = accuracy + config.controller_entropy_weight * sample["entropy"]
-            baseline = reinforce.updated_baseline(baseline, reward, config.controller_baseline_decay)
+            reward = accuracy + config.search.controller_entropy_weight * sample["entropy"]
+            baseline = reinforce.updated_baseline(baseline, reward, config.search.controller_baseline_decay)
             if not random_search:
                 grad_sum = jax.tree.map(jnp.add, grad_sum, loss_grad(params, sample["arc"], reward - baseline))
             stats = {"arc": sample["arc"], "accuracy": accuracy, "reward": reward, "entropy": sample["entropy"],
@@ -275,7 +282,7 @@ class SearchTask:
 
     # ---- the end of the search: the final arc -----------------------------------------------------------
 
-    def finish(self, trainer, state: SearchState, eval_batches, workdir: str) -> tuple[dict[str, str], dict]:
+    def complete(self, trainer, state: SearchState, eval_batches, workdir: str) -> tuple[dict[str, str], dict]:
         """-> (files for the workdir, a search.jsonl record): the final arc and the recipe that trains it."""
         picked = self.final_pick(trainer.mesh, state, eval_batches, trainer.shard)
         samples = picked["samples"]
@@ -294,15 +301,15 @@ class SearchTask:
         return files, record
 
     def final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
-        """The best of `search_final_arcs` samples on the whole held-out split, and (with the controller) as
+        """The best of `search.final_arcs` samples on the whole held-out split, and (with the controller) as
         many uniform random arcs scored the same way for comparison. Collective: every process calls it."""
         with layers.conv_lowering(self.config.conv_lowering):  # traced here, outside the trainer's steps
             return self._final_pick(mesh, state, eval_batches, shard)
 
     def _final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
-        count = self.config.search_final_arcs
+        count = self.config.search.final_arcs
         purposes = {"samples": _FINAL_ARCS}
-        if self.config.search_strategy == "enas":
+        if self.config.search.strategy == "enas":
             purposes["uniform"] = _RANDOM_ARCS
 
         def correct(state, arcs, batch):
@@ -330,3 +337,17 @@ class SearchTask:
         offsets = layer_offsets(m.num_layers, m.num_branches, m.whole_channels)
         flat = format_arc(parsed).split()
         return "".join(" ".join(flat[offsets[k]:offsets[k + 1]]) + "\n" for k in range(m.num_layers))
+
+
+def build(config, dataset, steps_per_epoch: int) -> SearchTask:
+    model = create_model_from_config(config, dataset.num_classes)
+    search = config.search
+    controller = MacroController(
+        num_layers=model.num_layers, num_branches=model.num_branches, whole_channels=model.whole_channels,
+        num_filters=model.num_filters, lstm_size=search.controller_lstm_size,
+        temperature=search.controller_temperature, tanh_constant=search.controller_tanh_constant,
+        skip_target=search.controller_skip_target,
+    )
+    return SearchTask(model=model, controller=controller, tx=create_optimizer(config, steps_per_epoch),
+                      schedule=create_schedule(config, steps_per_epoch), config=config,
+                      image_shape=tuple(dataset.image_shape))

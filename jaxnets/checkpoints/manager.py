@@ -1,4 +1,4 @@
-"""The run's checkpoints (layout: `jaxnets.checkpoint_layout`), saved and restored with orbax.
+"""The run's checkpoints (layout: `layout.py`), saved and restored with orbax.
 
 Saves are asynchronous (orbax copies the arrays to host memory, then writes them in a background thread)
 and atomic (a temporary directory, a rename, the commit marker last). On disk the state is a plain nested
@@ -28,16 +28,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from jaxnets import checkpoint_layout as layout
+from jaxnets.checkpoints import layout
 from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
 
 log = logging.getLogger("jaxnets")
 
 # Fields that change the parameters' structure: a checkpoint cannot continue under other values.
-# (`model_overrides.conv_lowering`, a model field before 2026-11, changed how convs are computed, never the
-# parameters: checkpoints that saved it resume without it.)
 MODEL_FIELDS = ("model", "model_overrides", "dataset")
-_PORTABLE_OVERRIDES = ("conv_lowering",)
 # Fields that change the rest of the train state (optimizer slots, EMA, clipping and decay stages), named
 # in the message when the saved state's structure differs from the config's.
 STATE_FIELDS = ("task", "optimizer", "momentum", "ema_decay", "weight_decay", "weight_decay_mode",
@@ -75,8 +72,7 @@ def model_differences(saved: dict, config: dict) -> list[str]:
         if isinstance(value, dict):
             out = {}
             for k, v in value.items():
-                if k not in _PORTABLE_OVERRIDES:
-                    out.update(flatten(v, f"{prefix}.{k}"))
+                out.update(flatten(v, f"{prefix}.{k}"))
             return out
         return {prefix: value}
 
@@ -204,7 +200,7 @@ class Checkpoints:
                 broken.append((step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue
             _check_fits(step_dir, saved_config, config, saved_structure, target)
-            _check_classes(step_dir, tuple(saved_meta.get("class_names", ())), tuple(class_names))
+            _check_classes(step_dir, tuple(saved_meta["class_names"]), tuple(class_names))
             args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)})
             try:
                 restored = self.manager.restore(step, args=args)[layout.STATE_ITEM]
@@ -245,7 +241,7 @@ class Checkpoints:
 
 def _check_classes(step_dir, saved: tuple[str, ...], current: tuple[str, ...]) -> None:
     """The same labels must mean the same classes (a folder dataset whose class folders changed would train its
-    outputs on other classes); checkpoints written before class names were saved have none to compare."""
+    outputs on other classes); a dataset that names no classes has none to compare."""
     if saved and current and saved != current:
         pairs = enumerate(itertools.zip_longest(saved, current, fillvalue="<none>"))
         changed = next(f"label {i}: checkpoint {a!r}, dataset {b!r}" for i, (a, b) in pairs if a != b)
@@ -266,8 +262,8 @@ def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, tar
     structure = structure_differences(saved_structure, target)
     if structure:
         saved_json, config_json = _json(saved_config), _json(config)
-        fields = [f"{k}: checkpoint {saved_json[k]!r}, config {config_json.get(k)!r}"  # (older checkpoints lack some)
-                  for k in STATE_FIELDS if k in saved_json and saved_json[k] != config_json.get(k)]
+        fields = [f"{k}: checkpoint {saved_json[k]!r}, config {config_json[k]!r}"
+                  for k in STATE_FIELDS if saved_json[k] != config_json[k]]
         cause = f"; the config differs in {'; '.join(fields)}" if fields else ""
         raise IncompatibleCheckpointError(
             f"{step_dir} holds a train state of another structure ({'; '.join(structure)}){cause}: resume with "

@@ -6,12 +6,22 @@
 
 The recipe is written out in full, so it reads on its own and keeps working if the search's recipe changes:
 the search's data fields that differ from base_config(), its depth and width, `model = "enas_macro"` with the
-arc, and the training settings of the search config's `final` block.
+arc, and the training settings of the search config's `search.final` block. The final network is trained by
+the classification task.
 """
 
 from __future__ import annotations
 
+import runpy
+
 import ml_collections
+from etils import epath
+
+from jaxnets.checkpoints import read_meta, resolve_step_dir
+from jaxnets.data import dataset_spec
+from jaxnets.errors import ConfigError
+from jaxnets.models import create_model_from_config
+from jaxnets.train import engine_config
 
 FINAL_ARC_FILE = "final_arc.txt"
 FINAL_CONFIG_FILE = "final_config.py"
@@ -21,12 +31,17 @@ FINAL_CONFIG_FILE = "final_config.py"
 _DATA_FIELDS = ("dataset", "data_dir", "image_size", "seed", "dtype")
 
 
+def _final_base() -> ml_collections.ConfigDict:
+    """What `jaxnets.config.base_config()` returns: the engine's fields, trained by classification."""
+    c = engine_config()
+    c.task = "classification"
+    return c
+
+
 def final_config_fields(search_config, model) -> tuple[dict, dict]:
     """-> (top-level fields, model_overrides) of the recipe, without the arc."""
-    from jaxnets.train.config import base_config
-
-    base = base_config()
-    final = search_config.final.to_dict()
+    base = _final_base()
+    final = search_config.search.final.to_dict()
     overrides = {"num_layers": model.num_layers, "num_branches": model.num_branches,
                  "num_filters": model.num_filters, "whole_channels": model.whole_channels}
     overrides.update(final.pop("model_overrides", {}))
@@ -35,18 +50,15 @@ def final_config_fields(search_config, model) -> tuple[dict, dict]:
     fields.update(final)
     unknown = sorted(set(fields) - set(base.keys()))
     if unknown:
-        from jaxnets.errors import ConfigError
-
-        raise ConfigError(f"config.final: unknown field(s) {', '.join(unknown)} (the fields of base_config())")
+        raise ConfigError(f"config.search.final: unknown field(s) {', '.join(unknown)} (the fields of "
+                          "base_config())")
     return fields, overrides
 
 
 def final_config(search_config, model, arc_line: str) -> ml_collections.ConfigDict:
     """The recipe as a config (what final_config.py's get_config() returns), e.g. to check it before a search."""
-    from jaxnets.train.config import base_config
-
     fields, overrides = final_config_fields(search_config, model)
-    c = base_config()
+    c = _final_base()
     for name, value in fields.items():
         c[name] = value
     c.model_overrides.arc = arc_line
@@ -66,7 +78,7 @@ def final_config_source(search_config, model, arc_line: str, workdir: str, accur
         f"    python train.py --config {workdir}/final_config.py --workdir FINAL_WORKDIR",
         '"""',
         "",
-        "from jaxnets.train import base_config",
+        "from jaxnets.config import base_config",
         "",
         f"ARC = {arc_line!r}",
         "",
@@ -93,14 +105,6 @@ def load_final_model(search_workdir):
     """(model, image_shape): the fixed network that a finished search's final_config.py trains (its arc, depth and
     width), built from that recipe, and the (H, W, C) of its images: to draw it (`jaxnets.plots.enas_architecture`)
     or look at it before training it."""
-    import runpy
-
-    from etils import epath
-
-    from jaxnets.checkpoint_layout import read_meta, resolve_step_dir
-    from jaxnets.data import dataset_spec
-    from jaxnets.models import create_model_from_config
-
     recipe = epath.Path(search_workdir) / FINAL_CONFIG_FILE
     if not recipe.exists():
         raise FileNotFoundError(f"{recipe} does not exist: the search in {search_workdir} has not finished")

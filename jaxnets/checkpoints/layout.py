@@ -10,13 +10,14 @@
 orbax writes a step into a temporary directory, renames it, and writes its commit marker last; a step is
 finished when the marker is there. Names of orbax's own files come from orbax. Paths are `etils.epath`
 paths, as orbax's are, so a workdir may be on cloud storage. This module is the only one that knows this
-layout; the trainer writes it (`jaxnets.train.checkpoint`) and notebooks read it (`jaxnets.load_checkpoint`).
+layout; the trainer writes it (`manager.py`) and notebooks read it (`loading.py`: `jaxnets.load_checkpoint`).
 """
 
 from __future__ import annotations
 
 import os
 
+import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxnets.errors import CheckpointNotFoundError
@@ -44,8 +45,6 @@ def checkpoint_dir(workdir) -> epath.Path:
 
 def is_finished(step_dir) -> bool:
     """True once orbax has written the step's commit marker (its last write)."""
-    import orbax.checkpoint as ocp
-
     return (epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
 
 
@@ -59,8 +58,6 @@ def step_numbers(directory) -> list[int]:
 
 def temporaries(directory) -> list[epath.Path]:
     """orbax's temporary directories under `directory`: saves that never reached their rename."""
-    import orbax.checkpoint as ocp
-
     directory = epath.Path(directory)
     return [directory / name for name in ocp.path.step.tmp_checkpoints(directory)] if directory.is_dir() else []
 
@@ -80,9 +77,7 @@ def resolve_step_dir(path) -> epath.Path:
 
 def read_meta(step_dir) -> dict:
     """The JSON saved beside the state: {"config": {...}, "num_classes": int, "image_shape": [H, W, C],
-    "class_names": [str, ...] (absent in checkpoints written before jaxnets saved them)}."""
-    import orbax.checkpoint as ocp
-
+    "class_names": [str, ...]}."""
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
         return checkpointer.restore(epath.Path(step_dir) / META_ITEM)
 
@@ -90,8 +85,6 @@ def read_meta(step_dir) -> dict:
 def state_structure(step_dir) -> dict:
     """The saved state's tree from orbax's metadata: nested dicts of `ArrayMetadata` (shape, dtype) or None.
     Reads no array data."""
-    import orbax.checkpoint as ocp
-
     handler = ocp.StandardCheckpointHandler()  # (a Checkpointer would warn: the trainer saves no per-item metadata)
     try:
         return handler.metadata(epath.Path(step_dir) / STATE_ITEM).tree

@@ -5,22 +5,25 @@
     class_names = jaxnets.read_class_names("/tmp/run")                # ("0", ..., "9"), folder names, ...
 
 `variables` are the eval variables: the parameter EMA when the run kept one, else the parameters, and
-the BN statistics. The arrays land on one device (the first CPU device unless `device` is given),
-whatever the topology that wrote them: the target sharding is given explicitly, never read from disk.
+the BN statistics (every task's state keeps them under these names: `jaxnets.train.task.State`). The
+arrays land on one device (the first CPU device unless `device` is given), whatever the topology that
+wrote them: the target sharding is given explicitly, never read from disk.
 """
 
 from __future__ import annotations
 
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxnets.checkpoint_layout import STATE_ITEM, read_meta, resolve_step_dir, state_structure
+from jaxnets.checkpoints.layout import STATE_ITEM, read_meta, resolve_step_dir, state_structure
+from jaxnets.models import create_model_from_config
 
 
 def restore_variables(step_dir, sharding) -> dict:
-    """{"params", "batch_stats", "ema_params"} of a step, placed with `sharding` (the optimizer state is not read)."""
-    import jax
-    import orbax.checkpoint as ocp
-
+    """{"params", "batch_stats", "ema_params" (None without an EMA)} of a step, placed with `sharding` (the rest of
+    the state, such as the optimizer's, is not read)."""
     saved = state_structure(step_dir)
     wanted = {k: saved[k] for k in ("params", "batch_stats", "ema_params") if saved.get(k) is not None}
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -35,16 +38,9 @@ def restore_variables(step_dir, sharding) -> dict:
 
 def load_checkpoint(path, device=None):
     """-> (model, variables, config) for a workdir or one checkpoint step, on one device."""
-    import jax
-    import ml_collections
-
-    from jaxnets.models import create_model_from_config
-
     step_dir = resolve_step_dir(path)
     meta = read_meta(step_dir)
-    saved = _tuples(meta["config"])
-    saved.get("model_overrides", {}).pop("conv_lowering", None)  # a model field before 2026-11; now the trainer's
-    config = ml_collections.ConfigDict(saved)
+    config = ml_collections.ConfigDict(_tuples(meta["config"]))
     device = jax.devices("cpu")[0] if device is None else device
     restored = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(device))
     params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
@@ -54,8 +50,8 @@ def load_checkpoint(path, device=None):
 
 def read_class_names(path) -> tuple[str, ...]:
     """The class names a checkpoint was trained with (label order), saved beside it; () when the dataset named
-    none or the checkpoint predates them."""
-    return tuple(read_meta(resolve_step_dir(path)).get("class_names", ()))
+    none."""
+    return tuple(read_meta(resolve_step_dir(path))["class_names"])
 
 
 def _tuples(value):

@@ -1,0 +1,105 @@
+"""The package's shape, read from its source: the engine names no task, no import circle, heavy imports only
+where they are used, and no PyTorch code in what `pip install` ships."""
+
+import ast
+import io
+import pathlib
+import tokenize
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).parents[1] / "jaxnets"
+# Imports that may sit inside a function: optional or heavy dependencies, each with its reason beside it.
+LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.ops._onednn", "jax._src.clusters"}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(path: pathlib.Path):
+    """(imported jaxnets module or other module name, line number, inside a function?) for every import."""
+    tree = ast.parse(path.read_text())
+    inside = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for node in ast.walk(fn) if node is not fn}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno, id(node) in inside
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                module = submodule if submodule in MODULES or submodule in LAZY_IMPORTS else node.module
+                yield module, node.lineno, id(node) in inside
+
+
+def code_without_comments(path: pathlib.Path) -> str:
+    """The source with comments and docstrings removed (string literals stay: messages are code)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {node.body[0].value.lineno for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+                  and isinstance(node.body[0].value.value, str)}
+    kept = [tok for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+            if tok.type != tokenize.COMMENT and not (tok.type == tokenize.STRING and tok.start[0] in docstrings)]
+    return tokenize.untokenize(kept)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("jaxnets.train")))
+def test_the_engine_imports_no_task_and_names_none(name):
+    for target, line, _ in imports(MODULES[name]):
+        assert not target.startswith(("jaxnets.tasks", "jaxnets.nas", "jaxnets.models.enas")), (
+            f"{MODULES[name]}:{line} imports {target}")
+    code = code_without_comments(MODULES[name]).lower()
+    for word in ("search", "enas", "controller", "classification", "distill"):
+        assert word not in code, f"{MODULES[name]} names {word!r} outside comments"
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    graph = {name: {t for t, _, _ in imports(path) if t in MODULES} for name, path in MODULES.items()}
+    index, low, stack, circles, counter = {}, {}, [], [], [0]
+
+    def visit(node):  # Tarjan's strongly connected components
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        for successor in graph[node]:
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                circles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    assert circles == []
+
+
+def test_imports_inside_functions_are_only_heavy_or_optional_ones_with_their_reason():
+    for path in MODULES.values():
+        lines = path.read_text().splitlines()
+        for target, line, inside_function in imports(path):
+            if inside_function:
+                assert target in LAZY_IMPORTS, f"{path}:{line} imports {target} inside a function"
+                assert "#" in lines[line - 1] or lines[line - 2].strip().startswith("#"), (
+                    f"{path}:{line}: say why {target} is imported inside a function")
+
+
+def test_the_package_holds_no_pytorch_code():
+    for path in MODULES.values():
+        for target, line, _ in imports(path):
+            assert target.split(".")[0] != "torch", f"{path}:{line} imports torch"

@@ -3,17 +3,57 @@
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
+from parity import randomise_batch_norm
+from torch_twins import TWINS
 
 from jaxnets.convert.files import load_arrays
-from jaxnets.convert.torchvision import convert_state_dict, load_torchvision_weights
-from jaxnets.reference import torchvision_mobilenetv2
+from jaxnets.convert.torchvision import convert_state_dict, load_torchvision_weights, supported_models
+from jaxnets.models import model_entry
+
+TWINNED = [name for name in supported_models() if model_entry(name).reference.twin is not None]
 
 
 @pytest.fixture(scope="module")
 def mobilenet_state_dict():
     torch.manual_seed(0)
-    model = torchvision_mobilenetv2.mobilenet_v2(num_classes=10)
+    model = TWINS["mobilenet_v2"](num_classes=10)
     return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def to_torch_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    if path[-1] == "kernel":  # HWIO -> OIHW, [in, out] -> [out, in]
+        return value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    return value
+
+
+@pytest.mark.parametrize("name", TWINNED)
+def test_every_tensor_of_the_twin_converts_back_to_itself(name):
+    """Each converted leaf, put back into torch's layout, is exactly one of the state dict's tensors, and each
+    tensor is used once (random BN: no two tensors are equal)."""
+    torch.manual_seed(0)
+    twin = TWINS[model_entry(name).reference.twin](num_classes=10)
+    randomise_batch_norm(twin, seed=1)
+    state_dict = {k: v.numpy() for k, v in twin.state_dict().items() if not k.endswith("num_batches_tracked")}
+    by_content = {(v.shape, v.tobytes()): k for k, v in state_dict.items()}
+    assert len(by_content) == len(state_dict), "two tensors of the twin are equal: the check would be ambiguous"
+
+    variables = convert_state_dict(name, state_dict)
+    flat = traverse_util.flatten_dict(variables)
+    sources = []
+    for path, value in flat.items():
+        value = to_torch_layout(path, np.asarray(value))
+        sources.append(by_content.get((value.shape, value.tobytes()), f"nothing ({'/'.join(path)})"))
+    assert sorted(sources) == sorted(state_dict)
+    classifier = model_entry(name).reference.torch_keys.classifier
+    assert variables["params"][classifier.split(".")[0]]["kernel"].shape[-1] == 10
+
+
+def test_every_torch_key_mapping_is_checked_against_a_twin():
+    """A convertible model without a twin (a deeper variant) shares its family's mapping with one that has."""
+    checked = {model_entry(name).reference.torch_keys for name in TWINNED}
+    for name in supported_models():
+        assert model_entry(name).reference.torch_keys in checked, f"{name}: its key mapping has no twin to check it"
 
 
 def test_num_classes_comes_from_the_classifier(mobilenet_state_dict):
@@ -51,8 +91,11 @@ def test_wrong_shape_is_named(mobilenet_state_dict):
 
 
 def test_unsupported_model_lists_the_supported_ones(mobilenet_state_dict):
-    with pytest.raises(ValueError, match="no torchvision conversion for 'enas_macro'; supported: resnext50_32x4d"):
+    with pytest.raises(ValueError, match="no torchvision conversion for 'enas_macro'; supported: .*resnext50_32x4d"):
         convert_state_dict("enas_macro", mobilenet_state_dict)
+    with pytest.raises(ValueError, match="no torchvision conversion for 'cifar_mobilenet_v2'; supported: "):
+        load_torchvision_weights("cifar_mobilenet_v2", "unused.safetensors")
+    assert {"resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "mobilenet_v2"} <= set(supported_models())
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])

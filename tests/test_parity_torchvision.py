@@ -1,59 +1,46 @@
-"""jaxnets with converted weights reproduces torchvision's logits (float32, CPU, eval mode)."""
+"""jaxnets with converted weights reproduces its PyTorch twin's logits (float32, CPU, eval mode).
 
-import functools
+Every registered model whose entry names a twin with torchvision's key names, at the size its reference is meant
+for and, for ImageNet models, also at 64x64 (the ENAS child's twin uses jaxnets' names: test_parity_enas.py).
+"""
 
-import jax
-import numpy as np
 import pytest
 import torch
-from parity import randomise_batch_norm
+from flax import traverse_util
+from parity import assert_logits_match, num_params, randomise_batch_norm
+from torch_twins import TWINS
 
 from jaxnets.convert.torchvision import convert_state_dict
-from jaxnets.models import create_model
-from jaxnets.reference import torchvision_mobilenetv2, torchvision_resnext
+from jaxnets.models import create_model, list_models, model_entry
 
-TORCH_BUILDERS = {
-    "resnext50_32x4d": torchvision_resnext.resnext50_32x4d,
-    "mobilenet_v2": torchvision_mobilenetv2.mobilenet_v2,
-}
+TWINNED = [name for name in list_models()
+           if model_entry(name).reference.twin is not None and model_entry(name).reference.torch_keys is not None]
 
 
-@pytest.mark.parametrize("size", [224, 64])
-@pytest.mark.parametrize("name", sorted(TORCH_BUILDERS))
-def test_logits_match_pytorch(name, size):
-    torch.manual_seed(0)
-    reference = TORCH_BUILDERS[name]().eval()
-    randomise_batch_norm(reference, seed=1)
-    images = np.random.default_rng(2).standard_normal((2, 3, size, size), dtype=np.float32)
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(images)).numpy()
+def sizes(name: str) -> list[int]:
+    image_size = model_entry(name).reference.image_size
+    return [image_size, 64] if image_size == 224 else [image_size]
 
+
+def test_the_twinned_models_include_each_family():
+    assert {"resnext50_32x4d", "mobilenet_v2", "cifar_resnext50", "resnext29_8x64d"} <= set(TWINNED)
+
+
+@pytest.mark.parametrize("name,size", [(name, size) for name in TWINNED for size in sizes(name)])
+def test_logits_match_the_twin(name, size):
     model = create_model(name)
-    variables = convert_state_dict(name, reference.state_dict())
-    logits = jax.jit(functools.partial(model.apply, train=False))(variables, images.transpose(0, 2, 3, 1))
-
-    assert logits.shape == (2, 1000)
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * scale,
-                               err_msg=f"{name} at {size}x{size} differs from the PyTorch reference")
-
-
-CIFAR_TWINS = {
-    "cifar_resnext50": torchvision_resnext.cifar_resnext50,
-    "resnext29_8x64d": torchvision_resnext.resnext29_8x64d,
-}
-
-
-@pytest.mark.parametrize("name", sorted(CIFAR_TWINS))
-def test_cifar_resnext_twins_match_jaxnets(name):
-    """The PyTorch twins the benchmarks race (same architecture, torchvision's key names) at 32x32."""
     torch.manual_seed(0)
-    reference = CIFAR_TWINS[name]().eval()
-    randomise_batch_norm(reference, seed=1)
-    images = np.random.default_rng(2).standard_normal((2, 3, 32, 32), dtype=np.float32)
-    with torch.no_grad():
-        expected = reference(torch.from_numpy(images)).numpy()
-    model = create_model(name, num_classes=expected.shape[1])
-    variables = convert_state_dict(name, reference.state_dict())
-    logits = jax.jit(functools.partial(model.apply, train=False))(variables, images.transpose(0, 2, 3, 1))
-    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    twin = TWINS[model_entry(name).reference.twin](num_classes=model.num_classes)
+    randomise_batch_norm(twin, seed=1)
+    variables = convert_state_dict(name, twin.state_dict())
+    if size == sizes(name)[0]:  # (once per model) parameter for parameter
+        assert num_params(twin) == sum(leaf.size for leaf in traverse_util.flatten_dict(variables["params"]).values())
+        published = model_entry(name).reference.params
+        assert published is None or num_params(twin) == published
+    assert_logits_match(model, variables, twin, size, name)
+
+
+def test_registry_twin_names_exist():
+    twins = {name: model_entry(name).reference.twin for name in list_models()}
+    assert {twin for twin in twins.values() if twin is not None} <= set(TWINS), twins
+

@@ -1,10 +1,12 @@
-"""Model names, overrides and exact parameter counts."""
+"""Model names, registry entries, overrides and exact parameter counts."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxnets.models import create_model, list_models
+from jaxnets.models import Reference, create_model, list_models, model_entry
 
 REQUIRED_NAMES = [
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext152_32x4d", "resnext29_8x64d",
@@ -23,17 +25,28 @@ def test_every_documented_name_is_registered():
     assert set(REQUIRED_NAMES) <= set(list_models())
 
 
-@pytest.mark.parametrize(
-    "name,expected",
-    [  # torchvision's own counts (1000 classes)
-        ("resnext50_32x4d", 25_028_904),
-        ("resnext101_32x8d", 88_791_336),
-        ("resnext101_64x4d", 83_455_272),
-        ("mobilenet_v2", 3_504_872),
-    ],
-)
-def test_imagenet_parameter_counts_equal_torchvision(name, expected):
-    assert num_params(name, 224) == expected
+@pytest.mark.parametrize("name", [name for name in list_models() if model_entry(name).reference.params is not None])
+def test_parameter_counts_equal_the_published_ones(name):
+    reference = model_entry(name).reference
+    assert num_params(name, reference.image_size) == reference.params
+
+
+def test_torchvision_models_carry_their_published_counts():
+    assert {name: model_entry(name).reference.params for name in
+            ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "mobilenet_v2")} == {
+        "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
+        "mobilenet_v2": 3_504_872,
+    }  # torchvision's model cards (1000 classes)
+
+
+def test_an_entry_describes_its_model():
+    entry = model_entry("cifar_resnext50")
+    assert entry.name == "cifar_resnext50" and isinstance(entry.reference, Reference)
+    assert entry.reference.image_size == 32 and entry.defaults["num_classes"] == 100
+    assert type(create_model("cifar_resnext50")) is entry.module
+    assert model_entry("mobilenet_v2").reference.torch_keys.classifier == "classifier.1.weight"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.reference.params = 1
 
 
 @pytest.mark.parametrize(
@@ -59,6 +72,8 @@ def test_dense_first_1x1_gives_the_reference_count_without_the_seed_quirk():
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown model 'resnext51'; known models: .*resnext50_32x4d"):
         create_model("resnext51")
+    with pytest.raises(ValueError, match=r"unknown model 'resnext51'; known models: .*resnext50_32x4d"):
+        model_entry("resnext51")
 
 
 def test_unknown_override_names_the_field():

@@ -1,15 +1,16 @@
 """torchvision state_dict -> jaxnets variables.
 
-`convert_state_dict("resnext50_32x4d", state_dict)` takes torchvision key names mapped to arrays (numpy,
-or torch tensors: nothing here imports torch) and returns `{"params": ..., "batch_stats": ...}` for
-`create_model(name, num_classes=<from the classifier's shape>)`. Every key is accounted for: a missing,
-unexpected or mis-shaped tensor raises a ValueError naming it.
+`convert_state_dict("resnext50_32x4d", state_dict)` takes torchvision key names (timm's for ResNet/ResNeXt are
+the same) mapped to arrays (numpy, or torch tensors: nothing here imports torch) and returns
+`{"params": ..., "batch_stats": ...}` for `create_model(name, num_classes=<from the classifier's shape>)`. Every
+key is accounted for: a missing, unexpected or mis-shaped tensor raises a ValueError naming it. How a family's
+module names map onto jaxnets' is its registry entry's `reference.torch_keys`, next to the model; the layout
+changes (OIHW -> HWIO, ...) are here.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import jax
@@ -18,36 +19,26 @@ import numpy as np
 from flax import traverse_util
 
 from jaxnets.convert.files import load_arrays
-from jaxnets.models import create_model
+from jaxnets.models import TorchKeys, create_model, list_models, model_entry
 
-_CLASSIFIER_KEY = {
-    "resnext50_32x4d": "fc.weight",
-    "resnext101_32x8d": "fc.weight",
-    "resnext101_64x4d": "fc.weight",
-    "resnext152_32x4d": "fc.weight",
-    # No torchvision weights exist for these; their PyTorch twins (jaxnets.reference) use torchvision's names.
-    "cifar_resnext50": "fc.weight",
-    "resnext29_8x64d": "fc.weight",
-    "mobilenet_v2": "classifier.1.weight",
-}
-SUPPORTED_MODELS = tuple(_CLASSIFIER_KEY)
+
+def supported_models() -> list[str]:
+    """The registered models that convert from torchvision state dicts."""
+    return [name for name in list_models() if model_entry(name).reference.torch_keys is not None]
 
 
 def convert_state_dict(model_name: str, state_dict: dict[str, Any]) -> dict[str, Any]:
-    if model_name not in _CLASSIFIER_KEY:
-        raise ValueError(f"no torchvision conversion for {model_name!r}; supported: {', '.join(SUPPORTED_MODELS)}")
+    keys = _torch_keys(model_name)
     arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    classifier_key = _CLASSIFIER_KEY[model_name]
-    if classifier_key not in arrays:
-        raise ValueError(f"state_dict has no {classifier_key!r}: is it a torchvision {model_name} state_dict?")
-    model = create_model(model_name, num_classes=arrays[classifier_key].shape[0])
+    if keys.classifier not in arrays:
+        raise ValueError(f"state_dict has no {keys.classifier!r}: is it a torchvision {model_name} state_dict?")
+    model = create_model(model_name, num_classes=arrays[keys.classifier].shape[0])
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
     expected = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(target).items()}
-    module_path = _resnext_module_path if "resnext" in model_name else _mobilenet_module_path
 
     flat = {}
     for key, value in arrays.items():
-        path, value = _leaf(key, module_path(key.rsplit(".", 1)[0], expected), value)
+        path, value = _leaf(key, keys.module_path(key.rsplit(".", 1)[0], expected.keys()), value)
         if path not in expected:
             raise ValueError(f"unexpected key {key!r} for {model_name} (would map to {'/'.join(path)})")
         if value.shape != expected[path]:
@@ -61,9 +52,17 @@ def convert_state_dict(model_name: str, state_dict: dict[str, Any]) -> dict[str,
 
 def load_torchvision_weights(model_name: str, path: str | os.PathLike):
     """(model, variables) from a .safetensors/.npz file holding a torchvision state_dict."""
-    variables = convert_state_dict(model_name, load_arrays(path))
-    num_classes = variables["params"][_CLASSIFIER_KEY[model_name].split(".")[0]]["kernel"].shape[-1]
-    return create_model(model_name, num_classes=num_classes), variables
+    keys = _torch_keys(model_name)
+    arrays = load_arrays(path)
+    variables = convert_state_dict(model_name, arrays)
+    return create_model(model_name, num_classes=arrays[keys.classifier].shape[0]), variables
+
+
+def _torch_keys(model_name: str) -> TorchKeys:
+    keys = model_entry(model_name).reference.torch_keys
+    if keys is None:
+        raise ValueError(f"no torchvision conversion for {model_name!r}; supported: {', '.join(supported_models())}")
+    return keys
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -88,32 +87,3 @@ def _leaf(key: str, module: tuple[str, ...], value: np.ndarray):
     if name == "weight" and value.ndim == 1:  # BN gamma
         return ("params", *module, "scale"), value
     raise ValueError(f"unexpected key {key!r}")
-
-
-def _resnext_module_path(module: str, expected) -> tuple[str, ...]:
-    # layer2.0.downsample.1 -> layer2_0/downsample_bn; conv1, bn1, fc stay.
-    match = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", module)
-    if not match:
-        return (module,)
-    stage, block, rest = match.groups()
-    rest = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(rest, rest)
-    return (f"layer{stage}_{block}", rest)
-
-
-def _mobilenet_module_path(module: str, expected) -> tuple[str, ...]:
-    # features.0.0 -> features_0/conv; features.3.conv.1.0 -> features_3/dw_conv; classifier.1 -> classifier.
-    if module == "classifier.1":
-        return ("classifier",)
-    match = re.fullmatch(r"features\.(\d+)\.(.+)", module)
-    if not match:
-        return (module,)
-    index, rest = match.groups()
-    block = f"features_{index}"
-    if rest in ("0", "1"):  # stem or head Conv2dNormActivation
-        return (block, {"0": "conv", "1": "bn"}[rest])
-    has_expand = ("params", block, "expand_conv", "kernel") in expected
-    names = ["expand_conv", "expand_bn", "dw_conv", "dw_bn"] if has_expand else ["dw_conv", "dw_bn"]
-    names += ["project_conv", "project_bn"]
-    torch_names = (["conv.0.0", "conv.0.1", "conv.1.0", "conv.1.1", "conv.2", "conv.3"] if has_expand
-                   else ["conv.0.0", "conv.0.1", "conv.1", "conv.2"])
-    return (block, dict(zip(torch_names, names, strict=True)).get(rest, rest))

@@ -1,6 +1,32 @@
-"""The model zoo. Importing this package registers every family."""
+"""The model zoo. Importing this package imports (and so registers) every family module in it: a new family
+is one new file here."""
 
-from jaxnets.models import enas, mobilenetv2, resnext  # noqa: F401  (registration side effect)
-from jaxnets.models.registry import COMPUTE_DTYPES, create_model, create_model_from_config, list_models
+import importlib
+import pkgutil
 
-__all__ = ["COMPUTE_DTYPES", "create_model", "create_model_from_config", "list_models"]
+from jaxnets.models.registry import (
+    COMPUTE_DTYPES,
+    ModelEntry,
+    Reference,
+    TorchKeys,
+    create_model,
+    create_model_from_config,
+    list_models,
+    model_entry,
+)
+
+_NOT_FAMILIES = {"registry", "layers"}
+for _family in pkgutil.iter_modules(__path__):
+    if _family.name not in _NOT_FAMILIES:
+        importlib.import_module(f"{__name__}.{_family.name}")
+
+__all__ = [
+    "COMPUTE_DTYPES",
+    "ModelEntry",
+    "Reference",
+    "TorchKeys",
+    "create_model",
+    "create_model_from_config",
+    "list_models",
+    "model_entry",
+]

@@ -1,20 +1,22 @@
 """MobileNetV2 (Sandler et al. 2018), torchvision-compatible, plus the pytorch-cifar100 seed variant.
 
 Parameter paths: `features_0` stem, `features_1`..`features_17` inverted residuals (`expand_conv`,
-`expand_bn`, `dw_conv`, `dw_bn`, `project_conv`, `project_bn`), `features_18` head conv, `classifier`.
+`expand_bn`, `dw_conv`, `dw_bn`, `project_conv`, `project_bn`), `features_18` head conv, `classifier`;
+`TORCH_KEYS` maps torchvision's names onto them.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets.models import layers
-from jaxnets.models.registry import register
+from jaxnets.models.registry import Reference, TorchKeys, register
 
 # (expand ratio t, output channels c, repeats n, first stride s), from the paper's Table 2.
 IMAGENET_STAGES = (
@@ -132,7 +134,29 @@ class MobileNetV2(nn.Module):
         return x.astype(jnp.float32)
 
 
-register("mobilenet_v2", MobileNetV2)
+def torch_module_path(module: str, expected: Collection[tuple[str, ...]]) -> tuple[str, ...]:
+    """torchvision's module names: features.0.0 -> features_0/conv; features.3.conv.1.0 -> features_3/dw_conv
+    (a block's indices depend on whether it has an expand conv, read from `expected`); classifier.1 -> classifier."""
+    if module == "classifier.1":
+        return ("classifier",)
+    match = re.fullmatch(r"features\.(\d+)\.(.+)", module)
+    if not match:
+        return (module,)
+    index, rest = match.groups()
+    block = f"features_{index}"
+    if rest in ("0", "1"):  # stem or head Conv2dNormActivation
+        return (block, {"0": "conv", "1": "bn"}[rest])
+    if ("params", block, "expand_conv", "kernel") in expected:
+        names = {"conv.0.0": "expand_conv", "conv.0.1": "expand_bn", "conv.1.0": "dw_conv", "conv.1.1": "dw_bn",
+                 "conv.2": "project_conv", "conv.3": "project_bn"}
+    else:
+        names = {"conv.0.0": "dw_conv", "conv.0.1": "dw_bn", "conv.1": "project_conv", "conv.2": "project_bn"}
+    return (block, names.get(rest, rest))
+
+
+register("mobilenet_v2", MobileNetV2,
+         reference=Reference(twin="mobilenet_v2", params=3_504_872,
+                             torch_keys=TorchKeys(classifier="classifier.1.weight", module_path=torch_module_path)))
 register(
     "cifar_mobilenet_v2",
     MobileNetV2,
@@ -145,4 +169,5 @@ register(
     expand_when_t1=True,
     dropout_rate=0.0,
     classifier_init_std=None,
+    reference=Reference(image_size=32),  # (no twin: torchvision's MobileNetV2 differs, see the class docstring)
 )

@@ -1,12 +1,15 @@
 """Models by name: `create_model("resnext50_32x4d", num_classes=10)`.
 
-Each family module registers its variants as data (a module class plus keyword arguments), so a
-variant is one line and `create_model` can check overrides against the module's real fields.
+Each family module registers its variants as data (a module class plus keyword arguments) together with what
+the rest of the project needs about them (`Reference`: the published parameter count, the PyTorch twin the
+parity tests and benchmarks race, how torchvision's state dicts map onto it). A variant is one line, a new
+family is one file, and `create_model` checks overrides against the module's real fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax.numpy as jnp
@@ -15,27 +18,63 @@ from flax import linen as nn
 # The compute dtypes a run config may name (`config.dtype`); parameters and BN statistics stay float32.
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-_REGISTRY: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {}
+
+@dataclasses.dataclass(frozen=True)
+class TorchKeys:
+    """How a torchvision state dict (timm uses the same names for ResNet/ResNeXt) maps onto the model.
+
+    `module_path("layer2.0.downsample.1", expected)` is the jaxnets module path of a torch module; `expected`
+    holds the model's flattened variable paths (`("params", "features_3", "dw_conv", "kernel")`), for
+    mappings that depend on the architecture. `jaxnets.convert.torchvision` does the rest (layouts, leaves).
+    """
+
+    classifier: str  # the classifier weight's key ("fc.weight"): its shape gives num_classes
+    module_path: Callable[[str, Collection[tuple[str, ...]]], tuple[str, ...]]
 
 
-def register(name: str, module: type[nn.Module], **defaults: Any) -> None:
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What the model is checked against."""
+
+    twin: str | None = None  # its PyTorch twin in tests/torch_twins (same architecture, torchvision's key names)
+    params: int | None = None  # the published exact parameter count at the default num_classes
+    image_size: int = 224  # the input size the reference network is meant for (224 ImageNet, 32 CIFAR)
+    torch_keys: TorchKeys | None = None  # None: no torchvision conversion
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    module: type[nn.Module]
+    defaults: dict[str, Any]
+    reference: Reference
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, module: type[nn.Module], *, reference: Reference = Reference(), **defaults: Any) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     _check_fields(name, module, defaults)
-    _REGISTRY[name] = (module, defaults)
+    _REGISTRY[name] = ModelEntry(name, module, defaults, reference)
 
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
-    """Builds the named model; `overrides` replace any of its fields (num_classes, dtype, ...)."""
+def model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    module, defaults = _REGISTRY[name]
-    _check_fields(name, module, overrides)
-    return module(**{**defaults, **overrides})
+    return _REGISTRY[name]
+
+
+def create_model(name: str, **overrides: Any) -> nn.Module:
+    """Builds the named model; `overrides` replace any of its fields (num_classes, dtype, ...)."""
+    entry = model_entry(name)
+    _check_fields(name, entry.module, overrides)
+    return entry.module(**{**entry.defaults, **overrides})
 
 
 def create_model_from_config(config, num_classes: int) -> nn.Module:
@@ -47,8 +86,6 @@ def create_model_from_config(config, num_classes: int) -> nn.Module:
 def _check_fields(name: str, module: type[nn.Module], kwargs: dict[str, Any]) -> None:
     fields = {f.name for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")}
     unknown = sorted(set(kwargs) - fields)
-    if "conv_lowering" in unknown:  # a model field until 2026-11; now the trainer's
-        raise ValueError("conv_lowering is not a model field: set config.conv_lowering (or $JAXNETS_CONV_LOWERING)")
     if unknown:
         raise ValueError(
             f"model {name!r} has no field(s) {', '.join(unknown)}; its fields are: {', '.join(sorted(fields))}"

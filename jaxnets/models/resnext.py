@@ -1,20 +1,21 @@
 """ResNeXt (Xie et al. 2017), torchvision-compatible, plus the CIFAR variants.
 
 One module serves every variant; the variants below are data. Parameter paths mirror torchvision's
-(`layer2_0/conv2/kernel` <-> `layer2.0.conv2.weight`) so conversion is a renaming.
+(`layer2_0/conv2/kernel` <-> `layer2.0.conv2.weight`) so conversion is a renaming (`TORCH_KEYS`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets.models import layers
-from jaxnets.models.registry import register
+from jaxnets.models.registry import Reference, TorchKeys, register
 
 EXPANSION = 4  # bottleneck output = planes * 4
 
@@ -115,19 +116,40 @@ class ResNeXt(nn.Module):
         return x.astype(jnp.float32)
 
 
-# torchvision (ImageNet).
-register("resnext50_32x4d", ResNeXt, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4)
-register("resnext101_32x8d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8)
-register("resnext101_64x4d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4)
-register("resnext152_32x4d", ResNeXt, stage_sizes=(3, 8, 36, 3), groups=32, width_per_group=4)
+def torch_module_path(module: str, expected: Collection[tuple[str, ...]]) -> tuple[str, ...]:
+    """torchvision's (and timm's) ResNet/ResNeXt module names: layer2.0.downsample.1 -> layer2_0/downsample_bn;
+    conv1, bn1 and fc stay."""
+    match = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", module)
+    if not match:
+        return (module,)
+    stage, block, rest = match.groups()
+    rest = {"downsample.0": "downsample_conv", "downsample.1": "downsample_bn"}.get(rest, rest)
+    return (f"layer{stage}_{block}", rest)
 
+
+TORCH_KEYS = TorchKeys(classifier="fc.weight", module_path=torch_module_path)
+
+# torchvision (ImageNet), with its published counts. ResNeXt-152 32x4d is not in torchvision (same key names).
+register("resnext50_32x4d", ResNeXt, stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4,
+         reference=Reference(twin="resnext50_32x4d", params=25_028_904, torch_keys=TORCH_KEYS))
+register("resnext101_32x8d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8,
+         reference=Reference(params=88_791_336, torch_keys=TORCH_KEYS))
+register("resnext101_64x4d", ResNeXt, stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4,
+         reference=Reference(params=83_455_272, torch_keys=TORCH_KEYS))
+register("resnext152_32x4d", ResNeXt, stage_sizes=(3, 8, 36, 3), groups=32, width_per_group=4,
+         reference=Reference(torch_keys=TORCH_KEYS))
+
+# CIFAR (32x32). No torchvision weights exist for these; those with a PyTorch twin convert from its state dict
+# (torchvision's key names).
 # The paper's CIFAR ResNeXt-29: three stages of three blocks, 64 channels per group in stage 1.
 _resnext29 = dict(stage_sizes=(3, 3, 3), stage_planes=(64, 128, 256), stem="cifar", width_per_group=64, num_classes=10)
-register("resnext29_8x64d", ResNeXt, groups=8, **_resnext29)
-register("resnext29_16x64d", ResNeXt, groups=16, **_resnext29)
+register("resnext29_8x64d", ResNeXt, groups=8, **_resnext29,
+         reference=Reference(twin="resnext29_8x64d", image_size=32, torch_keys=TORCH_KEYS))
+register("resnext29_16x64d", ResNeXt, groups=16, **_resnext29, reference=Reference(image_size=32))
 
 # The pytorch-cifar100 seed code: ImageNet stage layout on a CIFAR stem, grouped first 1x1.
 _seed_cifar = dict(groups=32, width_per_group=4, stem="cifar", grouped_first_1x1=True, num_classes=100)
-register("cifar_resnext50", ResNeXt, stage_sizes=(3, 4, 6, 3), **_seed_cifar)
-register("cifar_resnext101", ResNeXt, stage_sizes=(3, 4, 23, 3), **_seed_cifar)
-register("cifar_resnext152", ResNeXt, stage_sizes=(3, 4, 36, 3), **_seed_cifar)
+register("cifar_resnext50", ResNeXt, stage_sizes=(3, 4, 6, 3), **_seed_cifar,
+         reference=Reference(twin="cifar_resnext50", image_size=32, torch_keys=TORCH_KEYS))
+register("cifar_resnext101", ResNeXt, stage_sizes=(3, 4, 23, 3), **_seed_cifar, reference=Reference(image_size=32))
+register("cifar_resnext152", ResNeXt, stage_sizes=(3, 4, 36, 3), **_seed_cifar, reference=Reference(image_size=32))

@@ -1,17 +1,64 @@
-"""The ENAS macro fixed-arc child in PyTorch (whole-channel mode), written from the reference semantics.
+"""The ENAS macro fixed-arc child in PyTorch (whole-channel mode), written from the reference semantics (the
+official code's `src/cifar10/general_child.py`, with the intended behaviour where it is buggy: docs/enas.md).
 
-Module names equal the Flax parameter paths (`layer_3.inp_conv.conv.weight` <->
-`layer_3/inp_conv/conv/kernel`), so `to_flax_variables` maps weights by name alone. Used for parity
-with `jaxnets.models.enas.ENASMacroChild` and for the side-by-side CPU benchmark.
+Module names equal jaxnets' parameter paths (`layer_3.inp_conv.conv.weight` <-> `layer_3/inp_conv/conv/kernel`),
+so `to_flax_variables` maps weights by name alone. The arc parser and the published arc are this file's own, so a
+bug in jaxnets' parser cannot hide from parity.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
-from jaxnets.models.enas import PUBLISHED_FINAL_ARC, parse_arc
+# scripts/cifar10_macro_final.sh of the official code: 24 layers, 4 branches, one row per layer.
+PUBLISHED_FINAL_ARC = """
+0
+3 0
+0 1 0
+2 0 0 1
+2 0 0 0 0
+3 1 1 0 1 0
+2 0 0 0 0 0 1
+2 0 1 1 0 1 1 1
+1 0 1 1 1 0 1 0 1
+0 0 0 0 0 0 0 0 0 0
+2 0 0 0 0 0 1 0 0 0 0
+0 1 0 0 1 1 0 0 0 0 1 1
+2 0 1 0 0 0 0 0 1 0 1 1 0
+1 0 0 1 0 0 0 1 1 1 0 1 0 1
+0 1 1 0 1 0 1 0 0 0 0 0 1 0 0
+2 0 0 1 0 0 0 0 0 0 0 1 0 1 0 1
+2 0 1 0 0 0 1 0 0 1 1 1 1 0 0 1 0
+2 0 0 0 0 1 0 1 0 1 0 0 1 0 1 0 0 1
+3 0 1 1 0 1 0 0 0 0 0 1 0 1 0 1 0 0 0
+3 0 1 1 0 0 0 0 0 0 0 0 0 1 1 0 0 0 0 1
+0 1 0 0 1 0 1 1 0 0 0 1 0 0 0 0 0 1 1 0 0
+3 0 1 0 1 1 0 0 1 0 1 1 0 1 1 0 1 0 0 1 0 0
+0 1 0 1 0 1 0 0 0 0 0 0 0 0 1 0 1 0 0 1 0 0 0
+0 1 1 0 0 0 1 1 1 0 1 0 0 0 1 0 1 0 0 1 1 0 0 0
+"""
+
+
+def parse_arc(arc: str | Iterable[int], num_layers: int, num_branches: int) -> list[tuple[int, tuple[int, ...]]]:
+    """The official whole-channel format: layer k is its op id, then k skip bits (bit 0: the stem, bit i: the
+    output of layer i-1). Returns [(op, skips), ...] per layer."""
+    tokens = [int(t) for t in (arc.split() if isinstance(arc, str) else arc)]
+    expected = num_layers * (num_layers + 1) // 2
+    if len(tokens) != expected:
+        raise ValueError(f"{len(tokens)} integers for {num_layers} layers, expected {expected}")
+    layers, start = [], 0
+    for k in range(num_layers):
+        op, skips = tokens[start], tuple(tokens[start + 1:start + 1 + k])
+        if not 0 <= op < num_branches or any(bit not in (0, 1) for bit in skips):
+            raise ValueError(f"layer {k}: op {op} (num_branches {num_branches}), skips {skips}")
+        layers.append((op, skips))
+        start += 1 + k
+    return layers
+
 
 KERNEL = {0: 3, 1: 3, 2: 5, 3: 5}
 
@@ -47,9 +94,9 @@ class FactorizedReduction(nn.Module):
 
 
 class FixedLayer(nn.Module):
-    def __init__(self, layer_id, spec, cin, c, separable_as_full_conv):
+    def __init__(self, layer_id, op, skips, cin, c, separable_as_full_conv):
         super().__init__()
-        self.layer_id, self.op, self.skips = layer_id, spec.op, spec.skips
+        self.layer_id, self.op, self.skips = layer_id, op, skips
         self.inp_conv = ConvBN(cin, c, pre_relu=True)
         if self.op in KERNEL:
             separable = self.op in (1, 3) and not separable_as_full_conv
@@ -74,13 +121,13 @@ class ENASMacroChild(nn.Module):
     def __init__(self, arc=PUBLISHED_FINAL_ARC, num_layers=24, num_filters=96, num_branches=4, num_classes=10,
                  keep_prob=0.5, separable_as_full_conv=False):
         super().__init__()
-        arc = parse_arc(arc, num_layers, num_branches) if isinstance(arc, str) else arc
+        arc = parse_arc(arc, num_layers, num_branches)
         distance = num_layers // 3
         self.pool_layers = [k for k in (distance - 1, 2 * distance - 1) if k >= 0]
         self.stem = ConvBN(3, num_filters, 3)
         c, num_stored = num_filters, 1
-        for k, spec in enumerate(arc.layers):
-            self.add_module(f"layer_{k}", FixedLayer(k, spec, c, c, separable_as_full_conv))
+        for k, (op, skips) in enumerate(arc):
+            self.add_module(f"layer_{k}", FixedLayer(k, op, skips, c, c, separable_as_full_conv))
             num_stored += 1
             if k in self.pool_layers:
                 for i in range(num_stored):

@@ -1,11 +1,19 @@
-"""torchvision's MobileNetV2: same structure, key names and init."""
+"""torchvision's models/mobilenetv2.py: same structure, key names and init."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from jaxnets.models.mobilenetv2 import make_divisible  # pure Python, the same function torchvision uses
+
+def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    """torchvision's `_make_divisible` (from the TensorFlow original), as written there."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:  # make sure that round down does not go down by more than 10%
+        new_v += divisor
+    return new_v
 
 
 class Conv2dNormActivation(nn.Sequential):

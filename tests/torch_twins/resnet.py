@@ -1,8 +1,8 @@
-"""torchvision's ResNet/ResNeXt with bottleneck blocks: same structure, key names and init.
+"""torchvision's models/resnet.py (ResNeXt with bottleneck blocks): same structure, key names and init.
 
-Beyond torchvision, the same options as jaxnets' ResNeXt for its CIFAR variants (the CIFAR stem, stage planes,
-a grouped first 1x1), so that every ResNeXt of the zoo has a PyTorch twin with torchvision's key names:
-`cifar_resnext50` (the pytorch-cifar100 seed code) and `resnext29_8x64d` (the paper's CIFAR ResNeXt-29)."""
+Beyond torchvision, the options jaxnets' CIFAR ResNeXts need (the CIFAR stem, stage planes, a grouped first 1x1),
+so that they have twins with torchvision's key names too: `cifar_resnext50` (the pytorch-cifar100 seed code) and
+`resnext29_8x64d` (the paper's CIFAR ResNeXt-29)."""
 
 from __future__ import annotations
 
@@ -98,14 +98,6 @@ class ResNet(nn.Module):
 
 def resnext50_32x4d(**kwargs) -> ResNet:
     return ResNet([3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
-
-
-def resnext101_32x8d(**kwargs) -> ResNet:
-    return ResNet([3, 4, 23, 3], groups=32, width_per_group=8, **kwargs)
-
-
-def resnext101_64x4d(**kwargs) -> ResNet:
-    return ResNet([3, 4, 23, 3], groups=64, width_per_group=4, **kwargs)
 
 
 def cifar_resnext50(**kwargs) -> ResNet:

@@ -95,7 +95,8 @@ def test_unsupported_model_lists_the_supported_ones(mobilenet_state_dict):
         convert_state_dict("enas_macro", mobilenet_state_dict)
     with pytest.raises(ValueError, match="no torchvision conversion for 'cifar_mobilenet_v2'; supported: "):
         load_torchvision_weights("cifar_mobilenet_v2", "unused.safetensors")
-    assert {"resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "mobilenet_v2"} <= set(supported_models())
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+            "mobilenet_v2"} <= set(supported_models())
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])

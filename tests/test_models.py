@@ -21,7 +21,7 @@ BATCH = 4
 
 def tiny_overrides(name: str) -> dict:
     model = create_model(name)
-    if hasattr(model, "stage_sizes"):  # ResNeXt: one block per stage, a quarter of the planes (every group kept)
+    if hasattr(model, "stage_sizes"):  # ResNet/ResNeXt: one block per stage, a quarter of the planes (groups kept)
         return {"stage_sizes": (1,) * len(model.stage_sizes), "stage_planes": tuple(p // 4 for p in model.stage_planes)}
     if hasattr(model, "width_multiplier"):  # MobileNetV2: every stage with one block, a quarter of the width
         stages = tuple((expand, channels, 1, stride) for expand, channels, _, stride in model.stages)

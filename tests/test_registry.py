@@ -11,7 +11,7 @@ from jaxnets.models import Reference, create_model, list_models, model_entry
 REQUIRED_NAMES = [
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "resnext152_32x4d", "resnext29_8x64d",
     "resnext29_16x64d", "cifar_resnext50", "cifar_resnext101", "cifar_resnext152", "mobilenet_v2",
-    "cifar_mobilenet_v2", "enas_macro", "enas_macro_shared",
+    "cifar_mobilenet_v2", "enas_macro", "enas_macro_shared", "resnet18", "resnet34", "resnet50", "resnet101",
 ]
 
 
@@ -32,11 +32,12 @@ def test_parameter_counts_equal_the_published_ones(name):
 
 
 def test_torchvision_models_carry_their_published_counts():
-    assert {name: model_entry(name).reference.params for name in
-            ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "mobilenet_v2")} == {
+    published = {  # torchvision's model cards (1000 classes)
+        "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
         "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
         "mobilenet_v2": 3_504_872,
-    }  # torchvision's model cards (1000 classes)
+    }
+    assert {name: model_entry(name).reference.params for name in published} == published
 
 
 def test_an_entry_describes_its_model():

@@ -14,6 +14,8 @@ import torch
 from . import enas, mobilenetv2, resnet
 
 TWINS: dict[str, Callable[..., torch.nn.Module]] = {
+    "resnet18": resnet.resnet18,
+    "resnet50": resnet.resnet50,
     "resnext50_32x4d": resnet.resnext50_32x4d,
     "cifar_resnext50": resnet.cifar_resnext50,
     "resnext29_8x64d": resnet.resnext29_8x64d,

@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import re
 import subprocess
 import sys
 import time
 
 import numpy as np
-from common import load_recipe
+from harness import REPO, environment, load_recipe, results
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from jaxnets.models.enas import random_arc
 
 
 def train(config: pathlib.Path, workdir: pathlib.Path) -> float:
@@ -60,10 +58,7 @@ def main() -> None:
     if root.exists():
         sys.exit(f"{root} exists: give a new --workdir (nothing is overwritten)")
     root.mkdir(parents=True)
-
-    import jax
-
-    from jaxnets.models.enas import random_arc
+    env = environment.capture()  # before the runs: their load is not the machine's
 
     search = root / "search"
     search_seconds = train(REPO / "configs" / "enas_search_quickstart.py", search)
@@ -83,8 +78,7 @@ def main() -> None:
     w = args.window
     final_record = [r for r in jsonl(search / "search.jsonl") if r.get("final")][-1]
     result = {
-        "machine": f"{platform.machine()}, {len(jax.devices('cpu'))} CPU device(s), python {platform.python_version()}",
-        "versions": {"jax": jax.__version__},
+        "environment": env,
         "search_seconds": search_seconds,
         "final_train_seconds": final_seconds,
         "reward_per_epoch": rewards.tolist(),
@@ -98,27 +92,21 @@ def main() -> None:
         "random_arcs": random_top1,
         "random_median_test_top1": float(np.median([r["test_top1"] for r in random_top1])),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "enas_search_quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
     rise = result["reward_last_epochs"] - result["reward_first_epochs"]
-    lines = [
-        f"# ENAS quickstart search ({result['machine']}, jax {jax.__version__})",
-        "",
+    body = [
         f"- search: {search_seconds:.0f} s wall; mean reward {result['reward_first_epochs']:.3f} (first {w} epochs) "
         f"-> {result['reward_last_epochs']:.3f} (last {w}), rise {rise:.3f} vs epoch-to-epoch noise "
         f"{result['reward_noise_last_epochs']:.3f} (std over the last {w})",
         f"- final arc `{result['final_arc']}`: held-out accuracy through the shared weights "
         f"{result['final_arc_heldout_accuracy_shared_weights']:.4f}",
         "",
-        "| trained from scratch (final_config.py) | test top-1 |",
-        "|---|---|",
-        f"| the searched arc | {result['final_test_top1']:.4f} |",
-        *[f"| random arc {i} | {r['test_top1']:.4f} |" for i, r in enumerate(random_top1)],
-        f"| median of the {len(random_top1)} random arcs | {result['random_median_test_top1']:.4f} |",
-        "",
+        *results.table(["trained from scratch (final_config.py)", "test top-1"], [
+            ["the searched arc", f"{result['final_test_top1']:.4f}"],
+            *[[f"random arc {i}", f"{r['test_top1']:.4f}"] for i, r in enumerate(random_top1)],
+            [f"median of the {len(random_top1)} random arcs", f"{result['random_median_test_top1']:.4f}"],
+        ]),
     ]
-    (RESULTS / "enas_search_quickstart.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    print(results.write(results.default_path("enas_search_quickstart"), result, "ENAS quickstart search", body))
 
 
 if __name__ == "__main__":

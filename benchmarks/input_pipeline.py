@@ -9,23 +9,20 @@ first epoch, which fills the cache and is the warm-up; after it, the timed part 
 costs after its own first epoch (its PNG decoding also happens before the cache).
 digits: the bundled dataset for real (prepared into a temporary data_dir), at --digits-size pixels.
 
-Each round times --batches consecutive batches; the median round is reported. Writes
-benchmarks/results/input_pipeline.json and prints a markdown table.
+Each round times --batches consecutive batches; the median round is reported. Writes input_pipeline.json and
+its markdown (.md) into --out (default benchmarks/results/) and prints the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import tempfile
-import time
 
 import ml_collections
-import tensorflow as tf
 import tensorflow_datasets as tfds
+from harness import RESULTS, environment, results
+from harness.rounds import interleave, timed
 
 from jaxnets import data
 
@@ -37,18 +34,18 @@ def _config(dataset: str, data_dir: str, image_size: int | None) -> ml_collectio
 
 
 def _measure(iterator, warmup: int, batches: int, rounds: int, batch: int) -> dict:
-    start = time.perf_counter()
-    for _ in range(warmup):
-        next(iterator)
-    warmup_seconds = time.perf_counter() - start
-    rates = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(iterator)
-        rates.append(batches * batch / (time.perf_counter() - start))
+    def take(n: int):
+        def call():
+            for _ in range(n):
+                next(iterator)
+
+        return call
+
+    warmup_seconds = timed(take(warmup))()
+    seconds = interleave({"batches": timed(take(batches))}, rounds)  # one contender: rounds in a row
+    rates = [batches * batch / s for s in seconds.values["batches"]]
     return {
-        "images_per_second": statistics.median(rates),
+        "images_per_second": batches * batch / seconds.median("batches"),
         "images_per_second_all": rates,
         "warmup_batches": warmup,
         "warmup_seconds": warmup_seconds,
@@ -63,36 +60,29 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=300, help="timed batches per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--digits-size", type=int, default=8, help="8: the quickstart's size")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 
-    results = []
+    rows = []
     with tempfile.TemporaryDirectory() as data_dir:
         with tfds.testing.mock_data(num_examples=args.examples):
             iterator = data.train_iterator(_config("cifar10", data_dir, None), args.batch)
             warmup = -(-args.examples // args.batch) + 5  # one full epoch fills the cache, then a few more
             measured = _measure(iterator, warmup, args.batches, args.rounds, args.batch)
-        results.append({"dataset": "cifar10", "source": "tfds.testing.mock_data", "image_size": 32, **measured})
+        rows.append({"dataset": "cifar10", "source": "tfds.testing.mock_data", "image_size": 32, **measured})
 
         config = _config("digits", data_dir, args.digits_size)
         data.dataset_info(config)  # prepares the bundled dataset before the clock starts
         measured = _measure(data.train_iterator(config, args.batch), 20, args.batches, args.rounds, args.batch)
-        results.append({"dataset": "digits", "source": "bundled", "image_size": args.digits_size, **measured})
+        rows.append({"dataset": "digits", "source": "bundled", "image_size": args.digits_size, **measured})
 
-    env = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "tensorflow_datasets": tfds.__version__,
-    }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "input_pipeline.json"), "w") as f:
-        json.dump({"environment": env, "batch": args.batch, "results": results}, f, indent=2)
-    print(f"Train input pipeline, batch {args.batch}, augmentation on; {env['machine']}, TF {env['tensorflow']}.\n")
-    print("| dataset | source | image size | images/s |")
-    print("|---|---|---|---|")
-    for r in results:
-        print(f"| {r['dataset']} | {r['source']} | {r['image_size']} | {r['images_per_second']:,.0f} |")
+    report = {"environment": environment.capture(), "batch": args.batch, "results": rows}
+    body = [f"Train input pipeline, batch {args.batch}, augmentation on; median of {args.rounds} rounds of "
+            f"{args.batches} batches.", "",
+            *results.table(["dataset", "source", "image size", "images/s"],
+                           [[r["dataset"], r["source"], r["image_size"], f"{r['images_per_second']:,.0f}"]
+                            for r in rows])]
+    print(results.write(os.path.join(args.out, "input_pipeline.json"), report, "Train input pipeline", body))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ batch, back to back, blocking once at the end of each round. Each of --rounds ro
 just before and just after one run of the loop (this VM's speed drifts by tens of percent over minutes):
 its ratio = median of the loop's windows / median of those bare measurements, and the same for all windows
 together (their images over their seconds, where a window with a checkpoint save weighs in fully). The results
-are the medians of the rounds' ratios (the target is >= 0.9).
+are the medians of the rounds' ratios (the target is >= 0.9). Writes --json and the markdown beside it (.md).
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
-from common import load_recipe
+from harness import environment, load_recipe, results
+from harness.rounds import interleave
+
+from jaxnets import data
+from jaxnets.train import build_trainer, train_and_evaluate
 
 
 def load_config(path: str, epochs: int | None):
@@ -41,8 +43,6 @@ def load_config(path: str, epochs: int | None):
 def loop_windows(config) -> tuple[list[float], float]:
     """The images/s of each progress window of one run of the loop, and of all of them together (their images
     over their training seconds)."""
-    from jaxnets.train import train_and_evaluate
-
     with tempfile.TemporaryDirectory() as workdir:
         train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -61,9 +61,6 @@ class BareStep:
     """The trainer's jitted train step on one device-resident batch, compiled once."""
 
     def __init__(self, config):
-        from jaxnets import data
-        from jaxnets.train import build_trainer
-
         self.trainer = build_trainer(config)
         self.state = self.trainer.init_state()
         self.batch = self.trainer.shard(next(iter(data.train_iterator(config, config.global_batch_size))))
@@ -84,20 +81,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint_every_steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--steps_per_dispatch", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "loop_overhead.json"))
+    parser.add_argument("--json", default=results.default_path("loop_overhead"))
     args = parser.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # recipes import configs/
 
     config = load_config(args.config, args.epochs)
     for field in ("checkpoint_every_steps", "steps_per_dispatch"):
         if getattr(args, field) is not None:
             config[field] = getattr(args, field)
     bare_step = BareStep(config)
+    measure_bare = lambda: [bare_step.images_per_second(steps=100) for _ in range(3)]
+    measured = interleave({"before": measure_bare, "loop": lambda: loop_windows(config), "after": measure_bare},
+                          args.rounds).values
     rounds = []
-    for _ in range(args.rounds):
-        before = [bare_step.images_per_second(steps=100) for _ in range(3)]
-        windows, overall = loop_windows(config)
-        after = [bare_step.images_per_second(steps=100) for _ in range(3)]
+    for before, (windows, overall), after in zip(measured["before"], measured["loop"], measured["after"], strict=True):
         loop, bare = statistics.median(windows), statistics.median(before + after)
         rounds.append({"loop_images_per_second": loop, "loop_windows": windows,
                        "loop_overall_images_per_second": overall, "bare_step_images_per_second": bare,
@@ -108,16 +104,28 @@ def main() -> None:
               f"{loop / bare:.2f} (all windows {overall / bare:.2f})")
     ratio = statistics.median(r["ratio_loop_over_bare"] for r in rounds)
     overall_ratio = statistics.median(r["ratio_overall_over_bare"] for r in rounds)
-    result = {
+    report = {
+        "environment": environment.capture(),
         "config": args.config, "epochs": config.num_epochs, "steps_per_dispatch": bare_step.trainer.steps_per_dispatch,
         "checkpoint_every_steps": config.checkpoint_every_steps, "devices": jax.device_count(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
         "ratio_loop_over_bare": ratio, "ratio_overall_over_bare": overall_ratio, "rounds": rounds,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"loop / bare step: {ratio:.2f}, all windows together {overall_ratio:.2f} (medians of {len(rounds)} rounds)")
+    body = [
+        f"`{args.config}`, {config.num_epochs} epochs, steps_per_dispatch {report['steps_per_dispatch']}, "
+        f"checkpoint_every_steps {config.checkpoint_every_steps}, {report['devices']} device(s). Ratio = the loop's "
+        "images/s (median of its progress windows) / the bare step's (median of the measurements just before and "
+        "after it); the figures are medians of the rounds' ratios.",
+        "",
+        *results.table(["round", "loop img/s", "all windows img/s", "bare step img/s", "loop / bare",
+                        "all windows / bare"],
+                       [[i + 1, f"{r['loop_images_per_second']:,.0f}", f"{r['loop_overall_images_per_second']:,.0f}",
+                         f"{r['bare_step_images_per_second']:,.0f}", f"{r['ratio_loop_over_bare']:.2f}",
+                         f"{r['ratio_overall_over_bare']:.2f}"] for i, r in enumerate(rounds)]),
+        "",
+        f"loop / bare step: **{ratio:.2f}**, all windows together **{overall_ratio:.2f}** (medians of {len(rounds)} "
+        "rounds).",
+    ]
+    print(results.write(args.json, report, "The training loop against its bare step", body))
 
 
 if __name__ == "__main__":

@@ -9,13 +9,22 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def read_results(json_path):
+    """The JSON a benchmark wrote, after checking that its markdown says what produced the figures."""
+    with open(json_path) as f:
+        report = json.load(f)
+    markdown, env = json_path.with_suffix(".md").read_text(), report["environment"]
+    for fact in (env["cpu"]["model_name"], "ISA: ", "ONEDNN_MAX_CPU_ISA=", f"jax {env['versions']['jax']}",
+                 f"commit {env['git_commit'][:12]}", env["date"]):
+        assert fact in markdown, f"{fact!r} missing from the header of {json_path.with_suffix('.md')}"
+    return report
+
+
 def run_tiny(script, json_path, models):
     command = [sys.executable, f"benchmarks/{script}", "--tiny", "--models", ",".join(models), "--json", str(json_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    assert json_path.with_suffix(".md").exists()
-    with open(json_path) as f:
-        return json.load(f)
+    return read_results(json_path)
 
 
 def test_cpu_benchmark_tiny(tmp_path):
@@ -49,8 +58,7 @@ def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "XLA_FLAGS": ""})  # one device, as the quickstart runs
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
-    with open(json_path) as f:
-        report = json.load(f)
+    report = read_results(json_path)
     (only_round,) = report["rounds"]
     assert len(only_round["loop_windows"]) == 2  # 210 steps logged at 100, 200 and 210
     assert len(only_round["bare_step_measurements"]) == 6 and math.isfinite(report["ratio_loop_over_bare"])

@@ -1,0 +1,38 @@
+"""The benchmarks' one harness: what every script in benchmarks/ shares.
+
+- `environment`: what a figure was measured on (CPU model and ISA, the variables and threads that move speed,
+  package versions, git commit, date);
+- `rounds`: interleaved rounds of timed calls, medians and ratios;
+- `memory`: peak memory (host RSS in a child process that runs nothing else, device peaks);
+- `results`: the JSON and the markdown under benchmarks/results/, headed by the environment;
+- `runners`: one model's train step and eval forward in jaxnets and in its PyTorch twin (imports torch).
+
+The scripts run as `python benchmarks/NAME.py`: benchmarks/ is first on sys.path, so `import harness` finds
+this package. Nothing here imports TensorFlow: cpu.py and gpu.py run where it is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = REPO / "benchmarks" / "results"
+
+# The PyTorch twins (tests/torch_twins) are shared by the parity tests and the benchmarks, and live outside
+# the jaxnets package so that the wheel ships no PyTorch code: benchmarks reach them through tests/. Appended,
+# not prepended, so no test module shadows an installed package.
+if str(REPO / "tests") not in sys.path:
+    sys.path.append(str(REPO / "tests"))
+
+
+def load_recipe(path):
+    """`get_config()` of a recipe file (configs/*.py, or a search's final_config.py)."""
+    if str(REPO) not in sys.path:  # recipes import each other (`from configs import resnext50`), as under train.py
+        sys.path.insert(0, str(REPO))
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -1,0 +1,67 @@
+"""Interleaved rounds: every contender once per round, in order, so that the machine's drift (these VMs' speed
+moves by tens of percent over minutes) falls on all of them alike; figures are medians over rounds."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def release_memory() -> None:
+    """Returns freed heap to the OS between calls, so that no contender runs on another's freed pages."""
+    gc.collect()
+    if platform.system() == "Linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def timed(fn: Callable[[], Any], per: int = 1) -> Callable[[], float]:
+    """A call of `fn` that returns its wall seconds divided by `per` (the steps or batches `fn` runs), then
+    releases memory outside the clock."""
+
+    def call() -> float:
+        start = time.perf_counter()
+        fn()
+        seconds = (time.perf_counter() - start) / per
+        release_memory()
+        return seconds
+
+    return call
+
+
+@dataclass
+class Rounds:
+    values: dict[str, list]  # what each call returned, round by round
+    errors: dict[str, str] = field(default_factory=dict)  # contenders dropped on an error `give_up` accepted
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.values[name])
+
+    def speedup(self, name: str, baseline: str) -> float:
+        """Median seconds of `baseline` / median seconds of `name`: > 1 when `name` is faster."""
+        return self.median(baseline) / self.median(name)
+
+
+def interleave(calls: dict[str, Callable[[], Any]], rounds: int,
+               give_up: Callable[[BaseException], bool] | None = None) -> Rounds:
+    """Calls every entry once per round, in order, and keeps what each returns (seconds, with `timed`). An
+    entry whose call raises an error that `give_up` accepts (out of memory, say) leaves the later rounds and
+    keeps its error text; any other error propagates."""
+    result = Rounds({name: [] for name in calls})
+    live = dict(calls)
+    for _ in range(rounds):
+        for name, fn in list(live.items()):
+            try:
+                result.values[name].append(fn())
+            except Exception as error:
+                if give_up is None or not give_up(error):
+                    raise
+                result.errors[name] = str(error)[:300]
+                del live[name]
+                release_memory()
+    return result

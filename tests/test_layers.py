@@ -65,18 +65,57 @@ def test_cpu_lowerings_match_xla(case, lowering):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=f"{case}: d/d{what}")
 
 
-@pytest.mark.parametrize("case", ["dense_3x3", "grouped_block_diagonal_strided", "depthwise_3x3"])
-def test_onednn_bfloat16_matches_xla_in_float32(case):
-    """bfloat16 inputs, float32 accumulation: within bfloat16's rounding of the float32 result."""
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def conv_and_vjp(lowering, x, kernel, dy, stride, padding, groups):
+    """(y, dL/dx, dL/dkernel) for the cotangent dy."""
+    y, vjp = jax.vjp(lambda x, k: layers.conv2d(x, k, stride=stride, padding=padding, groups=groups,
+                                                lowering=lowering), x, kernel)
+    return (y, *vjp(dy))
+
+
+# Where a bfloat16 convolution takes the "decomposed" formulation (lowering="decomposed", or "onednn" on a CPU whose
+# oneDNN has no bfloat16 convolution: AVX2 only, e.g. Zen 3), these cases still keep partial sums in bfloat16: the
+# depthwise taps (y 1000x the bound below where terms cancel), its kernel gradient (summed over batch x height x
+# width in bfloat16: 24.0 for 24.6, 75x the bound; 11% of the largest value at MobileNetV2's 16x16 x 144 channels,
+# batch 32) and the per-tap grouped sums (15x). Computing the decomposed formulations in float32 and rounding each
+# result once (layers._decomposed_conv) makes all of them pass; strict, so that the fix fails here until this set
+# is emptied.
+SUMS_IN_BFLOAT16_WHEN_DECOMPOSED = {"depthwise_3x3", "grouped_per_tap"}
+
+
+@pytest.mark.parametrize("lowering", CPU_LOWERINGS)
+@pytest.mark.parametrize("case", ["dense_3x3", "grouped_block_diagonal_strided", "grouped_per_tap", "depthwise_3x3"])
+def test_bfloat16_convolutions_round_the_float32_result_once(case, lowering, request):
+    """bfloat16 inputs and cotangent, float32 sums, one rounding to bfloat16 per result, forward and backward.
+
+    Each result is r = sum_j a_j b_j over n terms with bfloat16 a_j, b_j: every product is exact in float32, so a
+    float32 sum rounded once to bfloat16 is within u * |r| (u = 2^-8, bfloat16's unit roundoff: 8 significant bits)
+    plus the float32 sums' own error, at most about n * 2^-24 * S with S = sum_j |a_j b_j| (in the result and in
+    the float32 reference: 4 n 2^-24 S bounds both). That holds whatever the order of the sums (oneDNN with or
+    without AVX-512 bf16, XLA) and measured up to 0.99 of it. What it catches: any error above half a bfloat16 ulp
+    of the result (0.4%) plus ~1e-5 S, e.g. a dropped or misplaced term (terms are ~0.5 here, results ~10, so the
+    bound is ~0.04) or partial sums held in bfloat16 (15-1000x the bound, above)."""
+    if case in SUMS_IN_BFLOAT16_WHEN_DECOMPOSED and (
+            lowering == "decomposed" or jnp.dtype(jnp.bfloat16) not in onednn.supported_dtypes()):
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the decomposed formulation sums in bfloat16"))
     x, kernel, stride, padding, groups = random_case(case, jnp.bfloat16)
-    (_, want), want_grads = loss_and_grads("xla", x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding,
-                                           groups)
-    (_, got), grads = loss_and_grads("onednn", x, kernel, stride, padding, groups)
-    assert got.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
-    scale = float(jnp.abs(want).max())
-    np.testing.assert_allclose(got.astype(np.float32), want, atol=2e-2 * scale)
-    for g, w in zip(grads, want_grads, strict=True):
-        np.testing.assert_allclose(g.astype(np.float32), w, atol=2e-2 * float(jnp.abs(w).max()))
+    kh, kw, group_in, out = kernel.shape
+    y_shape = jax.eval_shape(functools.partial(layers.conv2d, stride=stride, padding=padding, groups=groups,
+                                               lowering="xla"), x, kernel).shape
+    dy = jnp.sin(jnp.arange(np.prod(y_shape), dtype=jnp.float32)).reshape(y_shape).astype(jnp.bfloat16)
+    got = conv_and_vjp(lowering, x, kernel, dy, stride, padding, groups)
+    assert all(g.dtype == jnp.bfloat16 for g in got)
+    exact = [a.astype(jnp.float32) for a in (x, kernel, dy)]  # the same bfloat16 values, in float32
+    want = conv_and_vjp("xla", *exact, stride, padding, groups)
+    sum_of_abs_terms = conv_and_vjp("xla", *map(jnp.abs, exact), stride, padding, groups)
+    terms = (kh * kw * group_in, kh * kw * out // groups, y_shape[0] * y_shape[1] * y_shape[2])  # y, dx, dkernel
+    for g, w, s, n, what in zip(got, want, sum_of_abs_terms, terms, ("y", "dx", "dkernel"), strict=True):
+        g, w, s = (np.asarray(a, np.float64) for a in (g.astype(jnp.float32), w, s))
+        bound = 2.0**-8 * np.abs(w) + 4 * n * 2.0**-24 * s
+        excess = np.abs(g - w) / np.where(bound > 0, bound, 1.0)
+        worst = np.unravel_index(np.argmax(excess), excess.shape)
+        assert np.all(np.abs(g - w) <= bound), (
+            f"{case} {what}: {g[worst]} against {w[worst]} in float32, {excess[worst]:.1f}x the bound at {worst}")
 
 
 def zoo_conv_shapes():
@@ -152,9 +191,10 @@ def test_unknown_lowering_is_named():
         pass
 
 
-def test_the_lowering_follows_where_the_arrays_live():
+def test_the_lowering_follows_where_the_arrays_live(monkeypatch):
     """One traced function: compiled for the CPU it calls oneDNN; exported for a GPU it is XLA's convolution
     (a notebook on a GPU host that runs a checkpoint on the CPU gets the CPU's lowering, and vice versa)."""
+    monkeypatch.delenv(layers.LOWERING_ENV_VAR, raising=False)  # "auto", whatever the run forces
     x, kernel, stride, padding, groups = random_case("grouped_block_diagonal")
     step = jax.jit(jax.grad(lambda x, k: jnp.sum(layers.conv2d(x, k, stride=stride, padding=padding,
                                                                groups=groups) ** 2), argnums=(0, 1)))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import logging
 import pathlib
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -16,6 +20,23 @@ GLOBAL_BATCH = 16
 # What build_trainer would read from a dataset's metadata, for runs on `random_batches`.
 SYNTHETIC_DATASET = DatasetInfo(num_classes=10, image_shape=(8, 8, 3), num_train_examples=100 * GLOBAL_BATCH,
                                 num_eval_examples=GLOBAL_BATCH)
+
+
+@contextlib.contextmanager
+def compiles_nothing():
+    """Fails the block if JAX compiles anything in it: "refused before compiling", read from JAX's own compile log
+    (a stopwatch would depend on the machine)."""
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            yield
+    finally:
+        logger.removeHandler(handler)
+    compiled = [line for line in log.getvalue().splitlines() if line.startswith("Compiling ")]
+    assert not compiled, f"compiled before refusing: {compiled[0]}"
 
 
 def load_recipe(name: str) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, load_recipe
+from helpers import REPO, compiles_nothing, load_recipe
 
 from jaxnets.checkpoints import manager as ckpt
 from jaxnets.checkpoints.layout import read_meta
@@ -183,10 +183,9 @@ def test_resume_with_another_model_is_refused_naming_the_fields(reference, tmp_p
     shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")
     config = tiny_config()
     config.model_overrides.groups = 8
-    start = time.perf_counter()
-    with pytest.raises(IncompatibleCheckpointError, match=r"model_overrides.groups: checkpoint 4, config 8"):
+    with compiles_nothing(), pytest.raises(IncompatibleCheckpointError,
+                                           match=r"model_overrides.groups: checkpoint 4, config 8"):
         train_and_evaluate(config, str(tmp_path))
-    assert time.perf_counter() - start < 10.0, "refused before compiling"
 
 
 def file_digests(root: pathlib.Path) -> dict[str, str]:
@@ -213,15 +212,13 @@ def test_resume_with_a_train_state_of_another_structure_is_refused_and_changes_n
     workdir, _ = reference
     shutil.copytree(workdir, tmp_path / "run")
     before = file_digests(tmp_path / "run")
-    start = time.monotonic()
     result = subprocess.run([sys.executable, "train.py", *FLAGS, "--workdir", str(tmp_path / "run"), flag], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - start
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_LOG_COMPILES": "1"})
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(rf"train\.py: \S+/checkpoints/40 holds a train state of another structure \({differing}: "
                         r".*--config\.init_from=\S+/checkpoints/40 .*; no checkpoint was moved or changed", last), last
-    assert elapsed < 30.0, f"refused after {elapsed:.1f} s"
+    assert "Compiling" not in result.stderr, "refused before compiling"
     assert file_digests(tmp_path / "run") == before, "checkpoints, metrics.jsonl and events are byte-identical"
 
 
@@ -237,10 +234,9 @@ def test_resume_with_clipping_added_is_refused_naming_the_field(reference, tmp_p
 def test_unwritable_workdir_fails_before_training(tmp_path):
     # Tests run as root, which chmod does not stop: a path under a regular file is unwritable for anyone.
     (tmp_path / "file").write_text("")
-    start = time.perf_counter()
-    with pytest.raises(WorkdirError, match=r"workdir '.*/file/run' is not writable \(Not a directory\)"):
+    with compiles_nothing(), pytest.raises(WorkdirError, match=r"workdir '.*/file/run' is not writable \(Not a "
+                                                                r"directory\)"):
         train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
-    assert time.perf_counter() - start < 5.0
 
 
 def test_load_checkpoint_on_one_device_gives_the_logged_accuracy(reference):

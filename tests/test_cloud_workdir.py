@@ -5,11 +5,11 @@ real cloud storage is theirs, and untested here)."""
 import pathlib
 
 import orbax.checkpoint as ocp
-import tensorboardX
 from etils import epath
 from etils.epath import testing as epath_testing
 
 from jaxnets.checkpoints import manager as checkpoint
+from jaxnets.train import reporting
 from jaxnets.train.reporting import Reporter
 
 
@@ -35,7 +35,7 @@ def test_a_gs_workdir_reaches_epath_orbax_and_tensorboard_unmangled(tmp_path, mo
 
     managers = []
     monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, options: managers.append(str(directory)))
-    monkeypatch.setattr(tensorboardX, "SummaryWriter", RecordingWriter)
+    monkeypatch.setattr(reporting, "SummaryWriter", RecordingWriter)
     monkeypatch.chdir(tmp_path)
     # epath sends gs:// to TensorFlow's GCS client whenever TF is installed, bypassing its own mock backend.
     monkeypatch.setattr(epath.gpath, "_is_tf_installed", lambda: False)

@@ -73,19 +73,9 @@ def conv_and_vjp(lowering, x, kernel, dy, stride, padding, groups):
     return (y, *vjp(dy))
 
 
-# Where a bfloat16 convolution takes the "decomposed" formulation (lowering="decomposed", or "onednn" on a CPU whose
-# oneDNN has no bfloat16 convolution: AVX2 only, e.g. Zen 3), these cases still keep partial sums in bfloat16: the
-# depthwise taps (y 1000x the bound below where terms cancel), its kernel gradient (summed over batch x height x
-# width in bfloat16: 24.0 for 24.6, 75x the bound; 11% of the largest value at MobileNetV2's 16x16 x 144 channels,
-# batch 32) and the per-tap grouped sums (15x). Computing the decomposed formulations in float32 and rounding each
-# result once (layers._decomposed_conv) makes all of them pass; strict, so that the fix fails here until this set
-# is emptied.
-SUMS_IN_BFLOAT16_WHEN_DECOMPOSED = {"depthwise_3x3", "grouped_per_tap"}
-
-
 @pytest.mark.parametrize("lowering", CPU_LOWERINGS)
 @pytest.mark.parametrize("case", ["dense_3x3", "grouped_block_diagonal_strided", "grouped_per_tap", "depthwise_3x3"])
-def test_bfloat16_convolutions_round_the_float32_result_once(case, lowering, request):
+def test_bfloat16_convolutions_round_the_float32_result_once(case, lowering):
     """bfloat16 inputs and cotangent, float32 sums, one rounding to bfloat16 per result, forward and backward.
 
     Each result is r = sum_j a_j b_j over n terms with bfloat16 a_j, b_j: every product is exact in float32, so a
@@ -94,10 +84,8 @@ def test_bfloat16_convolutions_round_the_float32_result_once(case, lowering, req
     the float32 reference: 4 n 2^-24 S bounds both). That holds whatever the order of the sums (oneDNN with or
     without AVX-512 bf16, XLA) and measured up to 0.99 of it. What it catches: any error above half a bfloat16 ulp
     of the result (0.4%) plus ~1e-5 S, e.g. a dropped or misplaced term (terms are ~0.5 here, results ~10, so the
-    bound is ~0.04) or partial sums held in bfloat16 (15-1000x the bound, above)."""
-    if case in SUMS_IN_BFLOAT16_WHEN_DECOMPOSED and (
-            lowering == "decomposed" or jnp.dtype(jnp.bfloat16) not in onednn.supported_dtypes()):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the decomposed formulation sums in bfloat16"))
+    bound is ~0.04) or partial sums held in bfloat16 (what the decomposed depthwise and per-tap sums did before
+    they summed in float32: 15-1000x the bound; a depthwise kernel gradient of 24.0 for 24.6)."""
     x, kernel, stride, padding, groups = random_case(case, jnp.bfloat16)
     kh, kw, group_in, out = kernel.shape
     y_shape = jax.eval_shape(functools.partial(layers.conv2d, stride=stride, padding=padding, groups=groups,

@@ -19,6 +19,7 @@ CONFIGS = sorted(p for p in (pathlib.Path(__file__).parents[1] / "configs").glob
 # Same model code, tiny depth and width (depth and width are data in every family).
 TINY_MODEL = {
     "resnext": {"stage_sizes": None, "stage_planes": None},  # filled from the model's stage count
+    "resnet": {"stage_sizes": None, "stage_planes": None},  # (likewise)
     "mobilenet": {"width_multiplier": 0.25},  # and one block per stage
     "enas": {"num_layers": 3, "num_filters": 8, "arc": "0  1 0  3 1 1"},
 }
@@ -30,7 +31,7 @@ TINY_SEARCH = {"controller_updates_per_epoch": 1, "controller_arcs_per_update": 
 def shrink(config, workdir):
     family = next(f for f in TINY_MODEL if f in config.model)
     overrides = dict(TINY_MODEL[family])
-    if family == "resnext":
+    if family in ("resnext", "resnet"):
         num_stages = len(config.model_overrides.get("stage_sizes") or ()) or (3 if "29" in config.model else 4)
         overrides = {"stage_sizes": (1,) * num_stages, "stage_planes": (16,) * num_stages}
     if family == "mobilenet":  # every stage, one block each (compiling 17 blocks is most of the test)

@@ -4,9 +4,9 @@ import json
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
+from helpers import compiles_nothing
 
 from jaxnets import errors
 from jaxnets.config import base_config
@@ -72,10 +72,8 @@ def test_bad_config_names_the_field(fields, message):
 
 
 def test_training_checks_the_config_before_compiling(tmp_path):
-    start = time.perf_counter()
-    with pytest.raises(ConfigError, match="config.learning_rate"):
+    with compiles_nothing(), pytest.raises(ConfigError, match="config.learning_rate"):
         train_and_evaluate(config_with(learning_rate=-1.0), str(tmp_path))
-    assert time.perf_counter() - start < 5.0
     assert not list(tmp_path.iterdir()), "nothing is written for a config that cannot run"
 
 

@@ -150,6 +150,10 @@ def _onednn_conv(x, kernel, stride, padding, groups):
 
 
 def _decomposed_conv(x, kernel, stride, padding, groups):
+    if jnp.finfo(x.dtype).bits < 32:  # bf16: sums in float32, one rounding per result (the shifted and per-tap
+        # sums would otherwise round every partial sum to bf16: a depthwise kernel gradient was 11% off)
+        return _decomposed_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, padding,
+                                groups).astype(x.dtype)
     kh, kw, group_in, out = kernel.shape
     if padding:
         x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))

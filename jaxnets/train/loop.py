@@ -76,7 +76,7 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
     non_finite = NonFinitePolicy(trainer.task, config.skip_nonfinite_steps)
     stop_agreed = False  # some process asked to stop; read from a call's output, so the same on every process
 
-    def finish(last_step: int, n: int, metrics) -> None:
+    def read_call(last_step: int, n: int, metrics) -> None:
         """Reads a dispatched call's metrics (blocks only on that call): its steps last_step - n + 1 ... last_step,
         in order; stops at a non-finite loss or update."""
         nonlocal stop_agreed
@@ -99,19 +99,19 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                 state, metrics = trainer.train_steps(state, batches, n)  # dispatch steps step+1 ... step+n ...
                 step += n
                 if pending is not None:
-                    finish(*pending)  # ... then read the previous call's metrics while these run
+                    read_call(*pending)  # ... then read the previous call's metrics while these run
                 pending = (step, n, metrics)
                 # A call ends at every step where the loop acts (`Cadence`), and every decision below depends on
                 # the step number and on values read from the steps' outputs only: on a pod every process
                 # evaluates, saves and stops at the same steps, and a run acts on the same steps whatever its
                 # config.steps_per_dispatch.
                 if cadence.learns(step):
-                    finish(*pending)  # a non-finite train step is named as such, not as the task's update
+                    read_call(*pending)  # a non-finite train step is named as such, not as the task's update
                     pending = None
                     state = _learn_between_epochs(trainer, state, heldout_batches, step, reporter, non_finite)
                 evaluating, saving = cadence.evaluates(step), cadence.saves(step) or stop_agreed
                 if (evaluating or saving) and pending is not None:
-                    finish(*pending)  # a state is saved only once its losses and updates are known finite
+                    read_call(*pending)  # a state is saved only once its losses and updates are known finite
                     pending = None
                 if evaluating:
                     with reporter.paused():  # train images/s count training time only

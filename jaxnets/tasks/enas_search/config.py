@@ -47,6 +47,15 @@ def search_config() -> ml_collections.ConfigDict:
     return c
 
 
+def prepare_search(config) -> None:
+    """Before the engine's checks: the model a search trains (its overrides would be refused first, with a less
+    helpful message), and the held-out split."""
+    if config.model != "enas_macro_shared":
+        raise ConfigError(f"config.model: the search task trains the ENAS search space 'enas_macro_shared', "
+                          f"not {config.model!r}")
+    hold_out_validation(config)
+
+
 def hold_out_validation(config) -> None:
     """A search trains on the first 90% of the training split and takes rewards on the rest, never the test set."""
     spec = dataset_spec(config.dataset)
@@ -71,9 +80,6 @@ _FRACTIONS = ("controller_adam_b1", "controller_adam_b2", "controller_baseline_d
 def check_search_config(config, device_count: int) -> None:
     """Raises ConfigError naming the first bad field of a resolved search config."""
     search = config.search
-    if config.model != "enas_macro_shared":
-        raise ConfigError(f"config.model: the search task trains the ENAS search space 'enas_macro_shared', "
-                          f"not {config.model!r}")
     if search.strategy not in ("enas", "random"):
         raise ConfigError(f"config.search.strategy: {search.strategy!r} is not 'enas' (the controller learns) or "
                           "'random' (uniform arcs, the baseline)")

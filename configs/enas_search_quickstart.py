@@ -7,7 +7,7 @@ The released search's algorithm (configs/enas_macro_search.py) at a size that fi
 6 layers of 16 filters (6 ops each), fewer controller updates per epoch. The search trains on the first
 90% of the digits' training split and takes its rewards on the last 10%; the found arc is then trained
 from scratch on the whole training split and tested on the test split (the `search.final` block below).
-README and docs/enas.md give the measured curves, time and the comparison with random arcs.
+docs/enas.md gives its curves, time and the comparison with random arcs (benchmarks/enas_search_quickstart.py).
 """
 
 import ml_collections

@@ -58,7 +58,7 @@ def config_with(**fields):
             r"config.model: 'enas_macro_shared' is the ENAS search space .* use --config.model=enas_macro with "
             r"--config.model_overrides.arc=",
         ),
-        ({"task": "detection"}, r"config.task: unknown task 'detection'; registered: classification, search"),
+        ({"task": "detection"}, r"config.task: unknown task 'detection'; registered: classification, .*search"),
         ({"image_size": 0}, r"config.image_size: expected a positive int, got 0"),
         ({"learning_rate_batch_size": 0}, r"config.learning_rate_batch_size must be None or a positive int, got 0"),
         ({"schedule": "staircase", "lr_decay_every_epochs": -1.0}, r"config.lr_decay_every_epochs must be None or > 0"),

@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from jaxnets.models import layers
 from jaxnets.models.registry import Reference, register
-from jaxnets.models.resnext import TORCH_KEYS, Bottleneck
+from jaxnets.models.resnext import TORCH_KEYS, Bottleneck, check_stages, imagenet_stem, pooled_classifier
 
 
 class BasicBlock(nn.Module):
@@ -57,19 +57,13 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # [N, H, W, 3] -> [N, num_classes]
-        if len(self.stage_planes) != len(self.stage_sizes):
-            raise ValueError(
-                f"stage_sizes {tuple(self.stage_sizes)} and stage_planes {tuple(self.stage_planes)} "
-                "must have the same length"
-            )
+        check_stages(self.stage_sizes, self.stage_planes)
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"ResNet block must be 'basic' or 'bottleneck', got {self.block!r}")
         conv = functools.partial(layers.Conv, dtype=self.dtype)
         norm = layers.batch_norm(train, self.dtype)
 
-        x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
-        x = nn.relu(norm(name="bn1")(x))
-        x = layers.max_pool(x, size=3, stride=2, padding=1)  # [N, H/4, W/4, 64]
+        x = imagenet_stem(x, conv, norm)  # [N, H/4, W/4, 64]
 
         for stage, (num_blocks, planes) in enumerate(zip(self.stage_sizes, self.stage_planes, strict=True)):
             for block in range(num_blocks):
@@ -83,15 +77,7 @@ class ResNet(nn.Module):
                                    grouped_first_1x1=False, zero_init_residual=self.zero_init_residual,
                                    conv=conv, norm=norm, name=name)(x)
 
-        x = jnp.mean(x, axis=(1, 2))  # [N, planes[-1] * expansion]
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=layers.torch_linear_init,
-            bias_init=layers.torch_linear_bias_init(x.shape[-1]),
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(x, self.num_classes, self.dtype)
 
 
 # torchvision (ImageNet) and its published counts (1000 classes).

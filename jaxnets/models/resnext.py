@@ -53,6 +53,25 @@ class Bottleneck(nn.Module):
         return nn.relu(y + shortcut)
 
 
+def check_stages(stage_sizes: Sequence[int], stage_planes: Sequence[int]) -> None:
+    if len(stage_planes) != len(stage_sizes):
+        raise ValueError(f"stage_sizes {tuple(stage_sizes)} and stage_planes {tuple(stage_planes)} "
+                         "must have the same length")
+
+
+def imagenet_stem(x, conv, norm):  # [N, H, W, C] -> [N, H/4, W/4, 64]: torchvision's conv1, bn1, ReLU, max-pool
+    x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    return layers.max_pool(x, size=3, stride=2, padding=1)
+
+
+def pooled_classifier(x, num_classes: int, dtype):  # [N, H, W, C] -> [N, num_classes] float32: global mean, fc
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(num_classes, dtype=dtype, kernel_init=layers.torch_linear_init,
+                 bias_init=layers.torch_linear_bias_init(x.shape[-1]), name="fc")(x)
+    return x.astype(jnp.float32)
+
+
 class ResNeXt(nn.Module):
     """ResNeXt with bottleneck blocks.
 
@@ -73,18 +92,12 @@ class ResNeXt(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):  # [N, H, W, 3] -> [N, num_classes]
-        if len(self.stage_planes) != len(self.stage_sizes):
-            raise ValueError(
-                f"stage_sizes {tuple(self.stage_sizes)} and stage_planes {tuple(self.stage_planes)} "
-                "must have the same length"
-            )
+        check_stages(self.stage_sizes, self.stage_planes)
         conv = functools.partial(layers.Conv, dtype=self.dtype)
         norm = layers.batch_norm(train, self.dtype)
 
         if self.stem == "imagenet":
-            x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
-            x = nn.relu(norm(name="bn1")(x))
-            x = layers.max_pool(x, size=3, stride=2, padding=1)  # [N, H/4, W/4, 64]
+            x = imagenet_stem(x, conv, norm)
         elif self.stem == "cifar":
             x = conv(64, 3, padding=1, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))  # [N, H, W, 64]
@@ -105,15 +118,7 @@ class ResNeXt(nn.Module):
                     name=f"layer{stage + 1}_{block}",
                 )(x)
 
-        x = jnp.mean(x, axis=(1, 2))  # [N, planes[-1] * 4]
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=layers.torch_linear_init,
-            bias_init=layers.torch_linear_bias_init(x.shape[-1]),
-            name="fc",
-        )(x)
-        return x.astype(jnp.float32)
+        return pooled_classifier(x, self.num_classes, self.dtype)
 
 
 def torch_module_path(module: str, expected: Collection[tuple[str, ...]]) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has (not exported)
 
 from jaxnets.checkpoints import layout
 from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
@@ -145,6 +146,27 @@ def _get(config: dict, dotted: str):
     return value
 
 
+# Below this, a replica's share of an array is written by the first replica alone (see `_save_replicas_in_parallel`).
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _save_replicas_in_parallel() -> None:
+    """orbax's jax.Array handler, splitting a replicated array's write across replicas only where that pays.
+
+    orbax's default on CPU and TPU has each of the R replicas write 1/R of every array, and cuts each share
+    with its own compiled slice: one compile per array shape and replica count, ~0.06 s each, before the
+    first save returns (20 s for a MobileNetV2 on 8 CPU devices; orbax turns it off on GPUs). The split
+    only helps when the replicas live on several hosts, each writing its share, and when a share is big
+    enough to outweigh its compile. The on-disk format is the same either way; this only chooses who
+    writes. (The registry is orbax's process-wide one: StandardSave has no per-manager handler.)
+    """
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=jax.process_count() > 1,
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+        array_metadata_store=array_metadata_store.Store(),
+    ), override=True)
+
+
 class Checkpoints:
     """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start.
 
@@ -161,6 +183,7 @@ class Checkpoints:
                 log.warning("checkpoint: removing %s, a save that never finished", path)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True,
                                                cleanup_tmp_directories=True)
+        _save_replicas_in_parallel()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.best_metric = best_metric  # config.keep_best: also keep the best step by it, in checkpoints_best/
         self.best = None  # made at the first save, so that a refused resume creates nothing

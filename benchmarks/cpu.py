@@ -277,11 +277,13 @@ def measure_enas_search(rounds: int, tiny: bool) -> dict:
     each reduction (36 -> 72 -> 144) while the search network keeps 36, and the search network adds its
     skips and batch-normalises them where the child concatenates them into a 1x1 conv.
     """
-    num_layers, num_filters, size, batch = (3, 8, 8, 2) if tiny else (12, 36, 32, 64)
-    arc = random_arc(0, num_layers, 6)
+    # (--tiny: 2 of the 6 ops, each a branch of the one compiled step: the same code, a third of the compile)
+    num_layers, num_filters, num_branches, size, batch = (3, 8, 2, 8, 2) if tiny else (12, 36, 6, 32, 64)
+    arc = random_arc(0, num_layers, num_branches)
     arc_text = " ".join(map(str, arc))
     images, labels = random_batch(batch, size, NUM_CLASSES)
-    shared = create_model("enas_macro_shared", num_layers=num_layers, num_filters=num_filters)
+    shared = create_model("enas_macro_shared", num_layers=num_layers, num_filters=num_filters,
+                          num_branches=num_branches)
     fixed = create_model("enas_macro", arc=arc_text, num_layers=num_layers, num_filters=num_filters,
                          num_branches=shared.num_branches, keep_prob=shared.keep_prob)
     traced = JaxRunner(shared, images, labels, extra=(jnp.asarray(arc, jnp.int32),), forward=False)

@@ -88,7 +88,7 @@ class Trainer:
     def init_state(self) -> State:
         init = with_conv_lowering(self.task.init_state, self.config.conv_lowering)
         lowered = jax.jit(init, out_shardings=parallel.replicated(self.mesh)).lower()
-        return lowered.compile(INIT_COMPILER_OPTIONS.get(jax.default_backend()))()
+        return lowered.compile(INIT_COMPILER_OPTIONS.get(self.mesh.devices.flat[0].platform))()
 
     def abstract_state(self) -> State:
         """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jaxnets.models import create_model, list_models
-from jaxnets.train.trainer import INIT_COMPILER_OPTIONS
+from jaxnets.train.trainer import call_once
 
 IMAGE_SIZE = 32
 BATCH = 4
@@ -32,8 +32,8 @@ def tiny_overrides(name: str) -> dict:
 
 def init(model, images):
     """model.init in eval mode, compiled as the trainer compiles its initialisation (at -O0 on a CPU)."""
-    lowered = jax.jit(model.init, static_argnames="train").lower(jax.random.key(0), images, train=False)
-    return lowered.compile(INIT_COMPILER_OPTIONS.get(jax.default_backend()))(jax.random.key(0), images)
+    jitted = jax.jit(model.init, static_argnames="train")
+    return call_once(jitted, jax.random.key(0), images, train=False, platform=jax.default_backend())
 
 
 def batch(seed=0):

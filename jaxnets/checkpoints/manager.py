@@ -16,6 +16,7 @@ Resume takes the newest step, in this order:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -146,11 +147,12 @@ def _get(config: dict, dotted: str):
     return value
 
 
-# Below this, a replica's share of an array is written by the first replica alone (see `_save_replicas_in_parallel`).
+# Below this, a replica's share of an array is written by the first replica alone (see `_register_array_handler`).
 MIN_REPLICA_SLICE_BYTES = 1 << 20
 
 
-def _save_replicas_in_parallel() -> None:
+@functools.cache  # once per process (after jax.distributed has started, which fixes process_count)
+def _register_array_handler() -> None:
     """orbax's jax.Array handler, splitting a replicated array's write across replicas only where that pays.
 
     orbax's default on CPU and TPU has each of the R replicas write 1/R of every array, and cuts each share
@@ -183,7 +185,7 @@ class Checkpoints:
                 log.warning("checkpoint: removing %s, a save that never finished", path)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True,
                                                cleanup_tmp_directories=True)
-        _save_replicas_in_parallel()
+        _register_array_handler()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self.best_metric = best_metric  # config.keep_best: also keep the best step by it, in checkpoints_best/
         self.best = None  # made at the first save, so that a refused resume creates nothing

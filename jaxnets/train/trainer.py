@@ -41,10 +41,17 @@ log = logging.getLogger("jaxnets")
 STOP_VOTE = "stop_vote"  # the entry of stacked batches that carries each device's wish to stop (`with_stop_vote`)
 
 
-# The initialisation runs once, so its compile is all that matters: one random draw per parameter, each
-# its own fusion, which LLVM optimises for seconds on a CPU (9 s -> 4 s for a MobileNetV2 at -O0). The
-# values differ from an -O3 build by float contraction only (1 ulp), and every run starts from this one.
-INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+# For a program that runs once, such as the initialisation, its compile is all that matters: one random draw
+# per parameter, each its own fusion, which LLVM optimises for seconds on a CPU (9 s -> 4 s for a MobileNetV2
+# at -O0). The values differ from an -O3 build by float contraction only (1 ulp).
+RUN_ONCE_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
+def call_once(jitted, *args, platform: str, **static_kwargs):
+    """`jitted(*args, **static_kwargs)` (a jax.jit whose keyword arguments are static), compiled for a single call
+    on `platform` with RUN_ONCE_COMPILER_OPTIONS."""
+    compiled = jitted.lower(*args, **static_kwargs).compile(RUN_ONCE_COMPILER_OPTIONS.get(platform))
+    return compiled(*args)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +94,8 @@ class Trainer:
 
     def init_state(self) -> State:
         init = with_conv_lowering(self.task.init_state, self.config.conv_lowering)
-        lowered = jax.jit(init, out_shardings=parallel.replicated(self.mesh)).lower()
-        return lowered.compile(INIT_COMPILER_OPTIONS.get(self.mesh.devices.flat[0].platform))()
+        jitted = jax.jit(init, out_shardings=parallel.replicated(self.mesh))
+        return call_once(jitted, platform=self.mesh.devices.flat[0].platform)
 
     def abstract_state(self) -> State:
         """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""

@@ -21,3 +21,25 @@ import jax  # noqa: E402
 
 # Shapes must match exactly; an accidental broadcast is a bug, not a convenience.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# Where the suite's time goes: with JAXNETS_TEST_CPU_LOG=FILE, each test's CPU seconds (this worker's threads plus
+# the processes it started and waited for) are appended to FILE as "seconds nodeid" (setup, call and teardown together). Wall times under
+# `-n 2` mostly measure which tests happened to run side by side; CPU time is what a cut saves.
+if os.environ.get("JAXNETS_TEST_CPU_LOG"):
+    import resource
+
+    import pytest
+
+    def _cpu_seconds() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        start = _cpu_seconds()
+        try:
+            return (yield)
+        finally:
+            with open(os.environ["JAXNETS_TEST_CPU_LOG"], "a") as log:
+                log.write(f"{_cpu_seconds() - start:.1f} {item.nodeid}\n")

@@ -1,25 +1,22 @@
 """Several train steps per jitted call (config.steps_per_dispatch): the calls end wherever the loop acts, one
 program serves every number of steps, and a run trains the same numbers whatever the value, resumed or not.
 
-The runs are train.py on one CPU device (the suite's 8 forced devices run one step per call: see
+The runs train on one CPU device (the suite's 8 forced devices run one step per call: see
 `jaxnets.train.trainer._steps_per_dispatch`)."""
 
 import json
 import logging
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, load_recipe
+from helpers import load_recipe
 
 from jaxnets import data
 from jaxnets.checkpoints import restore_variables
-from jaxnets.train import build_trainer
+from jaxnets.train import build_trainer, train_and_evaluate
 from jaxnets.train.loop import Cadence
 from jaxnets.train.reporting import Reporter
 
@@ -46,12 +43,15 @@ def quickstart(**fields):
 
 
 def train_on_one_device(workdir, steps_per_dispatch: int) -> None:
-    flags = [f"--config.{k}={v}" for k, v in {**SHORT, "steps_per_dispatch": steps_per_dispatch}.items()]
-    result = subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir",
-                             str(workdir), *flags], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "XLA_FLAGS": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "runs as 1" not in result.stderr
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    logging.getLogger("jaxnets").addHandler(handler)
+    try:
+        train_and_evaluate(quickstart(steps_per_dispatch=steps_per_dispatch), str(workdir), devices=jax.devices()[:1])
+    finally:
+        logging.getLogger("jaxnets").removeHandler(handler)
+    assert not [w for w in warnings if "runs as 1" in w.getMessage()], "one device runs the device loop"
 
 
 def logged(workdir) -> dict[int, dict]:

@@ -25,12 +25,17 @@ from jaxnets.train.trainer import Trainer, build_trainer
 log = logging.getLogger("jaxnets")
 
 
-def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], None] | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], None] | None = None,
+                       devices=None) -> dict:
     """Trains `config` in `workdir`, resuming from its newest good checkpoint; returns the final eval metrics.
 
     `on_report` (main process only) receives every `Report` as metrics.jsonl gets it, e.g.
-    `jaxnets.plots.LiveCurves()` to watch curves and progress in a notebook."""
-    trainer = build_trainer(config)  # resolves and checks the config: nothing is compiled or written before
+    `jaxnets.plots.LiveCurves()` to watch curves and progress in a notebook. `devices` (a single process only)
+    trains on those of its devices, e.g. `jax.devices()[:1]`; by default on every device of every process."""
+    if devices is not None and jax.process_count() > 1:
+        raise ValueError("train_and_evaluate(devices=...) is for a single process: every process of a multi-host "
+                         "job trains on all of its devices")
+    trainer = build_trainer(config, devices=devices)  # resolves and checks the config: nothing compiled or written
     config, length = trainer.config, trainer.length
     ckpt.check_writable(workdir)
     process_index, process_count = jax.process_index(), jax.process_count()

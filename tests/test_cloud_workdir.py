@@ -35,7 +35,7 @@ def test_a_gs_workdir_reaches_epath_orbax_and_tensorboard_unmangled(tmp_path, mo
 
     managers = []
     monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, options: managers.append(str(directory)))
-    monkeypatch.setattr(reporting, "SummaryWriter", RecordingWriter)
+    monkeypatch.setattr(reporting, "_summary_writer", lambda: RecordingWriter)
     monkeypatch.chdir(tmp_path)
     # epath sends gs:// to TensorFlow's GCS client whenever TF is installed, bypassing its own mock backend.
     monkeypatch.setattr(epath.gpath, "_is_tf_installed", lambda: False)

@@ -10,12 +10,11 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from tensorboardX import SummaryWriter
-
 from jaxnets.checkpoints.layout import absolute, is_local
 
 log = logging.getLogger("jaxnets")
@@ -31,6 +30,21 @@ class Report:
     total_steps: int
     metrics: dict[str, float]  # as written to metrics.jsonl: train_* (with images/s), eval_*, a task's epoch scalars
     eta_seconds: float | None  # from the speed of the last log interval; None before there is one
+
+
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX imports
+    torch when it is installed only to accept torch tensors, which the reporter never passes, and that import was
+    3 of the 24 s of a quickstart launch. (torch imports normally afterwards: nothing of it is left behind.)"""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "not installed"
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class Reporter:
@@ -49,7 +63,7 @@ class Reporter:
         self._writer = None
         if self.enabled:
             workdir = absolute(workdir)
-            self._writer = SummaryWriter(str(workdir), flush_secs=30)  # (tensorboardX writes gs:// itself)
+            self._writer = _summary_writer()(str(workdir), flush_secs=30)  # (tensorboardX writes gs:// itself)
             self._workdir = workdir
             self._start_step = start_step
             self._logs: dict[str, _JsonLines] = {}

@@ -25,8 +25,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # Where the suite's time goes: with JAXNETS_TEST_CPU_LOG=FILE, each test's CPU seconds (this worker's threads plus
-# the processes it started and waited for) are appended to FILE as "seconds nodeid" (setup, call and teardown together). Wall times under
-# `-n 2` mostly measure which tests happened to run side by side; CPU time is what a cut saves.
+# the processes it started and waited for; setup, call and teardown together) are appended to FILE as
+# "seconds nodeid". Wall times under `-n 2` mostly measure which tests happened to run side by side; CPU time is
+# what a cut saves.
 if os.environ.get("JAXNETS_TEST_CPU_LOG"):
     import resource
 

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).parents[1] / "jaxnets"
 # Imports that may sit inside a function: optional or heavy dependencies, each with its reason beside it.
-LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.ops._onednn", "jax._src.clusters"}
+LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.ops._onednn", "jax._src.clusters", "tensorboardX"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -36,9 +36,11 @@ def test_a_task_registered_outside_the_package_trains_saves_and_resumes_through_
     assert 0.0 <= uninterrupted["eval_agreement"] <= 1.0
 
     workdir = tmp_path / "run"
-    train_py(workdir, "--config.num_train_steps=6")  # saves step 6 and stops there
+    first_half = distillation_task.get_config()
+    first_half.num_train_steps = 6  # saves step 6 and stops there
+    train_and_evaluate(first_half, str(workdir))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6]
-    resumed = train_py(workdir)
+    resumed = train_py(workdir)  # a fresh process: the recipe file registers the task
     assert "resuming from" in resumed.stderr and "at step 6" in resumed.stderr
     after_resume = losses(workdir)
     assert sorted(after_resume) == list(range(1, 13))

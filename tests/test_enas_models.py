@@ -76,6 +76,13 @@ def tiny_model(kind, whole_channels, **kw):
     return ENASMacroSearch(num_layers=SEARCH_LAYERS, num_filters=FILTERS, whole_channels=whole_channels, **kw)
 
 
+@functools.cache
+def initial_variables(kind, whole_channels):
+    """tiny_model(kind, whole_channels).init(KEY, images()), shared by the tests: initialising compiles the random
+    draws of every op of every layer (~7 s for the search network)."""
+    return tiny_model(kind, whole_channels).init(KEY, images())
+
+
 def sample_arc(seed, whole_channels):
     return jnp.asarray(random_arc(seed, SEARCH_LAYERS, 6, whole_channels, num_filters=FILTERS))
 
@@ -143,7 +150,7 @@ def test_registry_overrides_and_arc_text():
 def test_fixed_model_forward_and_sgd_step(whole_channels):
     model = tiny_model("fixed", whole_channels)
     x = images()
-    variables = model.init(KEY, x, train=False)
+    variables = initial_variables("fixed", whole_channels)
     assert "skip_conv" not in variables["params"]["layer_0"] and "skip_conv" in variables["params"]["layer_5"]
 
     logits, unchanged = jax.jit(functools.partial(model.apply, train=False, mutable=["batch_stats"]))(variables, x)
@@ -174,7 +181,7 @@ def test_fixed_model_forward_and_sgd_step(whole_channels):
 def test_search_model_forward_and_sgd_step(whole_channels):
     model, step, _ = search_step(whole_channels)
     x, arc = images(), sample_arc(1, whole_channels)
-    variables = model.init(KEY, x, train=False)  # no arc: the default one
+    variables = initial_variables("search", whole_channels)  # initialised with no arc: the default one
     for b in range(6):  # every op's weights exist, whatever arc init saw
         assert f"branch_{b}" in variables["params"][f"layer_{SEARCH_LAYERS - 1}"]
 
@@ -199,7 +206,7 @@ def test_search_model_forward_and_sgd_step(whole_channels):
 def test_search_trains_100_arcs_with_one_compilation(whole_channels):
     model, step, traces = search_step(whole_channels)
     x = images()
-    variables = model.init(KEY, x)
+    variables = initial_variables("search", whole_channels)
     arcs = [sample_arc(100 + i, whole_channels) for i in range(100)]
     assert len({tuple(np.asarray(a)) for a in arcs}) == 100
     losses = []
@@ -213,7 +220,7 @@ def test_search_trains_100_arcs_with_one_compilation(whole_channels):
 def test_search_default_lowering_matches_xla():
     x, arc = images(), sample_arc(2, True)
     model = tiny_model("search", True)
-    variables = model.init(KEY, x)
+    variables = initial_variables("search", True)
     want = jax.jit(functools.partial(model.apply, train=False))(variables, x, arc)
     with layers.conv_lowering("auto"):
         got = jax.jit(functools.partial(model.apply, train=False))(variables, x, arc)
@@ -223,7 +230,7 @@ def test_search_default_lowering_matches_xla():
 def test_fixed_default_lowering_matches_xla_forward_and_backward():
     """The fixed whole-channel child (all six ops, skips, factorized reductions) under the default lowering."""
     model, x = tiny_model("fixed", True), images()
-    variables = model.init(KEY, x)
+    variables = initial_variables("fixed", True)
 
     def loss(params):
         logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
@@ -244,7 +251,7 @@ def test_fixed_default_lowering_matches_xla_forward_and_backward():
 def test_op_id_changes_the_output():
     model = tiny_model("search", True)
     x = images()
-    variables = model.init(KEY, x)
+    variables = initial_variables("search", True)
     forward = jax.jit(functools.partial(model.apply, train=False))
     base = np.asarray(random_arc(3, SEARCH_LAYERS, 6))
     outputs = []

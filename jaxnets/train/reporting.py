@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
 from jaxnets.checkpoints.layout import absolute, is_local
 
 log = logging.getLogger("jaxnets")
@@ -37,11 +38,11 @@ def _summary_writer():
     torch when it is installed only to accept torch tensors, which the reporter never passes, and that import was
     3 of the 24 s of a quickstart launch. (torch imports normally afterwards: nothing of it is left behind.)"""
     if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # (here, not at the top: see above)
         return SummaryWriter
     sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "not installed"
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # (here, not at the top: see above)
     finally:
         del sys.modules["torch"]
     return SummaryWriter

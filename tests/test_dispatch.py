@@ -7,6 +7,7 @@ The runs train on one CPU device (the suite's 8 forced devices run one step per 
 import json
 import logging
 import pathlib
+import re
 import shutil
 
 import jax
@@ -151,3 +152,9 @@ def test_evaluations_are_left_out_of_the_train_images_per_second(tmp_path, monke
     reporter.close()
     rate = logged(tmp_path)[20]["images_per_second"]
     assert rate == pytest.approx(8 * 10 / 16.0)  # 10 steps of 8 images in 16 s of training
+
+
+def test_training_on_no_device_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("train_and_evaluate(devices=[]): give at least one device")):
+        train_and_evaluate(quickstart(), str(tmp_path / "run"), devices=[])
+    assert not (tmp_path / "run").exists()

@@ -32,9 +32,12 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
     `on_report` (main process only) receives every `Report` as metrics.jsonl gets it, e.g.
     `jaxnets.plots.LiveCurves()` to watch curves and progress in a notebook. `devices` (a single process only)
     trains on those of its devices, e.g. `jax.devices()[:1]`; by default on every device of every process."""
+    devices = None if devices is None else list(devices)
     if devices is not None and jax.process_count() > 1:
         raise ValueError("train_and_evaluate(devices=...) is for a single process: every process of a multi-host "
                          "job trains on all of its devices")
+    if devices == []:
+        raise ValueError("train_and_evaluate(devices=[]): give at least one device, e.g. jax.devices()[:1]")
     trainer = build_trainer(config, devices=devices)  # resolves and checks the config: nothing compiled or written
     config, length = trainer.config, trainer.length
     ckpt.check_writable(workdir)

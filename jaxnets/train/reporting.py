@@ -36,7 +36,8 @@ class Report:
 def _summary_writer():
     """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet: tensorboardX imports
     torch when it is installed only to accept torch tensors, which the reporter never passes, and that import was
-    3 of the 24 s of a quickstart launch. (torch imports normally afterwards: nothing of it is left behind.)"""
+    3 of the 24 s of a quickstart launch. (torch imports normally afterwards: nothing of it is left behind. Meant
+    for the thread that builds the run, as train.py and notebooks do: an `import torch` racing it elsewhere fails.)"""
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter  # (here, not at the top: see above)
         return SummaryWriter
@@ -44,7 +45,8 @@ def _summary_writer():
     try:
         from tensorboardX import SummaryWriter  # (here, not at the top: see above)
     finally:
-        del sys.modules["torch"]
+        if sys.modules.get("torch", False) is None:  # (not a torch that another thread imported meanwhile)
+            del sys.modules["torch"]
     return SummaryWriter
 
 

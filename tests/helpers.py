@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import os
 import pathlib
 
 import jax
@@ -16,6 +17,13 @@ from jaxnets.config import base_config
 from jaxnets.data import DatasetInfo
 
 REPO = pathlib.Path(__file__).parents[1]
+# LLVM at -O0, as conftest.py sets for the suite (it says why), for the processes the tests start themselves.
+LLVM_O0 = "--xla_backend_optimization_level=0"
+
+
+def cpu_devices_env(count: int) -> dict[str, str]:
+    """os.environ for a process the tests start, with `count` CPU devices compiled at -O0 like the suite."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {LLVM_O0}"}
 GLOBAL_BATCH = 16
 # What build_trainer would read from a dataset's metadata, for runs on `random_batches`.
 SYNTHETIC_DATASET = DatasetInfo(num_classes=10, image_shape=(8, 8, 3), num_train_examples=100 * GLOBAL_BATCH,

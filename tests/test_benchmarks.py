@@ -2,11 +2,10 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, cpu_devices_env
 
 
 def read_results(json_path):
@@ -56,7 +55,7 @@ def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "10", "--rounds", "1", "--json",
                str(json_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"})  # one device
+                            env=cpu_devices_env(1))
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     report = read_results(json_path)
     (only_round,) = report["rounds"]

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, cpu_devices_env
 from PIL import Image
 
 import jaxnets
@@ -58,7 +58,7 @@ def test_an_image_folder_trains_through_train_py_well_above_chance(tmp_path):
          f"--config.dataset=folder:{root}", "--config.global_batch_size=24", "--config.eval_batch_size=24",
          "--config.num_epochs=8", "--config.eval_every_epochs=8", "--config.warmup_epochs=0"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"},  # one device, compiled as the suite
+        env=cpu_devices_env(1),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     final = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()][-1]

@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, cpu_devices_env
 
 # The quickstart's first steps at a tenth of its learning rate (the same code on every run, so any rate would do for
 # the exact comparisons; at 0.01 the 1 x 4 run's second step is still within 1e-5 of 2 x 2's, see below).
@@ -34,9 +34,6 @@ STEPS = 16
 SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 100.0, "checkpoint_every_steps": 4,
          "learning_rate": 0.01}
 LOCAL_BATCH = 32  # the quickstart's global batch of 64 over 2 processes
-# As the rest of the suite (conftest.py): LLVM at -O0 compiles each process's programs in half the time; every
-# comparison below is between runs compiled alike.
-LLVM_O0 = "--xla_backend_optimization_level=0"
 
 # train.py, recording the batches it reads: per step, one digest of each example's image and label bytes, in the
 # order of the process's batch (jsonl in $BATCH_RECORD).
@@ -73,8 +70,7 @@ def train_py(workdir, data_dir, devices: int, *extra: str, process_id: int | Non
     if process_id is not None:
         command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                     f"--process_id={process_id}"]
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {LLVM_O0}",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**cpu_devices_env(devices), "PYTHONUNBUFFERED": "1"}  # (every comparison: runs compiled alike)
     if record is not None:
         command[1:1] = ["-c", RECORDING_TRAIN_PY]
         env["BATCH_RECORD"] = str(record)
@@ -283,8 +279,7 @@ print("all-gather" in hlo, "all-reduce" in hlo)
 def test_compiled_step_on_two_hosts_has_no_all_gather(tmp_path):
     """The steps train.py runs (with their stop vote), ResNeXt with XLA's native grouped convolutions, 2 x 4."""
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count=4 {LLVM_O0}",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    env = {**cpu_devices_env(4), "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
     processes = [subprocess.Popen([sys.executable, "-c", ALL_GATHER_CHECK, f"127.0.0.1:{port}", str(i)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=300) for p in processes]

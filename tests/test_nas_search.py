@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from filelock import FileLock
-from helpers import REPO, load_recipe
+from helpers import REPO, cpu_devices_env, load_recipe
 
 import jaxnets
 from jaxnets.checkpoints import read_meta, resolve_step_dir
@@ -38,14 +37,14 @@ SHORT = ["--config.model_overrides.num_layers=3", "--config.model_overrides.num_
          "--config.search.controller_batch_size=16", "--config.search.eval_arcs=3", "--config.search.final_arcs=10",
          "--config.eval_every_epochs=5.0", "--config.checkpoint_every_steps=100", "--config.log_every_steps=5"]
 STEPS, EPOCHS = 370, 10
-ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"}
+ONE_DEVICE = cpu_devices_env(1)
 
 
 def train_py(workdir, *extra, env=None, **popen) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "train.py", "--config", "configs/enas_search_quickstart.py", "--workdir", str(workdir),
          *SHORT, *extra], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **ONE_DEVICE, **(env or {})}, **popen,
+        env={**ONE_DEVICE, **(env or {})}, **popen,
     )
 
 
@@ -139,7 +138,7 @@ def test_final_config_trains_the_arc_through_train_py(search, tmp_path):
     assert "c.model = 'enas_macro'" in recipe.read_text()
     result = subprocess.run(
         [sys.executable, "train.py", "--config", str(recipe), "--workdir", str(tmp_path), "--config.num_train_steps=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **ONE_DEVICE},
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=ONE_DEVICE,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in jsonl(tmp_path / "metrics.jsonl") if "train_loss" in r][-1] == 3

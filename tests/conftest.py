@@ -7,8 +7,9 @@ import tempfile
 # unaffected: it runs on device 0. And LLVM at -O0: the tests run few steps of many programs, and on a CPU most
 # of a compile is LLVM optimising XLA's loops (the recipes' two-step runs: 181 s -> 126 s). XLA's own passes,
 # hence the programs, are the same; floats differ from -O3 by contraction only (~1 ulp). The tests that start
-# train.py on fewer devices set their own XLA_FLAGS: the search, multi-host, folder and loop-overhead launches at
-# -O0 too; the quickstart through SIGKILLs at the default -O3, as users run.
+# train.py on fewer devices set their own XLA_FLAGS: the search, multi-host and folder launches at -O0 too
+# (helpers.cpu_devices_env); the quickstart through SIGKILLs and the loop-overhead benchmark, which run hundreds of
+# steps, at the default -O3.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 # One persistent compilation cache for the session, inherited by every train.py the tests start: the same
 # small models are compiled again and again (the quickstart restarted 6 times, runs of 2 processes). A

@@ -1,17 +1,19 @@
 """The training loop's images/s against the bare step's, on the quickstart (what the loop costs).
 
     python benchmarks/loop_overhead.py [--config configs/quickstart.py] [--epochs N] [--rounds 3] [--json PATH]
-        [--checkpoint_every_steps N] [--steps_per_dispatch N]   (default: the recipe's)
+        [--checkpoint_every_steps N] [--steps_per_dispatch N] [--log_every_steps N]   (default: the recipe's)
+        [--bare_steps 100]
 
 The loop: `train_and_evaluate` as train.py runs it (input pipeline, prefetch, logging, checkpoints every
 `checkpoint_every_steps`, evaluations), its images/s read from the progress records of metrics.jsonl: one per
-`log_every_steps` window, counting the windows' training time (the loop leaves evaluations out; compilation
-happens before the first window). The bare step: the same trainer's jitted train step on one device-resident
-batch, back to back, blocking once at the end of each round. Each of --rounds rounds measures the bare step
-just before and just after one run of the loop (this VM's speed drifts by tens of percent over minutes):
-its ratio = median of the loop's windows / median of those bare measurements, and the same for all windows
-together (their images over their seconds, where a window with a checkpoint save weighs in fully). The results
-are the medians of the rounds' ratios (the target is >= 0.9). Writes --json and the markdown beside it (.md).
+`log_every_steps` window (at least two progress records are needed), counting the windows' training time (the
+loop leaves evaluations out; compilation happens before the first window). The bare step: the same trainer's
+jitted train step on one device-resident batch, --bare_steps at a time, back to back, blocking once at the end
+of each measurement. Each of --rounds rounds measures the bare step just before and just after one run of the
+loop (this VM's speed drifts by tens of percent over minutes): its ratio = median of the loop's windows / median
+of those bare measurements, and the same for all windows together (their images over their seconds, where a
+window with a checkpoint save weighs in fully). The results are the medians of the rounds' ratios (the target is
+>= 0.9). Writes --json and the markdown beside it (.md).
 """
 
 from __future__ import annotations
@@ -81,15 +83,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint_every_steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--steps_per_dispatch", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--log_every_steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--bare_steps", type=int, default=100, help="steps of each bare-step measurement")
     parser.add_argument("--json", default=results.default_path("loop_overhead"))
     args = parser.parse_args()
 
     config = load_config(args.config, args.epochs)
-    for field in ("checkpoint_every_steps", "steps_per_dispatch"):
+    for field in ("checkpoint_every_steps", "steps_per_dispatch", "log_every_steps"):
         if getattr(args, field) is not None:
             config[field] = getattr(args, field)
     bare_step = BareStep(config)
-    measure_bare = lambda: [bare_step.images_per_second(steps=100) for _ in range(3)]
+    measure_bare = lambda: [bare_step.images_per_second(steps=args.bare_steps) for _ in range(3)]
     measured = interleave({"before": measure_bare, "loop": lambda: loop_windows(config), "after": measure_bare},
                           args.rounds).values
     rounds = []
@@ -107,12 +111,14 @@ def main() -> None:
     report = {
         "environment": environment.capture(),
         "config": args.config, "epochs": config.num_epochs, "steps_per_dispatch": bare_step.trainer.steps_per_dispatch,
-        "checkpoint_every_steps": config.checkpoint_every_steps, "devices": jax.device_count(),
+        "checkpoint_every_steps": config.checkpoint_every_steps, "log_every_steps": config.log_every_steps,
+        "bare_steps": args.bare_steps, "devices": jax.device_count(),
         "ratio_loop_over_bare": ratio, "ratio_overall_over_bare": overall_ratio, "rounds": rounds,
     }
     body = [
         f"`{args.config}`, {config.num_epochs} epochs, steps_per_dispatch {report['steps_per_dispatch']}, "
-        f"checkpoint_every_steps {config.checkpoint_every_steps}, {report['devices']} device(s). Ratio = the loop's "
+        f"checkpoint_every_steps {config.checkpoint_every_steps}, log_every_steps {config.log_every_steps}, "
+        f"{report['devices']} device(s), bare step measured {args.bare_steps} steps at a time. Ratio = the loop's "
         "images/s (median of its progress windows) / the bare step's (median of the measurements just before and "
         "after it); the figures are medians of the rounds' ratios.",
         "",

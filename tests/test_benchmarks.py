@@ -53,15 +53,16 @@ def test_gpu_benchmark_tiny(tmp_path):
 
 def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     json_path = tmp_path / "loop.json"
-    command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "10", "--rounds", "1", "--json",
-               str(json_path)]
-    # One device at the default -O3: its 810 steps are most of its time (at -O0, under the decomposed lowering,
-    # it ran past the timeout).
+    command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "3", "--log_every_steps", "20",
+               "--bare_steps", "20", "--rounds", "1", "--json", str(json_path)]
+    # One device at the default -O3: its 183 steps are most of its time (at -O0, under the decomposed lowering, its
+    # former 810 ran past the timeout).
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "XLA_FLAGS": ""})
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     report = read_results(json_path)
     (only_round,) = report["rounds"]
-    assert len(only_round["loop_windows"]) == 2  # 210 steps logged at 100, 200 and 210
+    assert len(only_round["loop_windows"]) == 3  # 63 steps logged at 20, 40, 60 and 63
     assert len(only_round["bare_step_measurements"]) == 6 and math.isfinite(report["ratio_loop_over_bare"])
     assert report["steps_per_dispatch"] == 10 and report["checkpoint_every_steps"] == 210  # the recipe's
+    assert report["log_every_steps"] == 20 and report["bare_steps"] == 20

@@ -351,8 +351,11 @@ def test_init_from_takes_parameters_only(reference, tmp_path):
     fresh = train_and_evaluate(config, str(tmp_path))
     assert sorted(train_losses(tmp_path)) == [1], "the step counter starts afresh"
     assert (tmp_path / "checkpoints_best" / "1" / "commit_success.txt").exists(), "keep_best keeps the evaluated step"
-    # Trained parameters: the first step's loss is the reference's late loss, not a fresh network's ~2.3.
-    assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.5
+    # Trained parameters: the first step's loss is the reference's late loss, not a fresh network's ~2.3; and the
+    # evaluation sees trained parameters and batch statistics: a fresh network one step in scores 0.07 (chance is
+    # 0.1). The trained one scores 0.68 with oneDNN's convolutions and 0.42 with the decomposed ones: 40 steps at
+    # the warm-up's peak rate leave an evaluation that swings with round-off (the reference's own: 0.61 and 0.38).
+    assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.3
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")

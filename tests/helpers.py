@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import logging
@@ -24,6 +25,8 @@ LLVM_O0 = "--xla_backend_optimization_level=0"
 def cpu_devices_env(count: int) -> dict[str, str]:
     """os.environ for a process the tests start, with `count` CPU devices compiled at -O0 like the suite."""
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {LLVM_O0}"}
+
+
 GLOBAL_BATCH = 16
 # What build_trainer would read from a dataset's metadata, for runs on `random_batches`.
 SYNTHETIC_DATASET = DatasetInfo(num_classes=10, image_shape=(8, 8, 3), num_train_examples=100 * GLOBAL_BATCH,
@@ -47,13 +50,32 @@ def compiles_nothing():
     assert not compiled, f"compiled before refusing: {compiled[0]}"
 
 
-def load_recipe(name: str) -> ml_collections.ConfigDict:
-    """configs/<name>.py's get_config(), loaded as train.py loads it."""
+def load_recipe(name: str, **fields) -> ml_collections.ConfigDict:
+    """configs/<name>.py's get_config(), loaded as train.py loads it, with top-level `fields` set as train.py's
+    `--config.<field>=<value>` would."""
     path = REPO / "configs" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    for key, value in fields.items():
+        config[key] = value
+    return config
+
+
+def recording_train_iterator(read, record):
+    """`read` (jaxnets.data.train_iterator) that calls record(step, digests) for each batch it yields: one digest of
+    each example's image and label bytes, in the order of the batch. (What a process reads, comparable across runs
+    and processes.)"""
+
+    def train_iterator(config, local_batch_size, *, start_step=0, **kwargs):
+        for step, batch in enumerate(read(config, local_batch_size, start_step=start_step, **kwargs), start_step + 1):
+            examples = zip(np.asarray(batch["image"]), np.asarray(batch["label"]), strict=True)
+            record(step, [hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16]
+                          for image, label in examples])
+            yield batch
+
+    return train_iterator
 
 
 def optim_config(**fields) -> ml_collections.ConfigDict:

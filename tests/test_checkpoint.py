@@ -38,10 +38,7 @@ FLAGS = ["--config", "configs/quickstart.py", *(f"--config.{k}={v}" for k, v in 
 
 def tiny_config(**fields):
     """The quickstart, 40 steps, every step logged, eval at the end only."""
-    c = load_recipe("quickstart")
-    for key, value in {**SHORT, **fields}.items():
-        c[key] = value
-    return c
+    return load_recipe("quickstart", **{**SHORT, **fields})
 
 
 def train_losses(workdir) -> dict[int, float]:

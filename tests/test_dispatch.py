@@ -38,10 +38,7 @@ SHORT = {"num_train_steps": 13, "log_every_steps": 5, "checkpoint_every_steps": 
 
 
 def quickstart(**fields):
-    c = load_recipe("quickstart")
-    for key, value in {**SHORT, **fields}.items():
-        c[key] = value
-    return c
+    return load_recipe("quickstart", **{**SHORT, **fields})
 
 
 def train_on_one_device(workdir, steps_per_dispatch: int) -> None:

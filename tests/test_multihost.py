@@ -12,7 +12,6 @@ step 11, 2.5e-3 at 15; on a Zen 3, 1e-6 at step 3 and 5e-3 at step 8. No toleran
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
@@ -27,7 +26,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, cpu_devices_env, load_recipe
+from helpers import REPO, cpu_devices_env, load_recipe, recording_train_iterator
 
 import jaxnets
 from jaxnets.train import train_and_evaluate
@@ -39,39 +38,19 @@ SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 10
          "learning_rate": 0.01}
 LOCAL_BATCH = 32  # the quickstart's global batch of 64 over 2 processes
 
-# train.py, recording the batches it reads: per step, one digest of each example's image and label bytes, in the
-# order of the process's batch (jsonl in $BATCH_RECORD).
+# train.py, recording the batches it reads (helpers.recording_train_iterator) as jsonl in $BATCH_RECORD.
 RECORDING_TRAIN_PY = """
-import hashlib, json, os, runpy, sys
-import numpy as np
+import json, os, runpy, sys
+sys.path.append(os.path.abspath("tests"))  # helpers (the working directory is the repository)
 import jaxnets.data
-read = jaxnets.data.train_iterator
-def train_iterator(config, local_batch_size, *, start_step=0, **kwargs):
-    with open(os.environ["BATCH_RECORD"], "a") as record:
-        for step, batch in enumerate(read(config, local_batch_size, start_step=start_step, **kwargs), start_step + 1):
-            examples = zip(np.asarray(batch["image"]), np.asarray(batch["label"]), strict=True)
-            digests = [hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] for image, label in examples]
-            record.write(json.dumps({"step": step, "examples": digests}) + "\\n")
-            record.flush()
-            yield batch
-jaxnets.data.train_iterator = train_iterator
+from helpers import recording_train_iterator
+def record(step, digests):
+    with open(os.environ["BATCH_RECORD"], "a") as f:
+        f.write(json.dumps({"step": step, "examples": digests}) + "\\n")
+jaxnets.data.train_iterator = recording_train_iterator(jaxnets.data.train_iterator, record)
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-
-
-def example_digests(batch) -> list[str]:
-    """RECORDING_TRAIN_PY's digests, for a run in this process."""
-    examples = zip(np.asarray(batch["image"]), np.asarray(batch["label"]), strict=True)
-    return [hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] for image, label in examples]
-
-
-def quickstart(data_dir, **fields):
-    """The quickstart with SHORT and `fields`, as train_py's command line sets them."""
-    config = load_recipe("quickstart")
-    for key, value in {**SHORT, "data_dir": str(data_dir), **fields}.items():
-        config[key] = value
-    return config
 
 
 def free_port() -> int:
@@ -257,15 +236,11 @@ def test_two_hosts_stop_together_on_one_sigterm_resume_exactly_and_go_on_in_one_
     # amplify it, through the synchronized batch norm's backward at 16 examples a device: measured from the same
     # parameters up to 1.9e-4 (oneDNN; 7.8e-8 decomposed). Held to 1e-3, which a gradient summed over a wrong set of
     # devices (off by 2x or sqrt(2)x) fails by far.
-    read, recorded = jaxnets.data.train_iterator, {}
-
-    def recording_train_iterator(config, local_batch_size, *, start_step=0, **kwargs):
-        for step, batch in enumerate(read(config, local_batch_size, start_step=start_step, **kwargs), start_step + 1):
-            recorded[step] = example_digests(batch)
-            yield batch
-
-    monkeypatch.setattr(jaxnets.data, "train_iterator", recording_train_iterator)
-    train_and_evaluate(quickstart(data_dir, num_train_steps=STEPS + 2), str(workdir), devices=jax.devices()[:4])
+    recorded = {}
+    monkeypatch.setattr(jaxnets.data, "train_iterator",
+                        recording_train_iterator(jaxnets.data.train_iterator, recorded.__setitem__))
+    config = load_recipe("quickstart", **{**SHORT, "data_dir": str(data_dir), "num_train_steps": STEPS + 2})
+    train_and_evaluate(config, str(workdir), devices=jax.devices()[:4])
     assert_reads_its_rows(recorded, expected_batches, [STEPS + 1, STEPS + 2], slice(None), "1 process x 4 devices")
     got = train_metrics(workdir)
     assert sorted(got)[-2:] == [STEPS + 1, STEPS + 2]

@@ -3,14 +3,6 @@ import os
 import shutil
 import tempfile
 
-# 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is
-# unaffected: it runs on device 0. And LLVM at -O0: the tests run few steps of many programs, and on a CPU most
-# of a compile is LLVM optimising XLA's loops (the recipes' two-step runs: 181 s -> 126 s). XLA's own passes,
-# hence the programs, are the same; floats differ from -O3 by contraction only (~1 ulp). The tests that start
-# train.py on fewer devices set their own XLA_FLAGS: the search, multi-host and folder launches at -O0 too
-# (helpers.cpu_devices_env); the quickstart through SIGKILLs and the loop-overhead benchmark, which run hundreds of
-# steps, at the default -O3.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 # One persistent compilation cache for the session, inherited by every train.py the tests start: the same
 # small models are compiled again and again (the quickstart restarted 6 times, runs of 2 processes). A
 # cached executable is the one XLA compiled, so results are unchanged; a train.py launch takes 10 s, not 18.
@@ -18,6 +10,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxnets-tests-compilation-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+from helpers import FAST_COMPILE  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)
+
+# 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is
+# unaffected: it runs on device 0. And compiled for compile speed (helpers.FAST_COMPILE): the tests run few steps
+# of many programs, and on a CPU most of their time is XLA compiling. LLVM at -O0 (the recipes' two-step runs:
+# 181 s -> 126 s) and XLA's older loop emitters instead of its MLIR fusion emitters (test_models, test_layers,
+# test_enas_models and test_train_configs: 704 s -> 467 s of CPU on a Zen 3; a MobileNetV2 step's compile 7.3 s ->
+# 1.9 s). XLA's own passes, hence the programs and their fusions, are the same; each fusion's loop is emitted by
+# other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). The tests
+# that start train.py on fewer devices set their own XLA_FLAGS the same way (helpers.cpu_devices_env); the
+# quickstart through SIGKILLs and the loop-overhead benchmark, which run hundreds of steps, compile as users do.
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 
 import jax  # noqa: E402
 

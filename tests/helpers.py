@@ -18,13 +18,13 @@ from jaxnets.config import base_config
 from jaxnets.data import DatasetInfo
 
 REPO = pathlib.Path(__file__).parents[1]
-# LLVM at -O0, as conftest.py sets for the suite (it says why), for the processes the tests start themselves.
-LLVM_O0 = "--xla_backend_optimization_level=0"
+# How the suite compiles (conftest.py says why), for the processes the tests start themselves too.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def cpu_devices_env(count: int) -> dict[str, str]:
-    """os.environ for a process the tests start, with `count` CPU devices compiled at -O0 like the suite."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {LLVM_O0}"}
+    """os.environ for a process the tests start, with `count` CPU devices compiled like the suite (FAST_COMPILE)."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {FAST_COMPILE}"}
 
 
 GLOBAL_BATCH = 16

@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, compiles_nothing, load_recipe
+from helpers import REPO, compiles_nothing, cpu_devices_env, load_recipe
 
 from jaxnets.checkpoints import manager as ckpt
 from jaxnets.checkpoints.layout import read_meta
@@ -269,9 +269,8 @@ for batch in data.eval_iterator(config, 50):
     count += int(batch["mask"].sum())
 print(correct / count, count)
 """
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=cpu_devices_env(1), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     top1, count = result.stdout.split()
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

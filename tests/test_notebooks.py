@@ -16,7 +16,7 @@ import jax
 import nbformat
 import numpy as np
 import pytest
-from helpers import LLVM_O0, REPO, load_recipe
+from helpers import FAST_COMPILE, REPO, load_recipe
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -43,8 +43,8 @@ def run_notebook(name: str, monkeypatch, **parameters) -> nbformat.NotebookNode:
     for parameter, value in parameters.items():
         cell.source, count = re.subn(rf"^{parameter} = .*$", f"{parameter} = {value!r}", cell.source, flags=re.M)
         assert count == 1, f"{name} has no parameter {parameter}"
-    # The kernel sees one CPU device, as a notebook user's would, and compiles at -O0 like the rest of the suite.
-    monkeypatch.setenv("XLA_FLAGS", LLVM_O0)
+    # The kernel sees one CPU device, as a notebook user's would, and compiles like the rest of the suite.
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return notebook
 

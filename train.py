@@ -15,6 +15,7 @@ import jaxnets.tasks  # noqa: F401  (registers the built-in tasks, for a config 
 import jaxnets.train
 from jaxnets.errors import UserError
 from jaxnets.train import distributed
+from jaxnets.train.compilation_cache import use_compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard events and metrics.jsonl go.")
@@ -22,6 +23,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, TensorBoard 
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for jax.distributed.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes the job has.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, "Where JAX keeps compiled programs between runs, 'off' for none (default: "
+    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/jaxnets/compilation-cache; jaxnets/train/compilation_cache.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,6 +44,7 @@ def main(argv):
     # absl's handler formats the log lines (absl.app installs it); these two libraries are quieted to warnings:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
+    use_compilation_cache(_COMPILATION_CACHE.value)  # a resumed or repeated run loads its programs, compiles none
     try:
         if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):  # before any backend
             if jax.process_index() > 0:  # process 0 tells the story; the others speak up for warnings only

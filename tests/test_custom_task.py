@@ -20,9 +20,8 @@ def losses(workdir) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
-def train_py(workdir, *overrides):
-    command = [sys.executable, "train.py", "--config", "tests/distillation_task.py", "--workdir", str(workdir),
-               *overrides]
+def train_py(workdir, *flags):
+    command = [sys.executable, "train.py", "--config", "tests/distillation_task.py", "--workdir", str(workdir), *flags]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -40,8 +39,10 @@ def test_a_task_registered_outside_the_package_trains_saves_and_resumes_through_
     first_half.num_train_steps = 6  # saves step 6 and stops there
     train_and_evaluate(first_half, str(workdir))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [6]
-    resumed = train_py(workdir)  # a fresh process: the recipe file registers the task
+    # A fresh process (the recipe file registers the task), with a compilation cache of its own: train.py fills it.
+    resumed = train_py(workdir, f"--compilation_cache={tmp_path / 'cache'}")
     assert "resuming from" in resumed.stderr and "at step 6" in resumed.stderr
+    assert list((tmp_path / "cache").iterdir()), "train.py's --compilation_cache holds the programs it compiled"
     after_resume = losses(workdir)
     assert sorted(after_resume) == list(range(1, 13))
     np.testing.assert_array_equal([after_resume[s] for s in range(1, 13)], [reference[s] for s in range(1, 13)])

@@ -1,0 +1,53 @@
+"""train.py keeps JAX's persistent compilation cache on: where it lives, and how to move it or turn it off."""
+
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+from jaxnets.train.compilation_cache import cache_directory
+
+
+@pytest.mark.parametrize(
+    "flag, environ, expected",
+    [
+        (None, {"HOME": "/home/u"}, "/home/u/.cache/jaxnets/compilation-cache"),
+        (None, {"HOME": "/home/u", "XDG_CACHE_HOME": "/xdg"}, "/xdg/jaxnets/compilation-cache"),
+        (None, {"XDG_CACHE_HOME": "/xdg", "JAX_COMPILATION_CACHE_DIR": "/jax"}, "/jax"),  # JAX's own variable
+        ("/mine", {"JAX_COMPILATION_CACHE_DIR": "/jax"}, "/mine"),  # the flag, above everything
+        ("off", {"JAX_COMPILATION_CACHE_DIR": "/jax"}, None),
+    ],
+)
+def test_the_flag_then_jax_then_the_user_cache(flag, environ, expected, monkeypatch):
+    monkeypatch.setenv("HOME", environ.get("HOME", "/home/u"))  # (os.path.expanduser reads the real environment)
+    assert cache_directory(flag, environ) == expected
+
+
+def test_a_relative_flag_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cache_directory("cache", {}) == str(tmp_path / "cache")
+
+
+APPLY = """
+import sys
+import jax
+from jaxnets.train.compilation_cache import use_compilation_cache
+print(use_compilation_cache(None if sys.argv[1] == "-" else sys.argv[1]))
+print(jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+"""
+
+
+@pytest.mark.parametrize("flag", ["-", "off"])
+def test_train_py_turns_it_on_by_default_and_off_on_request(flag, tmp_path):
+    """What JAX itself is then told, in a process without $JAX_COMPILATION_CACHE_DIR (which the suite sets)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    result = subprocess.run([sys.executable, "-c", APPLY, flag], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    directory, enabled = result.stdout.splitlines()
+    if flag == "off":
+        assert directory == "None" and enabled.startswith("False")
+    else:
+        assert directory == str(tmp_path / "xdg" / "jaxnets" / "compilation-cache")
+        assert enabled == f"True {directory}"

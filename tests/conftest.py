@@ -21,7 +21,7 @@ from helpers import FAST_COMPILE  # noqa: E402  (JAX reads XLA_FLAGS when it sta
 # 1.9 s). XLA's own passes, hence the programs and their fusions, are the same; each fusion's loop is emitted by
 # other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). The tests
 # that start train.py on fewer devices set their own XLA_FLAGS the same way (helpers.cpu_devices_env); the
-# quickstart through SIGKILLs, whose 840 steps at -O0 would cost more than its compiles save, compiles as users do.
+# quickstart through SIGKILLs, whose 252 steps at -O0 would cost more than its compiles save, compiles as users do.
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
 
 import jax  # noqa: E402

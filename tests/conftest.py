@@ -11,7 +11,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from helpers import FAST_COMPILE  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)
+from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)
 
 # 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is
 # unaffected: it runs on device 0. And compiled for compile speed (helpers.FAST_COMPILE): the tests run few steps
@@ -22,7 +22,7 @@ from helpers import FAST_COMPILE  # noqa: E402  (JAX reads XLA_FLAGS when it sta
 # other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). The tests
 # that start train.py on fewer devices set their own XLA_FLAGS the same way (helpers.cpu_devices_env); the
 # quickstart through SIGKILLs, whose 252 steps at -O0 would cost more than its compiles save, compiles as users do.
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}")
+os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))
 
 import jax  # noqa: E402
 

@@ -22,9 +22,14 @@ REPO = pathlib.Path(__file__).parents[1]
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
+def cpu_xla_flags(count: int) -> str:
+    """XLA_FLAGS for `count` CPU devices compiled like the suite (FAST_COMPILE)."""
+    return f"--xla_force_host_platform_device_count={count} {FAST_COMPILE}"
+
+
 def cpu_devices_env(count: int) -> dict[str, str]:
-    """os.environ for a process the tests start, with `count` CPU devices compiled like the suite (FAST_COMPILE)."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count} {FAST_COMPILE}"}
+    """os.environ for a process the tests start, with `count` CPU devices compiled like the suite."""
+    return {**os.environ, "XLA_FLAGS": cpu_xla_flags(count)}
 
 
 GLOBAL_BATCH = 16

@@ -24,7 +24,7 @@ from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD  # noqa: E402
 def make_config(dataset: str, data_dir, **overrides) -> ml_collections.ConfigDict:
     fields = dict(
         dataset=dataset,
-        data_dir=str(data_dir),
+        data_dir=None if data_dir is None else str(data_dir),
         image_size=None,
         train_split=None,
         eval_split=None,
@@ -146,6 +146,30 @@ def test_unprepared_dataset_fails_fast_with_how_to_prepare(tmp_path, no_network,
         with pytest.raises(data.DatasetNotPreparedError):
             call(config)
     assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing half-written
+
+
+@pytest.mark.parametrize("layout", ["cifar10/3.0.2/dataset_info.json", "cifar10/plain_text/3.0.2/dataset_info.json"])
+def test_a_prepared_looking_folder_is_left_to_tfds_to_judge(tmp_path, layout):
+    """The check before TensorFlow refuses only a dataset with no prepared version at all (versions with or
+    without a builder config); the rest is TFDS's to read, which here finds no records."""
+    (tmp_path / layout).parent.mkdir(parents=True)
+    (tmp_path / layout).write_text("{}")
+    assert data.available_data(make_config("cifar10", tmp_path)).dataset == "cifar10"
+    with pytest.raises(data.DatasetNotPreparedError, match="is not prepared in"):
+        data.available_data(make_config("cifar100", tmp_path))
+
+
+def test_without_a_data_dir_the_check_looks_where_tfds_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(data.DatasetNotPreparedError, match=f"is not prepared in {tmp_path}: "):
+        data.available_data(make_config("cifar10", None))
+    (tmp_path / "cifar10" / "3.0.2").mkdir(parents=True)
+    (tmp_path / "cifar10" / "3.0.2" / "dataset_info.json").write_text("{}")
+    data.available_data(make_config("cifar10", None))
+
+
+def test_remote_storage_is_left_to_tfds(tmp_path):
+    assert data.available_data(make_config("cifar10", "gs://no-such-bucket/tfds")).data_dir == "gs://no-such-bucket/tfds"
 
 
 def test_prepare_command_prepares_the_bundled_digits(tmp_path, no_network, capsys):

@@ -1,6 +1,7 @@
 """Each bad input fails before anything compiles, with one line naming the field."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -95,18 +96,27 @@ def test_mistyped_override_key_is_one_line(tmp_path):
     ], result.stderr[-2000:]
 
 
-def test_unprepared_dataset_is_one_line_from_train_py(tmp_path):
+def test_unprepared_dataset_is_one_line_from_train_py_before_tensorflow_is_imported(tmp_path):
+    """TensorFlow's import is most of a launch's first seconds: the refusal must not wait for it. Here any import
+    of it leaves a mark (and fails), so the claim holds on any machine, however slow."""
     empty = tmp_path / "tensorflow_datasets"
     empty.mkdir()
+    poisoned = tmp_path / "poisoned" / "tensorflow"
+    poisoned.mkdir(parents=True)
+    mark = tmp_path / "tensorflow_was_imported"
+    (poisoned / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\nraise ImportError('poisoned')\n")
     result = subprocess.run(
         [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
          "--config.dataset=cifar10", f"--config.data_dir={empty}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(poisoned.parent), os.environ.get("PYTHONPATH", "")])},
     )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"train.py: config.dataset: 'cifar10' is not prepared in {empty}: "), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert not mark.exists(), "TensorFlow was imported before the dataset was found missing"
+    assert not (tmp_path / "run").exists(), "nothing is written for a run that cannot read its data"
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):

@@ -20,7 +20,6 @@ to devices.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 from collections.abc import Iterator
@@ -33,9 +32,9 @@ from etils import epath
 
 from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
 from jaxnets.data import preprocess
+from jaxnets.data.availability import available_data, not_prepared_error, split_name, tfds_is_mocked
 from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
-from jaxnets.data.folder import scan_folder
-from jaxnets.errors import ConfigError, DatasetNotPreparedError
+from jaxnets.errors import ConfigError
 
 Batch = dict[str, np.ndarray]
 
@@ -51,40 +50,15 @@ except RuntimeError:  # TF already initialised its devices; nothing we can do, a
 _as_written = tf.autograph.experimental.do_not_convert
 
 
-def _checked(config: Any) -> DataConfig:
-    """`check_data_config`, and for a folder dataset the folder checked and its image size filled in."""
-    data = check_data_config(config)
-    if data.spec.family != "folder":
-        return data
-    for field in ("train_split", "eval_split"):
-        if "+" in getattr(data, field):
-            raise ConfigError(f"config.{field}={getattr(data, field)!r}: a folder dataset reads one split folder "
-                              "(or a part of it, such as 'train[:90%]'), not a sum of splits")
-    scan = scan_folder(data.spec.tfds_name, _split_name(data.train_split), _split_name(data.eval_split),
-                       resizing=data.image_size is not None)
-    return data if data.image_size is not None else dataclasses.replace(data, image_size=scan.image_size[0])
-
-
-def _split_name(split: Any) -> str:
-    """"train" of "train", "train[:90%]" or tfds.even_splits' parts of them."""
-    return (split if isinstance(split, str) else split.split).split("[")[0]
-
-
-def _tfds_is_mocked() -> bool:
-    # Under tfds.testing.mock_data no dataset is on disk and download_and_prepare is a no-op that the mock
-    # installs; as_dataset then serves random examples, so there is nothing to check or prepare.
-    return "mock_data" in getattr(tfds.core.DatasetBuilder.download_and_prepare, "__qualname__", "")
-
-
 def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     return builder.data_path.exists() and builder.is_prepared()  # (is_prepared alone logs a warning when absent)
 
 
 def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
-    if data.spec.family == "folder":  # (checked by _checked)
+    if data.spec.family == "folder":  # (scanned by available_data)
         return tfds.folder_dataset.ImageFolder(data.spec.tfds_name)
     builder = tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)
-    if _tfds_is_mocked() or _is_prepared(builder):
+    if tfds_is_mocked() or _is_prepared(builder):
         return builder
     if data.spec.family == "digits":  # bundled: prepares itself offline, in a few seconds
         try:
@@ -94,10 +68,7 @@ def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
                 raise
             # else another process sharing data_dir finished first and won the rename
         return tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)  # reads the metadata
-    root = builder.data_dir_root
-    raise DatasetNotPreparedError(
-        f"config.dataset: {data.dataset!r} is not prepared in {root}: {data.spec.prepare.format(data_dir=root)}"
-    )
+    raise not_prepared_error(data, builder.data_dir_root)
 
 
 def _num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
@@ -117,7 +88,7 @@ def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf
     if data.spec.family == "folder":  # ImageFolder reads whole splits only: a part of one is skip + take
         instructions = builder.info.splits[split].file_instructions  # one "shard" per split; none when empty
         part = (instructions[0].skip, instructions[0].take) if instructions else (0, 0)
-        split = _split_name(split)
+        split = split_name(split)
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,  # file order is part of the deterministic example order
@@ -138,7 +109,7 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 def dataset_info(config: Any) -> DatasetInfo:
     """Classes, batch image shape and split sizes; reads metadata only (prepares the bundled digits)."""
-    data = _checked(config)
+    data = available_data(config)
     builder = _builder(data)
     class_names = tuple(getattr(builder.info.features["label"], "names", ()))
     if data.spec.family == "folder":
@@ -154,7 +125,7 @@ def dataset_info(config: Any) -> DatasetInfo:
 
 def _check_folder_classes(data: DataConfig, class_names: tuple[str, ...]) -> None:
     # ImageFolder takes its classes from every split folder under the root, a run only from its training split.
-    train_dir = epath.Path(data.spec.tfds_name).expanduser() / _split_name(data.train_split)
+    train_dir = epath.Path(data.spec.tfds_name).expanduser() / split_name(data.train_split)
     extra = sorted(set(class_names) - {p.name for p in train_dir.iterdir() if p.is_dir()})
     if extra:
         raise ConfigError(f"config.dataset: the class {extra[0]!r} is in another split folder of {data.spec.tfds_name} "
@@ -172,7 +143,7 @@ def train_iterator(
     config: Any, local_batch_size: int, *, start_step: int = 0, process_index: int = 0, process_count: int = 1
 ) -> Iterator[Batch]:
     """Infinite {"image": float32 [B, H, W, C], "label": int32 [B]}; batch `start_step` of the stream first."""
-    data = _checked(config)
+    data = available_data(config)
     _check_batch(local_batch_size, process_index, process_count)
     start_step = int(start_step)
     if start_step < 0:
@@ -268,7 +239,7 @@ class EvalBatches:
 
 def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, process_count: int = 1) -> EvalBatches:
     """`eval_iterator`'s batches, for a run that evaluates many times."""
-    data = _checked(config)
+    data = available_data(config)
     _check_batch(local_batch_size, process_index, process_count)
     local_batch_size = int(local_batch_size)
     builder = _builder(data)

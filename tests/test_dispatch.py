@@ -130,7 +130,7 @@ def test_several_steps_per_call_compile_on_eight_devices_without_gathering_the_b
     from jaxnets.train.trainer import STOP_VOTE, agree_on_stopping, run_steps, with_conv_lowering
 
     trainer = build_trainer(quickstart())
-    step = with_conv_lowering(trainer.task.train_step, trainer.config.conv_lowering)
+    step = with_conv_lowering(trainer.task.train_step, trainer.config.conv_lowering, trainer.mesh)
     train_steps = parallel.data_parallel_train_steps(agree_on_stopping(run_steps(step, 4)), trainer.mesh)
     stacked = parallel.stacked_batch_sharded(trainer.mesh)
     batches = {"image": jax.ShapeDtypeStruct((4, 64, 8, 8, 1), np.float32, sharding=stacked),

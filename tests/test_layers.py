@@ -221,6 +221,28 @@ def test_the_lowering_follows_where_the_arrays_live(monkeypatch):
         assert "conditional" not in cpu_hlo  # the platform choice is made when lowering, not at run time
 
 
+def test_a_pinned_platform_traces_one_lowering_and_computes_the_same(monkeypatch):
+    """Where the caller knows the platform (the trainer: its mesh's), no platform choice is traced at all; the
+    gradients are those of the platform-dependent function compiled for that platform."""
+    monkeypatch.delenv(layers.LOWERING_ENV_VAR, raising=False)
+    x, kernel, stride, padding, groups = random_case("grouped_block_diagonal")
+
+    def loss(x, k):
+        return jnp.sum(layers.conv2d(x, k, stride=stride, padding=padding, groups=groups) ** 2)
+
+    def grad():  # a new function each time: JAX caches a trace per function, whatever the context
+        return jax.grad(loss, argnums=(0, 1))
+
+    chosen_when_lowered = str(jax.make_jaxpr(grad())(x, kernel))
+    with layers.conv_lowering("auto", "cpu"):
+        pinned = str(jax.make_jaxpr(grad())(x, kernel))
+        pinned_grads = jax.jit(grad())(x, kernel)
+    assert "platform_index" in chosen_when_lowered and "cond" in chosen_when_lowered
+    assert "platform_index" not in pinned and "cond" not in pinned
+    for got, expected in zip(pinned_grads, jax.jit(grad())(x, kernel), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * float(jnp.abs(expected).max()))
+
+
 def test_parameters_do_not_depend_on_lowering():
     x = jnp.ones((1, 8, 8, 16))
     shapes = {

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from flax.traverse_util import flatten_dict, unflatten_dict
 from torch_twins import TWINS  # tests/ is on sys.path: see harness/__init__.py
 
-from jaxnets.models import model_entry
+from jaxnets.models import layers, model_entry
 
 LEARNING_RATE, MOMENTUM = 0.1, 0.9
 
@@ -87,8 +87,9 @@ def sgd_train_step(model, tx: optax.GradientTransformation):
 
 class JaxRunner:
     """A Flax model's jitted train step (state donated) and eval forward, compiled up front, on the default
-    device. `variables` default to `host_variables`; `extra` are further positional arguments of `model.apply`
-    after the images (the ENAS search network's traced arc)."""
+    device, as the trainer traces them: convolutions lowered for that device's platform (`conv_lowering`).
+    `variables` default to `host_variables`; `extra` are further positional arguments of `model.apply` after
+    the images (the ENAS search network's traced arc)."""
 
     def __init__(self, model, images_nchw: np.ndarray, labels: np.ndarray, *, extra=(), forward: bool = True,
                  variables: dict | None = None):
@@ -101,16 +102,17 @@ class JaxRunner:
         self.state = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {}),
                       "opt": tx.init(variables["params"])}
 
-        start = time.perf_counter()
-        self.train_step = jax.jit(sgd_train_step(model, tx), donate_argnums=0).lower(
-            self.state, self.x, self.y, self.key, *self.extra).compile()
-        self.compile_seconds = time.perf_counter() - start
-        self.forward_compile_seconds = None
-        if forward:
+        with layers.conv_lowering("auto", jax.devices()[0].platform):
             start = time.perf_counter()
-            self.forward_step = jax.jit(functools.partial(model.apply, train=False)).lower(
-                self._variables(), self.x, *self.extra).compile()
-            self.forward_compile_seconds = time.perf_counter() - start
+            self.train_step = jax.jit(sgd_train_step(model, tx), donate_argnums=0).lower(
+                self.state, self.x, self.y, self.key, *self.extra).compile()
+            self.compile_seconds = time.perf_counter() - start
+            self.forward_compile_seconds = None
+            if forward:
+                start = time.perf_counter()
+                self.forward_step = jax.jit(functools.partial(model.apply, train=False)).lower(
+                    self._variables(), self.x, *self.extra).compile()
+                self.forward_compile_seconds = time.perf_counter() - start
 
     def _variables(self):
         return {"params": self.state["params"], "batch_stats": self.state["batch_stats"]}

@@ -39,6 +39,7 @@ _PREFERRED: dict[tuple[str, str], tuple[str, ...]] = {("cpu", kind): ("onednn", 
 _DEFAULT_PREFERRED = ("xla",)
 
 _OVERRIDE: contextvars.ContextVar[str] = contextvars.ContextVar("jaxnets_conv_lowering", default="auto")
+_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("jaxnets_conv_platform", default=None)
 
 # Below this many input channels per group the CPU lowering builds one dense block-diagonal kernel
 # (`groups`x the FLOPs, at dense-conv speed); from it on, one batched matmul per kernel tap. Chosen on
@@ -50,17 +51,25 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 @contextlib.contextmanager
-def conv_lowering(lowering: Lowering):
+def conv_lowering(lowering: Lowering, platform: str | None = None):
     """Inside this context (at trace time), every convolution whose own `lowering` is "auto" uses `lowering`.
 
     The trainer sets it from `config.conv_lowering`; a model never stores it, so checkpoints never depend on
     it. A function jitted before entering the context keeps the lowering it was traced with.
+
+    `platform` ("cpu", "gpu", ...), where the caller knows where the function will run (a trainer: its mesh's
+    devices), makes every convolution trace that platform's lowering only. Without it a convolution is a
+    `lax.platform_dependent` choice between the CPU's lowering and the others', and JAX traces and
+    differentiates both; inside a `lax.switch` (the ENAS search network's) the residuals of both are carried too
+    (benchmarks/results/enas_search_step.md).
     """
     _check_name(lowering)
     token = _OVERRIDE.set(lowering)
+    platform_token = _PLATFORM.set(platform)
     try:
         yield
     finally:
+        _PLATFORM.reset(platform_token)
         _OVERRIDE.reset(token)
 
 
@@ -120,6 +129,7 @@ def conv2d(
 
     The lowering is chosen where the arrays live, when the function is lowered for a platform
     (`lax.platform_dependent`): a notebook on a GPU host that runs a model on the CPU gets the CPU lowering.
+    Inside `conv_lowering(..., platform=...)` it is chosen for that platform when tracing.
     """
     kh, kw, group_in, out = kernel.shape
     channels = x.shape[-1]
@@ -128,8 +138,11 @@ def conv2d(
             f"conv input has {channels} channels but the kernel expects {group_in} x {groups} groups"
         )
     kind = conv_kind(kernel.shape, groups)
-    on_cpu, elsewhere = (_LOWER[resolve_lowering(lowering, platform, kind)] for platform in ("cpu", "elsewhere"))
     lower = functools.partial(_lower_with, stride=stride, padding=padding, groups=groups)
+    pinned = _PLATFORM.get()
+    if pinned is not None:
+        return lower(_LOWER[resolve_lowering(lowering, pinned, kind)], x, kernel)
+    on_cpu, elsewhere = (_LOWER[resolve_lowering(lowering, platform, kind)] for platform in ("cpu", "elsewhere"))
     if on_cpu is elsewhere:
         return lower(on_cpu, x, kernel)
     return lax.platform_dependent(x, kernel, cpu=functools.partial(lower, on_cpu),

@@ -93,7 +93,7 @@ class Trainer:
     epoch_update: Callable[[State, dict], tuple[State, dict]] | None = None
 
     def init_state(self) -> State:
-        init = with_conv_lowering(self.task.init_state, self.config.conv_lowering)
+        init = with_conv_lowering(self.task.init_state, self.config.conv_lowering, self.mesh)
         jitted = jax.jit(init, out_shardings=parallel.replicated(self.mesh))
         return call_once(jitted, platform=self.mesh.devices.flat[0].platform)
 
@@ -161,7 +161,7 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
     length = run_length(config, dataset_info.num_train_examples)
     task = get_task(config.task).build(config, dataset_info, length.steps_per_epoch)
     mesh = parallel.create_mesh(devices)
-    train_step = with_conv_lowering(task.train_step, config.conv_lowering)
+    train_step = with_conv_lowering(task.train_step, config.conv_lowering, mesh)
     if config.skip_nonfinite_steps:
         train_step = discard_non_finite(train_step, task.finite_metrics)
     steps_per_dispatch = _steps_per_dispatch(config.steps_per_dispatch, mesh)
@@ -175,10 +175,11 @@ def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:
         train_step=parallel.data_parallel_train_step(train_step, mesh),
         train_steps=parallel.data_parallel_train_steps(train_steps, mesh),
         steps_per_dispatch=steps_per_dispatch,
-        eval_step=parallel.data_parallel_eval_step(with_conv_lowering(task.eval_step, config.conv_lowering), mesh),
-        epoch_update=(parallel.data_parallel_train_step(with_conv_lowering(task.epoch_update, config.conv_lowering),
-                                                        mesh)
-                      if isinstance(task, BetweenEpochs) else None),
+        eval_step=parallel.data_parallel_eval_step(with_conv_lowering(task.eval_step, config.conv_lowering, mesh),
+                                                   mesh),
+        epoch_update=(parallel.data_parallel_train_step(
+            with_conv_lowering(task.epoch_update, config.conv_lowering, mesh), mesh)
+            if isinstance(task, BetweenEpochs) else None),
     )
 
 
@@ -186,11 +187,14 @@ def _stack(*rows: np.ndarray) -> np.ndarray:
     return rows[0][None] if len(rows) == 1 else np.stack(rows)  # (one batch: a view, no copy of a large batch)
 
 
-def with_conv_lowering(step_fn, lowering: str):
-    """`step_fn` traced with `config.conv_lowering` (a context read at trace time, not a model field)."""
+def with_conv_lowering(step_fn, lowering: str, mesh: Mesh):
+    """`step_fn` traced with `config.conv_lowering` (a context read at trace time, not a model field), for the
+    platform of the mesh it runs on."""
+    platform = mesh.devices.flat[0].platform
+
     @functools.wraps(step_fn)
     def step(*args, **kwargs):
-        with layers.conv_lowering(lowering):
+        with layers.conv_lowering(lowering, platform):
             return step_fn(*args, **kwargs)
 
     return step

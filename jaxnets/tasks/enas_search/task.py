@@ -303,7 +303,8 @@ class SearchTask:
     def final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
         """The best of `search.final_arcs` samples on the whole held-out split, and (with the controller) as
         many uniform random arcs scored the same way for comparison. Collective: every process calls it."""
-        with layers.conv_lowering(self.config.conv_lowering):  # traced here, outside the trainer's steps
+        platform = mesh.devices.flat[0].platform
+        with layers.conv_lowering(self.config.conv_lowering, platform):  # traced here, outside the trainer's steps
             return self._final_pick(mesh, state, eval_batches, shard)
 
     def _final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:

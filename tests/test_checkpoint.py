@@ -6,6 +6,7 @@ One uninterrupted 40-step run (checkpoints every 4 steps, 8 CPU devices) is the 
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import random
@@ -81,6 +82,21 @@ def test_resume_with_values_that_keep_the_structure_continues(reference, tmp_pat
     monkeypatch.chdir(tmp_path.parent)  # and a relative --workdir (orbax itself takes absolute paths only)
     train_and_evaluate(tiny_config(num_train_steps=41, learning_rate=0.05, warmup_epochs=0.0), tmp_path.name)
     assert sorted(train_losses(tmp_path)) == [41] and committed_steps(tmp_path) == [40, 41]
+
+
+def test_a_finished_run_started_again_says_so_and_returns_its_last_evaluation(reference, tmp_path, caplog):
+    workdir, final = reference
+    shutil.copytree(workdir, tmp_path / "run")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with caplog.at_level(logging.INFO, logger="jaxnets"):
+        again = train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+    assert again == pytest.approx(final) and "eval_top1" in again
+    message = [r.getMessage() for r in caplog.records if "already complete" in r.getMessage()]
+    assert len(message) == 1 and f"is already complete at step {STEPS}; its last evaluation: eval_" in message[0]
+    assert f"raise --config.num_epochs (now 40) or --config.num_train_steps (now {STEPS})" in message[0]
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()
+             and "events.out.tfevents" not in p.name}  # (TensorBoard opens a new event file per run)
+    assert after == {k: v for k, v in before.items() if "events.out.tfevents" not in k.name}, "nothing changed"
 
 
 def run_train_py(workdir, *extra, **popen):

@@ -17,7 +17,7 @@ from jaxnets import checkpoints as ckpt
 from jaxnets import data
 from jaxnets.train import parallel
 from jaxnets.train.nonfinite import NonFinitePolicy
-from jaxnets.train.reporting import Report, Reporter
+from jaxnets.train.reporting import Report, Reporter, last_evaluation
 from jaxnets.train.signals import StopSignals
 from jaxnets.train.task import BetweenEpochs
 from jaxnets.train.trainer import Trainer, build_trainer
@@ -63,6 +63,11 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
                         is_main_process=is_main_process, start_step=start_step, on_report=on_report)
     log.info("%s on %s: %d steps (%d per epoch), global batch %d over %d devices", config.model, config.dataset,
              length.total_steps, length.steps_per_epoch, config.global_batch_size, trainer.mesh.size)
+    eval_metrics: dict = {}  # the last evaluation: what train_and_evaluate returns
+    if start_step >= length.total_steps:  # a finished run started again: its result, and what would train more
+        eval_metrics = last_evaluation(workdir)
+        if is_main_process:
+            log.info("%s", _already_complete(config, workdir, start_step, length.total_steps, eval_metrics))
     cadence = Cadence.of(trainer)
     step_batches = data.train_iterator(config, config.global_batch_size // process_count, start_step=start_step,
                                        process_index=process_index, process_count=process_count)
@@ -97,7 +102,6 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
             if cadence.logs(step):
                 reporter.progress(step, {f"train_{k}": v for k, v in step_metrics.items()})
 
-    eval_metrics: dict = {}
     pending = None
     step = start_step
     try:
@@ -138,6 +142,17 @@ def train_and_evaluate(config, workdir: str, *, on_report: Callable[[Report], No
         checkpoints.close()  # waits for the saves in flight
         reporter.close()
     return eval_metrics
+
+
+def _already_complete(config, workdir: str, step: int, total_steps: int, eval_metrics: dict) -> str:
+    where = f"at step {step}" if step == total_steps else f"at step {step}, past this config's {total_steps} steps"
+    result = ("; its last evaluation: " + "  ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+              if eval_metrics else "")
+    longer = f"--config.num_epochs (now {config.num_epochs})"
+    if config.num_train_steps > 0:
+        longer += f" or --config.num_train_steps (now {config.num_train_steps})"
+    return (f"{workdir} is already complete {where}{result}. Nothing to train: to train longer, raise {longer} and "
+            "run this again (the schedule follows the new length); to train anew, give another --workdir")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -159,6 +159,22 @@ class _JsonLines:
             self._file.close()
 
 
+def last_evaluation(workdir) -> dict[str, float]:
+    """The `eval_*` metrics of the last evaluation in the workdir's metrics.jsonl; {} when there is none."""
+    path = absolute(workdir) / METRICS_FILE
+    if not path.exists():
+        return {}
+    for line in reversed(path.read_text().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        evaluation = {k: v for k, v in record.items() if k.startswith("eval_")} if isinstance(record, dict) else {}
+        if evaluation:
+            return evaluation
+    return {}
+
+
 def _format_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

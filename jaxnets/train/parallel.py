@@ -23,6 +23,11 @@ def create_mesh(devices=None) -> Mesh:
     return Mesh(devices, (DATA_AXIS,))
 
 
+def platform(mesh: Mesh) -> str:
+    """Where the mesh's steps run: "cpu", "gpu", "tpu" (a mesh holds devices of one platform)."""
+    return mesh.devices.flat[0].platform
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

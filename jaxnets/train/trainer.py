@@ -95,7 +95,7 @@ class Trainer:
     def init_state(self) -> State:
         init = with_conv_lowering(self.task.init_state, self.config.conv_lowering, self.mesh)
         jitted = jax.jit(init, out_shardings=parallel.replicated(self.mesh))
-        return call_once(jitted, platform=self.mesh.devices.flat[0].platform)
+        return call_once(jitted, platform=parallel.platform(self.mesh))
 
     def abstract_state(self) -> State:
         """The state's shapes, dtypes and shardings, computed without running anything (to restore onto)."""
@@ -190,7 +190,7 @@ def _stack(*rows: np.ndarray) -> np.ndarray:
 def with_conv_lowering(step_fn, lowering: str, mesh: Mesh):
     """`step_fn` traced with `config.conv_lowering` (a context read at trace time, not a model field), for the
     platform of the mesh it runs on."""
-    platform = mesh.devices.flat[0].platform
+    platform = parallel.platform(mesh)
 
     @functools.wraps(step_fn)
     def step(*args, **kwargs):
@@ -215,7 +215,7 @@ def _steps_per_dispatch(configured: int, mesh) -> int:
     all-reduces inside a device loop hung there (3 of about 15 runs of the quickstart on 8 forced CPU devices,
     2026-11-29: "Expected 8 threads to join the rendezvous, but only 7 of them arrived"), and CPU processes
     joined by gloo were not tried; one step per call never has. Accelerators and a single CPU run the loop."""
-    if configured > 1 and mesh.devices.flat[0].platform == "cpu" and mesh.size > 1:
+    if configured > 1 and parallel.platform(mesh) == "cpu" and mesh.size > 1:
         log.warning("config.steps_per_dispatch=%d runs as 1 on %d CPU devices (XLA:CPU's collectives inside a "
                     "device loop can hang)", configured, mesh.size)
         return 1

@@ -35,7 +35,7 @@ from jaxnets.nas.uniform import uniform_arc
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.tasks.enas_search.final import FINAL_ARC_FILE, FINAL_CONFIG_FILE, final_config_source
 from jaxnets.tasks.supervised import DIVERGENCE_ADVICE, FINITE_METRICS, supervised_step
-from jaxnets.train.parallel import DATA_AXIS, replicated
+from jaxnets.train.parallel import DATA_AXIS, platform, replicated
 
 BEST_ARCS_KEPT = 10  # the highest-accuracy arcs the controller updates have scored, kept in the state
 # What each key is for, folded into the seed's key: evaluations and the final pick sample with the same keys at
@@ -303,8 +303,8 @@ class SearchTask:
     def final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:
         """The best of `search.final_arcs` samples on the whole held-out split, and (with the controller) as
         many uniform random arcs scored the same way for comparison. Collective: every process calls it."""
-        platform = mesh.devices.flat[0].platform
-        with layers.conv_lowering(self.config.conv_lowering, platform):  # traced here, outside the trainer's steps
+        # (traced here, outside the trainer's steps)
+        with layers.conv_lowering(self.config.conv_lowering, platform(mesh)):
             return self._final_pick(mesh, state, eval_batches, shard)
 
     def _final_pick(self, mesh, state: SearchState, eval_batches, shard) -> dict:

@@ -10,6 +10,7 @@ changes (OIHW -> HWIO, ...) are here.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -27,14 +28,18 @@ def supported_models() -> list[str]:
     return [name for name in list_models() if model_entry(name).reference.torch_keys is not None]
 
 
-def convert_state_dict(model_name: str, state_dict: dict[str, Any]) -> dict[str, Any]:
+def convert_state_dict(model_name: str, state_dict: dict[str, Any], **model_overrides) -> dict[str, Any]:
+    """jaxnets variables from a torchvision state dict of `model_name`, built with `model_overrides` (the registry
+    fields its structure differs in, such as `stage_sizes`); the class count is the classifier's."""
     keys = _torch_keys(model_name)
     arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     if keys.classifier not in arrays:
         raise ValueError(f"state_dict has no {keys.classifier!r}: is it a torchvision {model_name} state_dict?")
-    model = create_model(model_name, num_classes=arrays[keys.classifier].shape[0])
-    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    expected = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(target).items()}
+    shape_key = (model_name, arrays[keys.classifier].shape[0], tuple(sorted(model_overrides.items())))
+    try:
+        expected = _variable_shapes(*shape_key)
+    except TypeError:  # an override given as a list: not hashable, so not kept
+        expected = _variable_shapes.__wrapped__(*shape_key)
 
     flat = {}
     for key, value in arrays.items():
@@ -48,6 +53,14 @@ def convert_state_dict(model_name: str, state_dict: dict[str, Any]) -> dict[str,
     if missing:
         raise ValueError(f"state_dict is missing {len(missing)} tensor(s) of {model_name}: {', '.join(missing[:8])}")
     return traverse_util.unflatten_dict(flat)
+
+
+@functools.lru_cache(maxsize=16)
+def _variable_shapes(model_name: str, num_classes: int, overrides: tuple) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """{path: shape} of the model's variables (tracing its init takes ~0.5 s: kept for the next state dict)."""
+    model = create_model(model_name, num_classes=num_classes, **dict(overrides))
+    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(target).items()}
 
 
 def load_torchvision_weights(model_name: str, path: str | os.PathLike):

@@ -24,6 +24,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from jaxnets.models.normalization import BatchNorm
 from jaxnets.ops import onednn
 
 Lowering = Literal["auto", "xla", "decomposed", "onednn"]
@@ -328,8 +329,7 @@ def batch_norm_axis() -> str | None:
 
 
 def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs) -> functools.partial:
-    """BatchNorm with PyTorch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5) and float32 statistics."""
+    """BatchNorm as PyTorch trains it (momentum 0.1 == Flax 0.9, eps 1e-5, running variance from the unbiased batch
+    variance) with float32 statistics."""
     kwargs = {"momentum": 0.9, "epsilon": 1e-5, "axis_name": batch_norm_axis() if train else None, **kwargs}
-    return functools.partial(
-        nn.BatchNorm, use_running_average=not train, dtype=dtype, param_dtype=jnp.float32, **kwargs
-    )
+    return functools.partial(BatchNorm, use_running_average=not train, dtype=dtype, param_dtype=jnp.float32, **kwargs)

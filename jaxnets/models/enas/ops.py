@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxnets.models.layers import Conv, avg_pool, batch_norm, batch_norm_axis, conv2d, max_pool
+from jaxnets.models.normalization import examples_per_channel, unbiased
 
 # Ops by id, as in the official code.
 CONV3, SEP3, CONV5, SEP5, AVG_POOL, MAX_POOL = range(6)
@@ -152,7 +153,8 @@ class MaskedBatchNorm(nn.Module):
     """BN over the channels selected by a (traced) mask; the others output 0 and keep their statistics.
 
     The static-shape form of the official `batch_norm_with_mask`, which gathers the selected channels,
-    normalises them and scatters moving-average updates back. Variables are named like nn.BatchNorm's.
+    normalises them (tf.nn.fused_batch_norm: the running variance moves towards the unbiased batch variance) and
+    scatters moving-average updates back. Variables are named like `normalization.BatchNorm`'s.
     """
 
     epsilon: float = MASKED_BN_EPSILON
@@ -176,7 +178,8 @@ class MaskedBatchNorm(nn.Module):
             if not self.is_initializing():
                 m = self.momentum
                 ra_mean.value = jnp.where(mask, m * ra_mean.value + (1 - m) * mean, ra_mean.value)
-                ra_var.value = jnp.where(mask, m * ra_var.value + (1 - m) * var, ra_var.value)
+                var_update = unbiased(var, examples_per_channel(x, axis_name))  # as TF's fused batch norm
+                ra_var.value = jnp.where(mask, m * ra_var.value + (1 - m) * var_update, ra_var.value)
         else:
             mean, var = ra_mean.value, ra_var.value
         mul = jnp.where(mask, scale * jax.lax.rsqrt(var + self.epsilon), 0.0)

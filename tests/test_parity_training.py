@@ -1,0 +1,157 @@
+"""A training step equals PyTorch's: jaxnets' own train step (build_trainer) against the same step of each family's
+PyTorch twin (tests/torch_twins), from the same weights, on the same batch, in train mode.
+
+SGD with momentum 0.9 (plain and Nesterov), PyTorch's coupled weight decay on every parameter, label smoothing 0.1,
+as `torch.optim.SGD` + `nn.CrossEntropyLoss(label_smoothing=0.1)`. Judged against the twin's step in float64: the
+loss within 1e-5 relative, every BatchNorm running statistic within 1e-5 (PyTorch moves the running variance towards
+the unbiased batch variance: n / (n - 1) times the biased one, 3% at n = 32), and each parameter's update as close to
+the float64 update as PyTorch's own float32 step is. On 8 devices the statistics are synchronised, so the step equals
+PyTorch's on the whole batch. Networks of one block per stage (every kind of layer of the family, shallow enough to
+compile in seconds); no dropout (the two frameworks draw different masks).
+
+Kept small for a second reason: a ReLU whose input lies within float32 round-off of 0 passes its gradient in one
+float32 program and not in another, which moves every update below it by a fixed amount. Measured on ResNeXt-29 at
+16x16 (128 channels a group of layers, 500k activations a layer) with this batch: the stem's and layer 1's updates
+1.7e-3 off the float64 step with oneDNN's convolutions, 1e-6 with XLA's, and 1e-6 with oneDNN on two other batches;
+every other float32 program there, PyTorch's included, agreed with float64. At 8x8 no activation is that close.
+"""
+
+import copy
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import linen as nn
+from flax import traverse_util
+from helpers import base_config
+from parity import randomise_batch_norm
+from torch_twins import enas, mobilenetv2, resnet
+
+from jaxnets.convert.torchvision import convert_state_dict
+from jaxnets.data import DatasetInfo
+from jaxnets.models.normalization import BatchNorm
+from jaxnets.train import build_trainer, parallel
+
+BATCH, NUM_CLASSES = 16, 10
+LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 0.1, 5e-4, 0.1
+
+MOBILENET_STAGES = ((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2), (6, 64, 1, 2), (6, 96, 1, 1), (6, 160, 1, 2),
+                    (6, 320, 1, 1))  # torchvision's, one block each
+ENAS_ARC = "0  4 1  1 0 1  5 1 0 1  2 0 1 1 0  3 1 0 0 1 1"  # all six ops, skips across both reductions
+ENAS_FIELDS = {"arc": ENAS_ARC, "num_layers": 6, "num_filters": 8, "num_branches": 6, "keep_prob": 1.0}
+PLANES = (16, 32, 64, 128)  # a quarter of the references' (cardinality and width per group kept)
+
+
+def resnet_family(block, stages: int, **fields):
+    """(twin, jaxnets overrides) of a ResNet-family network of one block per stage and a quarter of the planes."""
+    twin = functools.partial(resnet.ResNet, block, [1] * stages, stage_planes=PLANES[:stages], **fields)
+    return twin, {"stage_sizes": (1,) * stages, "stage_planes": PLANES[:stages]}
+
+
+# name: (twin, jaxnets model_overrides, image size)
+FAMILIES = {
+    "resnet18": (*resnet_family(resnet.BasicBlock, 4), 32),
+    "resnext50_32x4d": (*resnet_family(resnet.Bottleneck, 4, groups=32, width_per_group=4), 32),
+    "cifar_resnext50": (*resnet_family(resnet.Bottleneck, 4, groups=32, width_per_group=4, stem="cifar",
+                                       grouped_first_1x1=True), 16),
+    "resnext29_8x64d": (*resnet_family(resnet.Bottleneck, 3, groups=8, width_per_group=64, stem="cifar"), 8),
+    "mobilenet_v2": (functools.partial(mobilenetv2.MobileNetV2, width_mult=0.25, inverted_residual_setting=[
+        list(stage) for stage in MOBILENET_STAGES], dropout=0.0),
+        {"width_multiplier": 0.25, "stages": MOBILENET_STAGES, "dropout_rate": 0.0}, 32),
+    "enas_macro": (functools.partial(enas.ENASMacroChild, **ENAS_FIELDS), ENAS_FIELDS, 16),
+}
+
+
+def to_jaxnets(name, twin, overrides) -> dict:
+    if name == "enas_macro":
+        return enas.to_flax_variables(twin.state_dict())
+    return convert_state_dict(name, twin.state_dict(), **overrides)
+
+
+def torch_step(twin, images, labels, *, nesterov: bool, dtype):
+    """(loss, the twin after one SGD step) in `dtype`."""
+    model = copy.deepcopy(twin).to(dtype).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9, nesterov=nesterov,
+                                weight_decay=WEIGHT_DECAY)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2)).to(dtype)
+    loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels).long(),
+                                             label_smoothing=LABEL_SMOOTHING)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item(), model.float()
+
+
+def jaxnets_step(name, overrides, size, variables, images, labels, *, nesterov: bool, devices):
+    """(loss, variables after one step of jaxnets' train step on `devices`)."""
+    config = base_config()
+    config.task, config.model, config.image_size = "classification", name, size
+    for key, value in overrides.items():
+        config.model_overrides[key] = value
+    config.update(global_batch_size=BATCH, eval_batch_size=BATCH, num_epochs=1, schedule="constant",
+                  learning_rate=LEARNING_RATE, momentum=0.9, nesterov=nesterov, weight_decay=WEIGHT_DECAY,
+                  weight_decay_mode="coupled", label_smoothing=LABEL_SMOOTHING)
+    dataset = DatasetInfo(num_classes=NUM_CLASSES, image_shape=(size, size, 3), num_train_examples=10 * BATCH,
+                          num_eval_examples=BATCH)
+    trainer = build_trainer(config, devices=devices, dataset_info=dataset)
+    loaded = jax.device_put(variables, parallel.replicated(trainer.mesh))
+    state = trainer.init_state().with_model_variables(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    state, metrics = trainer.train_step(state, trainer.shard({"image": images, "label": labels}))
+    return float(metrics["loss"]), jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+
+
+def flat(tree) -> dict:
+    return {"/".join(path): np.asarray(leaf, np.float64) for path, leaf in traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_one_training_step_equals_pytorchs(name, devices):
+    build_twin, overrides, size = FAMILIES[name]
+    torch.manual_seed(0)
+    twin = build_twin(num_classes=NUM_CLASSES)
+    randomise_batch_norm(twin, seed=1)
+    rng = np.random.default_rng(2)
+    images = rng.standard_normal((BATCH, size, size, 3), dtype=np.float32)
+    labels = rng.integers(0, NUM_CLASSES, BATCH).astype(np.int32)
+    nesterov = devices == 8  # (both momentum forms, each on one of the topologies)
+
+    variables = to_jaxnets(name, twin, overrides)
+    before = flat(variables)
+    loss64, after64 = torch_step(twin, images, labels, nesterov=nesterov, dtype=torch.float64)
+    _, after32 = torch_step(twin, images, labels, nesterov=nesterov, dtype=torch.float32)
+    expected64, expected32 = flat(to_jaxnets(name, after64, overrides)), flat(to_jaxnets(name, after32, overrides))
+    loss, got = jaxnets_step(name, overrides, size, variables, images, labels,
+                             nesterov=nesterov, devices=jax.devices()[:devices])
+    got = flat(got)
+
+    np.testing.assert_allclose(loss, loss64, rtol=1e-5, err_msg="loss")
+    assert got.keys() == expected64.keys()
+    for path in got:
+        if path.startswith("batch_stats/"):
+            np.testing.assert_allclose(got[path], expected64[path], rtol=1e-5,
+                                       atol=1e-5 * np.abs(expected64[path]).max(),
+                                       err_msg=f"{name}: running statistic {path}")
+            continue
+        update, update64 = got[path] - before[path], expected64[path] - before[path]
+        error, torch_error = np.linalg.norm(update - update64), np.linalg.norm(expected32[path] - expected64[path])
+        # As close as PyTorch's own float32 step, give or take the rounding of the float32 parameters that the
+        # update is read from (after - before: one unit in the last place of each, where PyTorch's step may land
+        # exactly on the float64 result).
+        rounding = 2 * np.finfo(np.float32).eps * np.linalg.norm(before[path])
+        assert error <= 4 * torch_error + rounding, (
+            f"{name}: {path}'s update is {error:.3g} off PyTorch's float64 step (its float32 step: "
+            f"{torch_error:.3g}, of an update of {np.linalg.norm(update64):.3g})")
+
+
+def test_batch_norm_keeps_flax_batch_norms_variables():
+    """Checkpoints written with Flax's nn.BatchNorm (before jaxnets' own) load: the same names, shapes, dtypes."""
+    x = jnp.ones((2, 3, 3, 5))
+    for train in (False, True):
+        ours = BatchNorm(use_running_average=not train).init(jax.random.key(0), x)
+        flax = nn.BatchNorm(use_running_average=not train).init(jax.random.key(0), x)
+        assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax)
+        assert jax.tree.map(lambda a: a.dtype, ours) == jax.tree.map(lambda a: a.dtype, flax)

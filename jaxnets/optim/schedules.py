@@ -38,9 +38,20 @@ def _staircase(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedul
     if config["lr_decay_every_epochs"] is not None:
         every = max(_steps(config["lr_decay_every_epochs"], steps_per_epoch), 1)
 
+    # The rates computed once in float64 (float32's pow is 4.7e-7 off), as far as they change: a table of at most
+    # 1,000 entries, ending on the floor when a decaying schedule reaches it; past the table, pow.
+    table = [lr]
+    while rate < 1 and len(table) < 1000 and table[-1] > floor:
+        table.append(max(lr * rate ** len(table), floor))
+    reaches_floor = table[-1] <= floor
+    rates = jnp.array(table, jnp.float32)
+
     def schedule(step):
         decays = jnp.maximum(step - start, 0) // every
-        return jnp.maximum(lr * jnp.power(jnp.float32(rate), decays.astype(jnp.float32)), floor)
+        if reaches_floor:
+            return rates[jnp.minimum(decays, len(table) - 1)]
+        beyond = jnp.maximum(lr * jnp.power(jnp.float32(rate), decays.astype(jnp.float32)), floor)
+        return jnp.where(decays < len(table), rates[jnp.minimum(decays, len(table) - 1)], beyond)
 
     return schedule
 
@@ -59,10 +70,23 @@ def _cosine(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     decay_steps = max(_steps(config["num_epochs"], steps_per_epoch) - warmup_steps, 1)
 
     def schedule(step):
-        progress = jnp.clip(step - warmup_steps, 0, decay_steps).astype(jnp.float32) / decay_steps
-        return peak - (peak - end) * 0.5 * (1 - jnp.cos(jnp.pi * progress))  # exactly `peak` at progress 0
+        done = jnp.clip(step - warmup_steps, 0, decay_steps)
+        return _cosine_from_to(peak, end, done, decay_steps)  # exactly `peak` at 0
 
     return schedule
+
+
+def _cosine_from_to(start, end, done, total):
+    """start + (end - start) * (1 - cos(pi * done / total)) / 2, float32, `done` and `total` whole numbers.
+
+    The cosine as the square of a half angle's sine, from whichever end is nearer: float32 then holds every value
+    to 3.4e-7 of itself (against torch's float64 CosineAnnealingLR over 1,000 steps), where the textbook form
+    was 6.7e-5 off near the end (the cosine's round-off is absolute, the rate small)."""
+    done, total = jnp.asarray(done).astype(jnp.float32), jnp.asarray(total, jnp.float32)
+    half_pi = jnp.float32(math.pi / 2)
+    near_start = start - (start - end) * jnp.square(jnp.sin(half_pi * (done / total)))
+    near_end = end + (start - end) * jnp.square(jnp.sin(half_pi * ((total - done) / total)))
+    return jnp.where(2 * done <= total, near_start, near_end)
 
 
 def _sgdr(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
@@ -86,8 +110,7 @@ def _sgdr(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
         else:
             cycle = jnp.searchsorted(starts_arr, epoch, side="right") - 1
             t_cur, t_i = epoch - starts_arr[cycle], lengths_arr[cycle]
-        # Written from lr_max down, so a restart gives exactly lr_max.
-        return lr_max - (lr_max - lr_min) * 0.5 * (1 - jnp.cos(jnp.pi * t_cur.astype(jnp.float32) / t_i))
+        return _cosine_from_to(lr_max, lr_min, t_cur, t_i)  # (a restart gives exactly lr_max)
 
     return schedule
 

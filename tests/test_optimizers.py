@@ -271,3 +271,47 @@ def test_validation_messages(fields, message):
 def test_steps_per_epoch_must_be_a_positive_integer():
     with pytest.raises(ValueError, match=re.escape("steps_per_epoch must be a positive integer, got 0")):
         create_schedule(optim_config(), 0)
+
+
+def torch_updated(optimizer_name: str, params: dict, grads: list[dict], **kwargs) -> dict:
+    """`params` after one torch.optim step per entry of `grads` (float64)."""
+    import torch
+
+    tensors = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in params.items()}
+    optimizer = getattr(torch.optim, optimizer_name)(list(tensors.values()), **kwargs)
+    for grad in grads:
+        for k, t in tensors.items():
+            t.grad = torch.tensor(np.asarray(grad[k], np.float64))
+        optimizer.step()
+    return {k: t.detach().numpy() for k, t in tensors.items()}
+
+
+@pytest.mark.parametrize("fields,torch_optimizer,torch_kwargs", [
+    ({"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "weight_decay_mode": "coupled"},
+     "SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}),
+    ({"optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "weight_decay_mode": "coupled"},
+     "SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}),
+    ({"optimizer": "rmsprop", "momentum": 0.9, "rmsprop_decay": 0.9, "rmsprop_epsilon": 1e-3, "weight_decay": 1e-4,
+      "weight_decay_mode": "coupled"},
+     "RMSprop", {"lr": 0.1, "alpha": 0.9, "eps": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}),
+    ({"optimizer": "adam", "weight_decay": 1e-4, "weight_decay_mode": "coupled"},
+     "Adam", {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-4}),
+    ({"optimizer": "adamw", "weight_decay": 0.05, "weight_decay_mode": "decoupled"},
+     "AdamW", {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.05}),
+], ids=["sgd", "sgd-nesterov", "rmsprop", "adam", "adamw"])
+def test_five_steps_equal_torch_optims(fields, torch_optimizer, torch_kwargs):
+    """PyTorch's semantics, as the docs claim, against torch.optim itself (float64): coupled decay is torch's
+    `weight_decay`, decoupled with adamw is AdamW's; every parameter, BN scales and biases included."""
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.standard_normal((3, 3, 4, 8)).astype(np.float32),
+              "bias": rng.standard_normal(8).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(5)]
+    tx = create_optimizer(optim_config(**fields), steps_per_epoch=10)
+    state, ours = tx.init(params), params
+    for grad in grads:
+        updates, state = tx.update(grad, state, ours)
+        ours = optax.apply_updates(ours, updates)
+    expected = torch_updated(torch_optimizer, params, grads, **torch_kwargs)
+    for k in params:  # the updates, to float32 round-off (Adam's bias correction is float32 in optax: 1e-5)
+        np.testing.assert_allclose(np.asarray(ours[k], np.float64) - params[k], expected[k] - params[k],
+                                   rtol=2e-5, atol=1e-6, err_msg=f"{torch_optimizer}: {k}")

@@ -339,4 +339,6 @@ def test_he_normal_uses_tf_fan_in():
     np.testing.assert_allclose(dense.std(), np.sqrt(2 / (9 * 64)) * truncation, rtol=0.03)
     depthwise = he_normal(key, (5, 5, 1, 256), depthwise=True)  # TF's fan_in: k*k*C, not k*k
     np.testing.assert_allclose(depthwise.std(), np.sqrt(2 / (25 * 256)) * truncation, rtol=0.03)
-    assert isinstance(nn.Dense(1, kernel_init=he_normal), nn.Module)
+    # As a module's initializer (what the ENAS networks pass it as): a dense kernel's fan-in is its input width.
+    kernel = nn.Dense(256, kernel_init=he_normal).init(key, jnp.zeros((1, 512)))["params"]["kernel"]
+    np.testing.assert_allclose(kernel.std(), np.sqrt(2 / 512) * truncation, rtol=0.03)

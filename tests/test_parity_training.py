@@ -102,7 +102,10 @@ def jaxnets_steps(name, overrides, size, variables, batches, *, nesterov: bool, 
                           num_train_examples=100 * len(batches[0][1]), num_eval_examples=len(batches[0][1]))
     trainer = build_trainer(config, devices=devices, dataset_info=dataset)
     loaded = jax.device_put(variables, parallel.replicated(trainer.mesh))
-    state = trainer.init_state().with_model_variables(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    # A fresh state is zeros but for the model's variables (step 0, no momentum yet): built so, not by compiling
+    # the state's initialisation only to replace its parameters.
+    zeros = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding), trainer.abstract_state())
+    state = zeros.with_model_variables(params=loaded["params"], batch_stats=loaded["batch_stats"])
     losses = []
     for images, labels in batches:
         state, metrics = trainer.train_step(state, trainer.shard({"image": images, "label": labels}))

@@ -28,7 +28,7 @@ from flax import linen as nn
 from flax import traverse_util
 from helpers import base_config
 from parity import randomise_batch_norm
-from torch_twins import enas, mobilenetv2, resnet
+from torch_twins import cifar_mobilenetv2, enas, mobilenetv2, resnet
 
 from jaxnets.convert.torchvision import convert_state_dict
 from jaxnets.data import DatasetInfo
@@ -40,6 +40,7 @@ LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 0.1, 5e-4, 0.1
 
 MOBILENET_STAGES = ((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2), (6, 64, 1, 2), (6, 96, 1, 1), (6, 160, 1, 2),
                     (6, 320, 1, 1))  # torchvision's, one block each
+CIFAR_MOBILENET_STAGES = tuple((t, c, 1, stride) for t, c, _, stride in cifar_mobilenetv2.SEED_STAGES)
 ENAS_ARC = "0  4 1  1 0 1  5 1 0 1  2 0 1 1 0  3 1 0 0 1 1"  # all six ops, skips across both reductions
 ENAS_FIELDS = {"arc": ENAS_ARC, "num_layers": 6, "num_filters": 8, "num_branches": 6, "keep_prob": 1.0}
 PLANES = (16, 32, 64, 128)  # a quarter of the references' (cardinality and width per group kept)
@@ -61,6 +62,8 @@ FAMILIES = {
     "mobilenet_v2": (functools.partial(mobilenetv2.MobileNetV2, width_mult=0.25, inverted_residual_setting=[
         list(stage) for stage in MOBILENET_STAGES], dropout=0.0),
         {"width_multiplier": 0.25, "stages": MOBILENET_STAGES, "dropout_rate": 0.0}, 32),
+    "cifar_mobilenet_v2": (functools.partial(cifar_mobilenetv2.MobileNetV2, stages=CIFAR_MOBILENET_STAGES),
+                           {"stages": CIFAR_MOBILENET_STAGES}, 16),
     "enas_macro": (functools.partial(enas.ENASMacroChild, **ENAS_FIELDS), ENAS_FIELDS, 16),
 }
 
@@ -68,6 +71,8 @@ FAMILIES = {
 def to_jaxnets(name, twin, overrides) -> dict:
     if name == "enas_macro":
         return enas.to_flax_variables(twin.state_dict())
+    if name == "cifar_mobilenet_v2":  # (no torchvision names to convert from: the seed's own)
+        return cifar_mobilenetv2.to_flax_variables(twin)
     return convert_state_dict(name, twin.state_dict(), **overrides)
 
 

@@ -50,11 +50,11 @@ def test_an_entry_describes_its_model():
         entry.reference.params = 1
 
 
-def counted_by_a_twin(name: str) -> int | None:
+def counted_by_a_twin(name: str) -> int:
     """The parameter count of the PyTorch twin's code for `name` (tests/torch_twins: it imports nothing from
-    jaxnets), at the depth and cardinality of the variant; None where no twin builds it."""
+    jaxnets), at the depth and cardinality of the variant."""
     import torch
-    from torch_twins import resnet
+    from torch_twins import cifar_mobilenetv2, resnet
 
     bottleneck = {"cifar_resnext50": [3, 4, 6, 3], "cifar_resnext101": [3, 4, 23, 3], "cifar_resnext152": [3, 4, 36, 3]}
     with torch.device("meta"):  # shapes only: a 68M-parameter net in no time and no memory
@@ -65,10 +65,12 @@ def counted_by_a_twin(name: str) -> int | None:
             cardinality = int(name.split("_")[1].split("x")[0])  # resnext29_<groups>x64d
             twin = resnet.ResNet(resnet.Bottleneck, [3, 3, 3], num_classes=10, groups=cardinality, width_per_group=64,
                                  stage_planes=(64, 128, 256), stem="cifar")
+        elif name == "cifar_mobilenet_v2":
+            twin = cifar_mobilenetv2.MobileNetV2(num_classes=100)
         elif name == "resnext152_32x4d":
             twin = resnet.ResNet(resnet.Bottleneck, [3, 8, 36, 3], groups=32, width_per_group=4)
         else:
-            return None
+            raise AssertionError(f"no twin builds {name}")
     return sum(p.numel() for p in twin.parameters())
 
 
@@ -78,7 +80,7 @@ def counted_by_a_twin(name: str) -> int | None:
         ("cifar_resnext50", 14_788_772),
         ("cifar_resnext101", 25_303_204),
         ("cifar_resnext152", 33_343_652),
-        ("cifar_mobilenet_v2", 2_369_380),  # (no twin: the seed's own code counts this)
+        ("cifar_mobilenet_v2", 2_369_380),
         # the ResNeXt paper's CIFAR nets (10 classes), 34.4M and 68.1M in its Table 7
         ("resnext29_8x64d", 34_426_698),
         ("resnext29_16x64d", 68_155_210),
@@ -88,8 +90,7 @@ def counted_by_a_twin(name: str) -> int | None:
 )
 def test_parameter_counts_are_exact_integers_from_an_independent_count(name, expected):
     assert num_params(name, 32) == expected
-    twin = counted_by_a_twin(name)
-    assert twin == expected or (twin is None and name == "cifar_mobilenet_v2"), twin
+    assert counted_by_a_twin(name) == expected
 
 
 def test_dense_first_1x1_gives_the_reference_count_without_the_seed_quirk():

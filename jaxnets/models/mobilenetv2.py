@@ -169,5 +169,5 @@ register(
     expand_when_t1=True,
     dropout_rate=0.0,
     classifier_init_std=None,
-    reference=Reference(image_size=32),  # (no twin: torchvision's MobileNetV2 differs, see the class docstring)
+    reference=Reference(twin="cifar_mobilenet_v2", params=2_369_380, image_size=32),  # pytorch-cifar100's code
 )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import enas, mobilenetv2, resnet
+from . import cifar_mobilenetv2, enas, mobilenetv2, resnet
 
 TWINS: dict[str, Callable[..., torch.nn.Module]] = {
     "resnet18": resnet.resnet18,
@@ -20,5 +20,6 @@ TWINS: dict[str, Callable[..., torch.nn.Module]] = {
     "cifar_resnext50": resnet.cifar_resnext50,
     "resnext29_8x64d": resnet.resnext29_8x64d,
     "mobilenet_v2": mobilenetv2.mobilenet_v2,
+    "cifar_mobilenet_v2": cifar_mobilenetv2.cifar_mobilenet_v2,  # (pytorch-cifar100's names, not torchvision's)
     "enas_macro": enas.ENASMacroChild,
 }

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from harness import environment, results
 from harness.memory import in_child, peak_rss, report_to_parent, share_compilations
-from harness.rounds import interleave, release_memory, timed
+from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner, TorchRunner, random_batch, twin
 
 from jaxnets.models import create_model, layers, list_models, model_entry
@@ -387,6 +387,7 @@ def markdown_body(report: dict) -> list[str]:
 
 
 def main() -> None:
+    freeze_loaded_objects()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None,
                         help=f"comma-separated registered models; default {','.join(DEFAULT_MODELS)} "

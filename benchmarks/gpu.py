@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import torch
 from harness import environment, results
-from harness.rounds import interleave, timed
+from harness.rounds import freeze_loaded_objects, interleave, timed
 from harness.runners import JaxRunner, TorchRunner, host_variables, random_batch, twin
 
 from jaxnets.models import create_model, list_models, model_entry
@@ -184,6 +184,7 @@ def markdown_body(report: dict) -> list[str]:
 
 
 def main() -> None:
+    freeze_loaded_objects()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated registered models")
     parser.add_argument("--batches", default=None, help="the sweep, ascending (default 64,128,256; --tiny 2,4)")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_parity_training import FAMILIES as TRAINING_PARITY
+from parity import TRAINING_FAMILIES
 
 from jaxnets.models import create_model, list_models
 from jaxnets.train.trainer import call_once
@@ -94,7 +94,7 @@ def tiny_code(name: str) -> str:
 def without_training_parity(names: list[str]) -> list[str]:
     """The networks whose code no train-mode parity test runs: test_parity_training.py checks one step of the
     others against PyTorch, every parameter's update and every BN statistic."""
-    twinned = {tiny_code(name) for name in TRAINING_PARITY if not name.startswith("enas")}
+    twinned = {tiny_code(name) for name in TRAINING_FAMILIES if not name.startswith("enas")}
     return [name for name in names if tiny_code(name) not in twinned]
 
 

@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 import torch
 from flax import traverse_util
-from parity import assert_logits_match, num_params, randomise_batch_norm
+from parity import ENAS_ARC, assert_logits_match, num_params, randomise_batch_norm
 from torch_twins import TWINS, enas
 
 from jaxnets.models import create_model, model_entry
 from jaxnets.models.enas import PUBLISHED_FINAL_ARC, parse_arc
 
 TWIN = TWINS[model_entry("enas_macro").reference.twin]
-# Six layers (reductions after layers 1 and 3) using all six ops, with skips from the stem and across
-# both reductions.
-ARC = "0  4 1  1 0 1  5 1 0 1  2 0 1 1 0  3 1 0 0 1 1"
 
 
 @pytest.mark.parametrize("separable_as_full_conv", [False, True])
@@ -23,9 +20,9 @@ def test_fixed_child_matches_pytorch(separable_as_full_conv):
     config = dict(num_layers=6, num_filters=8, num_branches=6, num_classes=10,
                   separable_as_full_conv=separable_as_full_conv)
     torch.manual_seed(0)
-    reference = TWIN(arc=ARC, **config)
+    reference = TWIN(arc=ENAS_ARC, **config)
     randomise_batch_norm(reference, seed=1)
-    model = create_model("enas_macro", arc=ARC, **config)
+    model = create_model("enas_macro", arc=ENAS_ARC, **config)
     variables = enas.to_flax_variables(reference.state_dict())
     target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
     assert jax.tree.map(np.shape, variables) == jax.tree.map(lambda s: s.shape, target), "parameter trees differ"

@@ -17,7 +17,6 @@ every other float32 program there, PyTorch's included, agreed with float64. At 8
 """
 
 import copy
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +26,8 @@ import torch
 from flax import linen as nn
 from flax import traverse_util
 from helpers import base_config
-from parity import randomise_batch_norm
-from torch_twins import cifar_mobilenetv2, enas, mobilenetv2, resnet
+from parity import TRAINING_FAMILIES, randomise_batch_norm
+from torch_twins import cifar_mobilenetv2, enas, resnet
 
 from jaxnets.convert.torchvision import convert_state_dict
 from jaxnets.data import DatasetInfo
@@ -37,36 +36,6 @@ from jaxnets.train import build_trainer, parallel
 
 BATCH, NUM_CLASSES = 16, 10
 LEARNING_RATE, WEIGHT_DECAY, LABEL_SMOOTHING = 0.1, 5e-4, 0.1
-
-MOBILENET_STAGES = ((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2), (6, 64, 1, 2), (6, 96, 1, 1), (6, 160, 1, 2),
-                    (6, 320, 1, 1))  # torchvision's, one block each
-CIFAR_MOBILENET_STAGES = tuple((t, c, 1, stride) for t, c, _, stride in cifar_mobilenetv2.SEED_STAGES)
-ENAS_ARC = "0  4 1  1 0 1  5 1 0 1  2 0 1 1 0  3 1 0 0 1 1"  # all six ops, skips across both reductions
-ENAS_FIELDS = {"arc": ENAS_ARC, "num_layers": 6, "num_filters": 8, "num_branches": 6, "keep_prob": 1.0}
-PLANES = (16, 32, 64, 128)  # a quarter of the references' (cardinality and width per group kept)
-
-
-def resnet_family(block, stages: int, **fields):
-    """(twin, jaxnets overrides) of a ResNet-family network of one block per stage and a quarter of the planes."""
-    twin = functools.partial(resnet.ResNet, block, [1] * stages, stage_planes=PLANES[:stages], **fields)
-    return twin, {"stage_sizes": (1,) * stages, "stage_planes": PLANES[:stages]}
-
-
-# name: (twin, jaxnets model_overrides, image size)
-FAMILIES = {
-    "resnet18": (*resnet_family(resnet.BasicBlock, 4), 32),
-    "resnext50_32x4d": (*resnet_family(resnet.Bottleneck, 4, groups=32, width_per_group=4), 32),
-    "cifar_resnext50": (*resnet_family(resnet.Bottleneck, 4, groups=32, width_per_group=4, stem="cifar",
-                                       grouped_first_1x1=True), 16),
-    "resnext29_8x64d": (*resnet_family(resnet.Bottleneck, 3, groups=8, width_per_group=64, stem="cifar"), 8),
-    "mobilenet_v2": (functools.partial(mobilenetv2.MobileNetV2, width_mult=0.25, inverted_residual_setting=[
-        list(stage) for stage in MOBILENET_STAGES], dropout=0.0),
-        {"width_multiplier": 0.25, "stages": MOBILENET_STAGES, "dropout_rate": 0.0}, 32),
-    "cifar_mobilenet_v2": (functools.partial(cifar_mobilenetv2.MobileNetV2, stages=CIFAR_MOBILENET_STAGES),
-                           {"stages": CIFAR_MOBILENET_STAGES}, 16),
-    "enas_macro": (functools.partial(enas.ENASMacroChild, **ENAS_FIELDS), ENAS_FIELDS, 16),
-}
-
 
 def to_jaxnets(name, twin, overrides) -> dict:
     if name == "enas_macro":
@@ -123,9 +92,9 @@ def flat(tree) -> dict:
 
 
 @pytest.mark.parametrize("devices", [1, 8])
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", list(TRAINING_FAMILIES))
 def test_one_training_step_equals_pytorchs(name, devices):
-    build_twin, overrides, size = FAMILIES[name]
+    build_twin, overrides, size = TRAINING_FAMILIES[name]
     torch.manual_seed(0)
     twin = build_twin(num_classes=NUM_CLASSES)
     randomise_batch_norm(twin, seed=1)

@@ -7,8 +7,6 @@ fewer blocks; the default is the seed's network (2,369,380 parameters at 100 cla
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 from torch import nn
 
 SEED_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 1),
@@ -82,6 +80,3 @@ def to_flax_variables(twin: MobileNetV2) -> dict:
                                          "bias": twin.conv2.bias.detach().numpy().copy()}
     return variables
 
-
-def num_params(module: torch.nn.Module) -> int:
-    return int(np.sum([p.numel() for p in module.parameters()]))

@@ -370,6 +370,18 @@ def test_init_from_takes_parameters_only(reference, tmp_path):
     assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.3
 
 
+def test_init_from_another_model_is_refused_before_compiling(reference, tmp_path):
+    workdir, _ = reference
+    before = file_digests(workdir)
+    config = tiny_config(init_from=str(workdir))
+    config.model_overrides.groups = 8
+    with compiles_nothing(), pytest.raises(IncompatibleCheckpointError,
+                                           match=r"^config.init_from: \S+/checkpoints/40 is of another model \(differs "
+                                                 r"in model_overrides.groups"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert file_digests(workdir) == before, "the run it names is only read"
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")
 def test_sigint_asks_to_stop_and_a_second_one_interrupts():
     previous = signal.getsignal(signal.SIGINT)

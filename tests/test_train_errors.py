@@ -78,8 +78,9 @@ def test_training_checks_the_config_before_compiling(tmp_path):
     assert not list(tmp_path.iterdir()), "nothing is written for a config that cannot run"
 
 
-def test_init_from_without_a_checkpoint_is_a_user_error(tmp_path):
-    with pytest.raises(errors.CheckpointNotFoundError, match=r"config.init_from: no finished checkpoint in .*/empty"):
+def test_init_from_without_a_checkpoint_is_a_user_error_before_compiling(tmp_path):
+    with compiles_nothing(), pytest.raises(errors.CheckpointNotFoundError,
+                                           match=r"config.init_from: no finished checkpoint in .*/empty"):
         train_and_evaluate(config_with(init_from=str(tmp_path / "empty")), str(tmp_path / "run"))
     assert issubclass(errors.CheckpointNotFoundError, errors.UserError)
 

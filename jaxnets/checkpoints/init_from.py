@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from etils import epath
+
 from jaxnets.checkpoints.layout import read_meta, resolve_step_dir
 from jaxnets.checkpoints.loading import restore_variables
 from jaxnets.checkpoints.manager import model_differences
@@ -12,10 +14,10 @@ from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError
 log = logging.getLogger("jaxnets")
 
 
-def initialise_from(state, path, config: dict, sharding):
-    """`state` (a fresh one) with the params and BN statistics of the checkpoint at `path` (a workdir or a step),
-    placed with `sharding`. `config` is the run's resolved config as JSON: the checkpoint must be of the same
-    model, else IncompatibleCheckpointError names the fields that differ (nothing is read or written)."""
+def init_source(path, config: dict) -> epath.Path:
+    """The step directory `config.init_from` (`path`: a workdir or a step) names, checked before the state is
+    initialised: CheckpointNotFoundError without a finished checkpoint there, IncompatibleCheckpointError when it
+    is of another model than `config` (the run's resolved config as JSON), naming the fields that differ."""
     try:
         step_dir = resolve_step_dir(path)
     except CheckpointNotFoundError as e:
@@ -25,6 +27,12 @@ def initialise_from(state, path, config: dict, sharding):
         raise IncompatibleCheckpointError(
             f"config.init_from: {step_dir} is of another model (differs in {', '.join(differing)})"
         )
+    return step_dir
+
+
+def initialise_from(state, step_dir, sharding):
+    """`state` (a fresh one) with the params and BN statistics of the checkpoint in `step_dir` (`init_source`'s),
+    placed with `sharding`."""
     loaded = restore_variables(step_dir, sharding)
     log.info("parameters and BN statistics from %s; step, optimizer and rng start afresh", step_dir)
     return state.with_model_variables(params=loaded["params"], batch_stats=loaded["batch_stats"])

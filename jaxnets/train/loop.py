@@ -240,8 +240,10 @@ def _initial_state(trainer: Trainer, meta: dict, checkpoints: ckpt.Checkpoints):
         step, state = restored
         log.info("resuming from %s at step %d", checkpoints.directory, step)
         return state
+    # A missing or mismatched init_from is refused before the initialisation compiles (and runs: a state
+    # dispatched and then dropped by the refusal kept a notebook's CPU threads busy until it finished).
+    source = ckpt.init_source(trainer.config.init_from, meta["config"]) if trainer.config.init_from else None
     state = trainer.init_state()
-    if trainer.config.init_from:
-        state = ckpt.initialise_from(state, trainer.config.init_from, meta["config"],
-                                     parallel.replicated(trainer.mesh))
+    if source is not None:
+        state = ckpt.initialise_from(state, source, parallel.replicated(trainer.mesh))
     return state

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import optim_config
 
-from jaxnets.optim import SCHEDULES, create_schedule
+from jaxnets.optim import SCHEDULES, create_schedule, schedules
 
 
 def lrs(config, steps_per_epoch: int, steps) -> np.ndarray:
@@ -161,9 +161,20 @@ def test_each_schedule_equals_its_pytorch_scheduler_over_a_whole_run(name):
     fields, make_scheduler, per_epoch = torch_schedulers()[name]
     ours = lrs(optim_config(**fields, num_epochs=RUN_STEPS // RUN_SPE), RUN_SPE, np.arange(RUN_STEPS))
     expected = pytorch_learning_rates(make_scheduler, fields["learning_rate"], per_epoch)
-    # Every rate to 4e-7 of itself: float32 rounds a rate to 6e-8 and sin() adds a few units in the last place
-    # (measured: cosine 3.4e-7 at most; the others exact to float32).
+    # Every rate is PyTorch's rounded to float32 (6e-8 of itself at most), as PyTorch's float32 kernels read it.
+    np.testing.assert_array_equal(ours, expected.astype(np.float32), err_msg=name)
+    np.testing.assert_allclose(ours, expected, rtol=1e-7, atol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["cosine", "sgdr", "constant"])
+def test_curves_longer_than_a_table_are_computed_in_float32_within_4e_7(name, monkeypatch):
+    monkeypatch.setattr(schedules, "MAX_TABLE", 10)  # (every curve here is longer: 800 steps, 75 epochs, 100 steps)
+    fields, make_scheduler, per_epoch = torch_schedulers()[name]
+    ours = lrs(optim_config(**fields, num_epochs=RUN_STEPS // RUN_SPE), RUN_SPE, np.arange(RUN_STEPS))
+    expected = pytorch_learning_rates(make_scheduler, fields["learning_rate"], per_epoch)
+    # float32 rounds a rate to 6e-8 and sin() adds a few units in the last place (measured: 3.4e-7 at most).
     np.testing.assert_allclose(ours, expected, rtol=4e-7, atol=0, err_msg=name)
+    assert not np.array_equal(ours, expected.astype(np.float32)), "the float32 path, not a table"
 
 
 def test_staircase_with_a_start_and_a_floor_is_the_official_enas_formula():

@@ -32,10 +32,11 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Where the suite's time goes: with JAXNETS_TEST_CPU_LOG=FILE, each test's CPU seconds (this worker's threads plus
 # the processes it started and waited for; setup, call and teardown together) are appended to FILE as
-# "seconds nodeid". Wall times under `-n 2` mostly measure which tests happened to run side by side; CPU time is
-# what a cut saves.
+# "seconds nodeid worker start end" (the last two: wall-clock times, to see how the workers' queues end). Wall
+# times under `-n 2` mostly measure which tests happened to run side by side; CPU time is what a cut saves.
 if os.environ.get("JAXNETS_TEST_CPU_LOG"):
     import resource
+    import time
 
     import pytest
 
@@ -45,9 +46,10 @@ if os.environ.get("JAXNETS_TEST_CPU_LOG"):
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(item, nextitem):
-        start = _cpu_seconds()
+        start, started = _cpu_seconds(), time.time()
         try:
             return (yield)
         finally:
             with open(os.environ["JAXNETS_TEST_CPU_LOG"], "a") as log:
-                log.write(f"{_cpu_seconds() - start:.1f} {item.nodeid}\n")
+                log.write(f"{_cpu_seconds() - start:.1f} {item.nodeid} {os.environ.get('PYTEST_XDIST_WORKER', '-')} "
+                          f"{started:.1f} {time.time():.1f}\n")

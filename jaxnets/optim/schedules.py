@@ -33,9 +33,10 @@ def _steps(epochs: float, steps_per_epoch: int) -> int:
     return math.floor(epochs * steps_per_epoch + 0.5)
 
 
-def _table(values: np.ndarray):
-    """Float64 rates rounded once to float32, for a jitted lookup."""
-    return jnp.asarray(np.asarray(values, np.float64).astype(np.float32))
+def _table(values: np.ndarray) -> np.ndarray:
+    """Float64 rates rounded once to float32, for a lookup (kept in numpy: a jax array here would be placed on a
+    device, which compiles, when a schedule is built; traced, the table becomes a constant of the program)."""
+    return np.asarray(values, np.float64).astype(np.float32)
 
 
 def _cosine_values(start: float, end: float, done: np.ndarray, total) -> np.ndarray:
@@ -95,7 +96,7 @@ def _cosine(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
     def schedule(step):
         done = jnp.clip(step - warmup_steps, 0, decay_steps)
         if table is not None:
-            return table[done]
+            return jnp.asarray(table)[done]
         return _cosine_from_to(peak, end, done, decay_steps)  # exactly `peak` at 0
 
     return schedule
@@ -153,7 +154,7 @@ def _sgdr(config, steps_per_epoch: int, warmup_steps: int) -> optax.Schedule:
         computed = _cosine_from_to(lr_max, lr_min, t_cur, t_i)  # (a restart gives exactly lr_max)
         if table is None:
             return computed
-        return jnp.where(epoch < tabulated, table[jnp.minimum(epoch, tabulated - 1)], computed)
+        return jnp.where(epoch < tabulated, jnp.asarray(table)[jnp.minimum(epoch, tabulated - 1)], computed)
 
     return schedule
 
@@ -183,7 +184,7 @@ def create_schedule(config, steps_per_epoch: int) -> optax.Schedule:
         step = jnp.asarray(step)
         lr = main(step)
         if ramp is not None:
-            lr = jnp.where(step < warmup_steps, ramp[jnp.clip(step, 0, warmup_steps - 1)], lr)
+            lr = jnp.where(step < warmup_steps, jnp.asarray(ramp)[jnp.clip(step, 0, warmup_steps - 1)], lr)
         elif warmup_steps:
             lr = jnp.where(step < warmup_steps, peak * step.astype(jnp.float32) / warmup_steps, lr)
         return lr.astype(jnp.float32)

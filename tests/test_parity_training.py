@@ -125,9 +125,11 @@ def test_one_training_step_equals_pytorchs(name, devices):
         error, torch_error = np.linalg.norm(update - update64), np.linalg.norm(expected32[path] - expected64[path])
         # As close as PyTorch's own float32 step, give or take the rounding of the float32 parameters that the
         # update is read from (after - before: one unit in the last place of each, where PyTorch's step may land
-        # exactly on the float64 result).
+        # exactly on the float64 result). Measured on a Zen 3 over the 848 tensors of these 14 steps: error /
+        # (torch_error + rounding) median 0.07, at most 0.91 with oneDNN's convolutions and 0.94 with the
+        # decomposed lowering; 2 leaves room for other CPUs' round-off.
         rounding = 2 * np.finfo(np.float32).eps * np.linalg.norm(before[path])
-        assert error <= 4 * torch_error + rounding, (
+        assert error <= 2 * (torch_error + rounding), (
             f"{name}: {path}'s update is {error:.3g} off PyTorch's float64 step (its float32 step: "
             f"{torch_error:.3g}, of an update of {np.linalg.norm(update64):.3g})")
 

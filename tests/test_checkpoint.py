@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 from helpers import REPO, compiles_nothing, cpu_devices_env, load_recipe
 
+from jaxnets.checkpoints import init_source, initialise_from
 from jaxnets.checkpoints import manager as ckpt
 from jaxnets.checkpoints.layout import read_meta
+from jaxnets.checkpoints.loading import restore_variables
 from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
-from jaxnets.train import build_trainer, train_and_evaluate
+from jaxnets.train import build_trainer, parallel, train_and_evaluate
 from jaxnets.train.signals import StopSignals
 
 STEPS, EVERY = 40, 4
@@ -368,6 +370,37 @@ def test_init_from_takes_parameters_only(reference, tmp_path):
     # 0.1). The trained one scores 0.68 with oneDNN's convolutions and 0.42 with the decomposed ones: 40 steps at
     # the warm-up's peak rate leave an evaluation that swings with round-off (the reference's own: 0.61 and 0.38).
     assert train_losses(tmp_path)[1] < 1.0 and fresh["eval_top1"] > 0.3
+
+
+def test_init_from_a_run_with_another_class_count_starts_a_fresh_classifier(reference, caplog):
+    """Fine-tuning on another dataset: the reference's 10-class run starts a 4-class run on photos. Every array but
+    the classifier's is the checkpoint's; the classifier is the new run's own initialisation; one line says so."""
+    workdir, _ = reference
+    trainer = build_trainer(tiny_config(), devices=jax.devices()[:1])
+    trainer = build_trainer(tiny_config(), devices=jax.devices()[:1],
+                            dataset_info=trainer.dataset._replace(num_classes=4, class_names=()))
+    config = {**trainer.checkpoint_meta()["config"], "dataset": "folder:/photos"}
+    source = init_source(str(workdir), config, trainer.abstract_state())
+    assert source.fresh == (("params", "fc", "bias"), ("params", "fc", "kernel"))
+    fresh = trainer.init_state()
+    with caplog.at_level(logging.INFO, logger="jaxnets"):
+        state = initialise_from(fresh, source, parallel.replicated(trainer.mesh))
+    saved = restore_variables(workdir / "checkpoints" / "40", parallel.replicated(trainer.mesh))
+    expected = dict(jax.tree.leaves_with_path({"params": saved["params"], "batch_stats": saved["batch_stats"]}))
+    got = dict(jax.tree.leaves_with_path({"params": state.params, "batch_stats": state.batch_stats}))
+    new = dict(jax.tree.leaves_with_path({"params": fresh.params}))
+    assert got.keys() == expected.keys()
+    for path, value in got.items():
+        name = jax.tree_util.keystr(path)
+        if name.startswith("['params']['fc']"):
+            assert value.shape[-1] == 4
+            np.testing.assert_array_equal(value, new[path], err_msg=name)
+        else:
+            np.testing.assert_array_equal(value, expected[path], err_msg=name)
+    kernel = state.params["fc"]["kernel"].shape
+    assert caplog.records[-1].getMessage() == (
+        f"config.init_from: loaded {len(got) - 2} arrays from {workdir / 'checkpoints' / '40'}; new: fc (bias 4, "
+        f"kernel {kernel[0]}x4); step, optimizer and rng start afresh")
 
 
 def test_init_from_another_model_is_refused_before_compiling(reference, tmp_path):

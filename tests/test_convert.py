@@ -1,5 +1,7 @@
 """torchvision conversion accounts for every tensor, and weight files are read without unpickling."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -113,11 +115,20 @@ def test_weight_files_round_trip(tmp_path, mobilenet_state_dict, suffix):
     np.testing.assert_array_equal(variables["params"]["classifier"]["bias"], mobilenet_state_dict["classifier.1.bias"])
 
 
-def test_pickled_files_are_refused_with_the_conversion_command(tmp_path):
+def test_pth_files_are_read_with_weights_only_where_torch_is_installed(tmp_path, monkeypatch):
     path = tmp_path / "weights.pth"
-    torch.save({"w": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match=r"is not a .safetensors or .npz file .*st.save_file"):
+    torch.save({"w": torch.arange(3.0, dtype=torch.float16), "steps": torch.tensor(7)}, path)
+    arrays = load_arrays(path)
+    assert arrays["w"].dtype == np.float32 and arrays["steps"].dtype == np.int64  # half precision read as float32
+    np.testing.assert_array_equal(arrays["w"], [0, 1, 2])
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where PyTorch is not installed
+    with pytest.raises(ValueError, match=r"is a PyTorch file and PyTorch is not installed here; convert it once, "
+                                         r"where torch is installed: .*st.save_file"):
         load_arrays(path)
+    other = tmp_path / "weights.ckpt"
+    other.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"is not a .safetensors, .npz, .pth, .pt file"):
+        load_arrays(other)
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path):

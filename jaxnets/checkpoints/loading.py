@@ -40,7 +40,7 @@ def load_checkpoint(path, device=None):
     """-> (model, variables, config) for a workdir or one checkpoint step, on one device."""
     step_dir = resolve_step_dir(path)
     meta = read_meta(step_dir)
-    config = ml_collections.ConfigDict(_tuples(meta["config"]))
+    config = ml_collections.ConfigDict(tuples_from_json(meta["config"]))
     device = jax.devices("cpu")[0] if device is None else device
     restored = restore_variables(step_dir, jax.sharding.SingleDeviceSharding(device))
     params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
@@ -54,10 +54,10 @@ def read_class_names(path) -> tuple[str, ...]:
     return tuple(read_meta(resolve_step_dir(path))["class_names"])
 
 
-def _tuples(value):
+def tuples_from_json(value):
     """JSON lists back to the tuples configs use (stage sizes, decay epochs)."""
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: tuples_from_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(tuples_from_json(v) for v in value)
     return value

@@ -67,8 +67,8 @@ def check_writable(workdir, probe_bytes: int = 1 << 20) -> None:
             pass
 
 
-def model_differences(saved: dict, config: dict) -> list[str]:
-    """The dotted names of the MODEL_FIELDS whose values differ between two JSON-style configs."""
+def model_differences(saved: dict, config: dict, fields: tuple[str, ...] = MODEL_FIELDS) -> list[str]:
+    """The dotted names of the `fields` (and their sub-fields) whose values differ between two JSON-style configs."""
 
     def flatten(value, prefix):
         if isinstance(value, dict):
@@ -80,7 +80,7 @@ def model_differences(saved: dict, config: dict) -> list[str]:
 
     saved, config = _json(saved), _json(config)
     a, b = {}, {}
-    for field in MODEL_FIELDS:
+    for field in fields:
         a.update(flatten(saved.get(field), field))
         b.update(flatten(config.get(field), field))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -1,11 +1,11 @@
 """torchvision state_dict -> jaxnets variables.
 
-`convert_state_dict("resnext50_32x4d", state_dict)` takes torchvision key names (timm's for ResNet/ResNeXt are
-the same) mapped to arrays (numpy, or torch tensors: nothing here imports torch) and returns
-`{"params": ..., "batch_stats": ...}` for `create_model(name, num_classes=<from the classifier's shape>)`. Every
-key is accounted for: a missing, unexpected or mis-shaped tensor raises a ValueError naming it. How a family's
-module names map onto jaxnets' is its registry entry's `reference.torch_keys`, next to the model; the layout
-changes (OIHW -> HWIO, ...) are here.
+`convert_state_dict("resnext50_32x4d", state_dict)` takes torchvision key names (or timm's: the same for
+ResNet/ResNeXt, renamed by the registry entry for MobileNetV2) mapped to arrays (numpy, or torch tensors: nothing
+here imports torch) and returns `{"params": ..., "batch_stats": ...}` for `create_model(name, num_classes=<from the
+classifier's shape>)`. Every key is accounted for: a missing, unexpected or mis-shaped tensor raises a ValueError
+naming it. How a family's module names map onto jaxnets' is its registry entry's `reference.torch_keys`, next to
+the model; the layout changes (OIHW -> HWIO, ...) are here.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def supported_models() -> list[str]:
 def convert_state_dict(model_name: str, state_dict: dict[str, Any], **model_overrides) -> dict[str, Any]:
     """jaxnets variables from a torchvision state dict of `model_name`, built with `model_overrides` (the registry
     fields its structure differs in, such as `stage_sizes`); the class count is the classifier's."""
-    keys = _torch_keys(model_name)
+    keys = torch_keys(model_name)
     arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    if keys.classifier not in arrays and keys.timm_name is not None:  # timm's names, where they differ
+        arrays = {keys.timm_name(k): v for k, v in arrays.items()}
     if keys.classifier not in arrays:
         raise ValueError(f"state_dict has no {keys.classifier!r}: is it a torchvision {model_name} state_dict?")
     shape_key = (model_name, arrays[keys.classifier].shape[0], tuple(sorted(model_overrides.items())))
@@ -65,13 +67,13 @@ def _variable_shapes(model_name: str, num_classes: int, overrides: tuple) -> dic
 
 def load_torchvision_weights(model_name: str, path: str | os.PathLike):
     """(model, variables) from a .safetensors/.npz file holding a torchvision state_dict."""
-    keys = _torch_keys(model_name)
+    keys = torch_keys(model_name)
     arrays = load_arrays(path)
     variables = convert_state_dict(model_name, arrays)
     return create_model(model_name, num_classes=arrays[keys.classifier].shape[0]), variables
 
 
-def _torch_keys(model_name: str) -> TorchKeys:
+def torch_keys(model_name: str) -> TorchKeys:
     keys = model_entry(model_name).reference.torch_keys
     if keys is None:
         raise ValueError(f"no torchvision conversion for {model_name!r}; supported: {', '.join(supported_models())}")

@@ -154,9 +154,36 @@ def torch_module_path(module: str, expected: Collection[tuple[str, ...]]) -> tup
     return (block, names.get(rest, rest))
 
 
+# timm's mobilenetv2_100 (timm/models/efficientnet.py, _gen_mobilenet_v2): the same layers, named by stage and
+# block (blocks.<stage>.<block>, 1, 2, 3, 4, 3, 3, 1 blocks a stage), torchvision's features.1 ... features.17 in
+# order. Its first block has no expand conv (a depthwise-separable block); bn1/bn2 mean other layers there, in the
+# other blocks and at the top level, so whole prefixes are matched.
+_TIMM_STAGE_BLOCKS = (1, 2, 3, 4, 3, 3, 1)
+_TIMM_TOP = {"conv_stem": "features.0.0", "bn1": "features.0.1", "conv_head": "features.18.0",
+             "bn2": "features.18.1", "classifier": "classifier.1"}
+_TIMM_SEPARABLE = {"conv_dw": "conv.0.0", "bn1": "conv.0.1", "conv_pw": "conv.1", "bn2": "conv.2"}
+_TIMM_INVERTED = {"conv_pw": "conv.0.0", "bn1": "conv.0.1", "conv_dw": "conv.1.0", "bn2": "conv.1.1",
+                  "conv_pwl": "conv.2", "bn3": "conv.3"}
+
+
+def timm_name(key: str) -> str:
+    """timm's mobilenetv2_100 key -> torchvision's: blocks.1.0.conv_pwl.weight -> features.2.conv.2.weight."""
+    module, leaf = key.rsplit(".", 1)
+    if module in _TIMM_TOP:
+        return f"{_TIMM_TOP[module]}.{leaf}"
+    match = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(\w+)", module)
+    if not match:
+        return key  # not timm's: left for the conversion to name
+    stage, block, layer = int(match[1]), int(match[2]), match[3]
+    names = _TIMM_SEPARABLE if stage == 0 else _TIMM_INVERTED
+    index = 1 + sum(_TIMM_STAGE_BLOCKS[:stage]) + block
+    return f"features.{index}.{names.get(layer, layer)}.{leaf}"
+
+
 register("mobilenet_v2", MobileNetV2,
          reference=Reference(twin="mobilenet_v2", params=3_504_872,
-                             torch_keys=TorchKeys(classifier="classifier.1.weight", module_path=torch_module_path)))
+                             torch_keys=TorchKeys(classifier="classifier.1.weight", module_path=torch_module_path,
+                                                  timm_name=timm_name)))
 register(
     "cifar_mobilenet_v2",
     MobileNetV2,

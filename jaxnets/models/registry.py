@@ -21,7 +21,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class TorchKeys:
-    """How a torchvision state dict (timm uses the same names for ResNet/ResNeXt) maps onto the model.
+    """How a torchvision state dict maps onto the model (and a timm one, renamed to torchvision's names by
+    `timm_name` first where timm names the modules differently).
 
     `module_path("layer2.0.downsample.1", expected)` is the jaxnets module path of a torch module; `expected`
     holds the model's flattened variable paths (`("params", "features_3", "dw_conv", "kernel")`), for
@@ -30,6 +31,7 @@ class TorchKeys:
 
     classifier: str  # the classifier weight's key ("fc.weight"): its shape gives num_classes
     module_path: Callable[[str, Collection[tuple[str, ...]]], tuple[str, ...]]
+    timm_name: Callable[[str], str] | None = None  # timm's key -> torchvision's; None: timm's are torchvision's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,7 +107,9 @@ def engine_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000  # and at the end, and on SIGTERM/SIGINT
     c.max_to_keep = 3
     c.keep_best = False  # also keep the best checkpoint by eval top-1 in workdir/checkpoints_best
-    c.init_from = placeholder(str)  # a workdir or step: start from its params and batch_stats only
+    # Start from pretrained params and BN statistics only: a workdir or step, or a PyTorch state dict of the same
+    # architecture (.pth/.safetensors/.npz, torchvision's or timm's names); another class count: a fresh classifier.
+    c.init_from = placeholder(str)
 
     return c
 

@@ -235,14 +235,16 @@ def _complete_run(trainer: Trainer, state, eval_batches, workdir: str, reporter:
 
 def _initial_state(trainer: Trainer, meta: dict, checkpoints: ckpt.Checkpoints):
     """The workdir's newest good checkpoint, else a fresh state (with `config.init_from`'s model variables)."""
-    restored = checkpoints.restore_latest(trainer.abstract_state(), meta["config"], tuple(meta["class_names"]))
+    abstract_state = trainer.abstract_state()
+    restored = checkpoints.restore_latest(abstract_state, meta["config"], tuple(meta["class_names"]))
     if restored is not None:
         step, state = restored
         log.info("resuming from %s at step %d", checkpoints.directory, step)
         return state
     # A missing or mismatched init_from is refused before the initialisation compiles (and runs: a state
     # dispatched and then dropped by the refusal kept a notebook's CPU threads busy until it finished).
-    source = ckpt.init_source(trainer.config.init_from, meta["config"]) if trainer.config.init_from else None
+    init_from = trainer.config.init_from
+    source = ckpt.init_source(init_from, meta["config"], abstract_state) if init_from else None
     state = trainer.init_state()
     if source is not None:
         state = ckpt.initialise_from(state, source, parallel.replicated(trainer.mesh))

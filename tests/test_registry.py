@@ -16,10 +16,13 @@ REQUIRED_NAMES = [
 ]
 
 
-def num_params(name: str, image_size: int, **overrides) -> int:
+def param_shapes(name: str, image_size: int, **overrides) -> dict:
     model = create_model(name, **overrides)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))
-    return sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
+    return jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))["params"]
+
+
+def num_params(name: str, image_size: int, **overrides) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(param_shapes(name, image_size, **overrides)))
 
 
 def test_every_documented_name_is_registered():
@@ -30,6 +33,18 @@ def test_every_documented_name_is_registered():
 def test_parameter_counts_equal_the_published_ones(name):
     reference = model_entry(name).reference
     assert num_params(name, reference.image_size) == reference.params
+
+
+# Each family once, small: the entry's classifier is what fine-tuning leaves trainable in a linear probe.
+@pytest.mark.parametrize("name, overrides", [
+    ("resnet18", {}), ("resnext29_8x64d", {"stage_sizes": (1, 1, 1)}), ("mobilenet_v2", {}),
+    ("cifar_mobilenet_v2", {}), ("enas_macro", {"num_layers": 2, "arc": "0 1 0", "num_filters": 8}),
+])
+def test_the_entrys_classifier_is_the_layer_that_gives_the_logits(name, overrides):
+    classifier = param_shapes(name, 32, num_classes=7, **overrides)
+    for module in model_entry(name).classifier.split("/"):
+        classifier = classifier[module]
+    assert classifier["kernel"].shape[-1] == 7 and classifier["kernel"].ndim == 2, classifier
 
 
 def test_torchvision_models_carry_their_published_counts():

@@ -180,7 +180,7 @@ def timm_name(key: str) -> str:
     return f"features.{index}.{names.get(layer, layer)}.{leaf}"
 
 
-register("mobilenet_v2", MobileNetV2,
+register("mobilenet_v2", MobileNetV2, classifier="classifier",
          reference=Reference(twin="mobilenet_v2", params=3_504_872,
                              torch_keys=TorchKeys(classifier="classifier.1.weight", module_path=torch_module_path,
                                                   timm_name=timm_name)))
@@ -196,5 +196,6 @@ register(
     expand_when_t1=True,
     dropout_rate=0.0,
     classifier_init_std=None,
+    classifier="classifier",
     reference=Reference(twin="cifar_mobilenet_v2", params=2_369_380, image_size=32),  # pytorch-cifar100's code
 )

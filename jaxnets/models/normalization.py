@@ -10,12 +10,35 @@ this module still load.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import re
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+# A regular expression of BN module paths ("layer1_0/bn1") whose statistics are frozen while it is set: those
+# layers normalise with their running statistics and keep them, in training too (fine-tuning; set at trace time
+# by the train step, as `layers.synchronized_batch_norm` sets the axis).
+_FROZEN_STATISTICS = contextvars.ContextVar("jaxnets_frozen_batch_norm", default=None)
+
+
+@contextlib.contextmanager
+def frozen_statistics(pattern: str | None):
+    """Inside this context (at trace time), every BN whose module path `re.search`es `pattern` is frozen."""
+    token = _FROZEN_STATISTICS.set(pattern)
+    try:
+        yield
+    finally:
+        _FROZEN_STATISTICS.reset(token)
+
+
+def _statistics_frozen(path: tuple[str, ...]) -> bool:
+    pattern = _FROZEN_STATISTICS.get()
+    return pattern is not None and re.search(pattern, "/".join(path)) is not None
 
 
 def examples_per_channel(x: jax.Array, axis_name: str | None) -> int:
@@ -51,7 +74,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-        if self.use_running_average:
+        if self.use_running_average or _statistics_frozen(self.path):
             mean, var = ra_mean.value, ra_var.value
         else:
             # One pass, E[x^2] - E[x]^2 in float32, both moments in one all-reduce when synchronised (as Flax).

@@ -50,16 +50,18 @@ class ModelEntry:
     module: type[nn.Module]
     defaults: dict[str, Any]
     reference: Reference
+    classifier: str = "fc"  # the path of the module that gives the logits (fine-tuning's "backbone": all others)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, module: type[nn.Module], *, reference: Reference = Reference(), **defaults: Any) -> None:
+def register(name: str, module: type[nn.Module], *, reference: Reference = Reference(), classifier: str = "fc",
+             **defaults: Any) -> None:
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is registered twice")
     _check_fields(name, module, defaults)
-    _REGISTRY[name] = ModelEntry(name, module, defaults, reference)
+    _REGISTRY[name] = ModelEntry(name, module, defaults, reference, classifier)
 
 
 def list_models() -> list[str]:

@@ -1,7 +1,9 @@
 """Supervised image classification (`config.task = "classification"`): images -> labels, cross-entropy.
 
-The task of every recipe but the ENAS search's, and of a search's final network. It has no config section of
-its own: it reads the engine's fields (optimizer, schedule, EMA, label smoothing, BN synchronisation).
+The task of every recipe but the ENAS search's, and of a search's final network. It reads the engine's fields
+(optimizer, schedule, EMA, label smoothing, BN synchronisation) and owns one section, `config.classification`: the
+fine-tuning controls (`jaxnets.tasks.finetune`: a frozen part, the backbone's learning-rate multiplier, frozen BN
+statistics).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import optax
 from flax import linen as nn
 
 from jaxnets.errors import ConfigError
-from jaxnets.models import create_model, create_model_from_config
+from jaxnets.models import create_model, create_model_from_config, model_entry
 from jaxnets.models.enas import parse_arc
 from jaxnets.optim import create_optimizer, create_schedule
+from jaxnets.tasks import finetune
 from jaxnets.tasks.supervised import DIVERGENCE_ADVICE, FINITE_METRICS, TrainState, cross_entropy, supervised_step
 from jaxnets.train import register_task
 from jaxnets.train.parallel import DATA_AXIS
@@ -41,6 +44,8 @@ class ClassificationTask:
     schedule: optax.Schedule
     config: Any  # the resolved run config (label smoothing, weight decay, EMA, BN synchronisation)
     image_shape: tuple[int, int, int]  # (H, W, C) of one example
+    frozen: str | None = None  # module paths not trained (finetune.frozen_pattern), None: none
+    frozen_batch_norm: str | None = None  # BN layers normalising with and keeping their running statistics
 
     finite_metrics = FINITE_METRICS
     divergence_advice = DIVERGENCE_ADVICE
@@ -65,7 +70,8 @@ class ClassificationTask:
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         dropout_key = jax.random.fold_in(step_key, jax.lax.axis_index(DATA_AXIS))
         return supervised_step(state, batch, apply_fn=self.model.apply, tx=self.tx, schedule=self.schedule,
-                               config=self.config, dropout_key=dropout_key)
+                               config=self.config, dropout_key=dropout_key, frozen=self.frozen,
+                               frozen_batch_norm=self.frozen_batch_norm)
 
     def eval_step(self, state: TrainState, batch) -> dict:
         """Sums over this device's shard, psum'd: padded examples (mask False) count nowhere."""
@@ -90,18 +96,25 @@ class ClassificationTask:
 
 
 def build(config, dataset, steps_per_epoch: int) -> ClassificationTask:
+    section, classifier = config.classification, model_entry(config.model).classifier
+    frozen = finetune.frozen_pattern(section, classifier)
+    tx = finetune.by_part(create_optimizer(config, steps_per_epoch), frozen=frozen, classifier=classifier,
+                          backbone_multiplier=section.backbone_lr_multiplier)
     return ClassificationTask(
         model=create_model_from_config(config, dataset.num_classes),
-        tx=create_optimizer(config, steps_per_epoch),
+        tx=tx,
         schedule=create_schedule(config, steps_per_epoch),
         config=config,
         image_shape=tuple(dataset.image_shape),
+        frozen=frozen,
+        frozen_batch_norm=finetune.frozen_batch_norm_pattern(section, classifier),
     )
 
 
 def check(config, device_count: int) -> None:
     """What classification needs of a resolved config beyond the engine's checks."""
     del device_count
+    finetune.check(config.classification)
     if config.model in _NOT_CLASSIFIABLE:
         raise ConfigError(f"config.model: {config.model!r} {_NOT_CLASSIFIABLE[config.model]}")
     arc = config.model_overrides.get("arc")
@@ -113,4 +126,4 @@ def check(config, device_count: int) -> None:
             raise ConfigError(f"config.model_overrides.arc: {e}") from None
 
 
-register_task("classification", build, check=check)
+register_task("classification", build, check=check, config_section=finetune.config_section)

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxnets.models import layers
+from jaxnets.models.normalization import frozen_statistics
 from jaxnets.optim import regularization_loss
+from jaxnets.tasks.finetune import is_frozen
 from jaxnets.train.parallel import DATA_AXIS
 
 # The train metrics whose non-finite value makes the loop discard or stop (jaxnets.train.nonfinite), with their
@@ -52,14 +54,20 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.0):
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def supervised_step(state, batch, *, apply_fn, tx, schedule, config, dropout_key):
+def supervised_step(state, batch, *, apply_fn, tx, schedule, config, dropout_key, frozen=None, frozen_batch_norm=None):
     """One optimizer update of `state` (params, batch_stats, opt_state, step and, if it has one, ema_params) on this
     device's shard of {"image", "label"}: cross-entropy of `apply_fn(variables, images, train=True, ...)` plus the
     config's L2. Per device under shard_map; returns the new state, identical on every device, and the averaged
-    metrics."""
+    metrics. `frozen` and `frozen_batch_norm` (regular expressions of module paths, `jaxnets.tasks.finetune`):
+    modules that get no gradient and keep their EMA (`tx` gives them no update), and BN layers that normalise with
+    their running statistics and keep them."""
 
     def loss_fn(params):
-        with layers.synchronized_batch_norm(DATA_AXIS if config.sync_batch_norm else None):
+        # No gradient flows into frozen parameters, so XLA prunes the backward pass below the last trained layer.
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, p: jax.lax.stop_gradient(p) if is_frozen(frozen, path) else p, params)
+        with layers.synchronized_batch_norm(DATA_AXIS if config.sync_batch_norm else None), \
+                frozen_statistics(frozen_batch_norm):
             logits, updates = apply_fn(
                 {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
                 mutable=["batch_stats"], rngs={"dropout": dropout_key},
@@ -73,13 +81,17 @@ def supervised_step(state, batch, *, apply_fn, tx, schedule, config, dropout_key
     (total_loss, (data_loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if not config.sync_batch_norm:  # per-device statistics; keep the stored running averages replicated
         batch_stats = jax.lax.pmean(batch_stats, DATA_AXIS)
+    if frozen_batch_norm is not None:  # the stored bits (a mean over devices of equal values may round)
+        batch_stats = jax.tree_util.tree_map_with_path(
+            lambda path, new, old: old if is_frozen(frozen_batch_norm, path) else new, batch_stats, state.batch_stats)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     if getattr(state, "ema_params", None) is not None:
         decay = config.ema_decay
-        new_state = new_state.replace(
-            ema_params=jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params))
+        new_state = new_state.replace(ema_params=jax.tree_util.tree_map_with_path(
+            lambda path, e, p: e if is_frozen(frozen, path) else decay * e + (1.0 - decay) * p,
+            state.ema_params, params))
 
     metrics = {
         "loss": data_loss,

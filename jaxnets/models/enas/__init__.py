@@ -22,9 +22,9 @@ from jaxnets.models.registry import Reference, register
 # CIFAR-10. The official code is TensorFlow (no weights to convert); the fixed child's PyTorch twin, written from
 # the reference semantics, names its modules after jaxnets' paths.
 register("enas_macro", ENASMacroChild, num_layers=24, num_filters=96, num_branches=4, keep_prob=0.5,
-         reference=Reference(twin="enas_macro", image_size=32))
+         classifier="head/fc", reference=Reference(twin="enas_macro", image_size=32))
 register("enas_macro_shared", ENASMacroSearch, num_layers=12, num_filters=36, num_branches=6, keep_prob=0.9,
-         reference=Reference(image_size=32))
+         classifier="head/fc", reference=Reference(image_size=32))
 
 __all__ = [
     "OP_NAMES",

@@ -9,9 +9,11 @@ import math
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from helpers import load_recipe
+from PIL import Image
 
 from jaxnets.data import DATASETS
 from jaxnets.models import create_model
@@ -33,6 +35,17 @@ TINY_SEARCH = {"controller_updates_per_epoch": 1, "controller_arcs_per_update": 
                "eval_arcs": 2, "final_arcs": 2}
 
 
+def tiny_image_folder(root: pathlib.Path) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b", "c"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(8):  # (24 images, as mock_data gives the other recipes)
+                image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(image).save(root / split / name / f"{i}.png")
+    return root
+
+
 def shrink(config, workdir):
     family = next(f for f in TINY_MODEL if f in config.model)
     overrides = dict(TINY_MODEL[family])
@@ -51,6 +64,9 @@ def shrink(config, workdir):
     config.num_train_steps = 2
     config.global_batch_size = 8
     config.eval_batch_size = 8
+    if config.dataset.startswith("folder:"):  # a recipe for your own images: 3 classes of 8 random 16x16 images
+        config.dataset = f"folder:{tiny_image_folder(workdir / 'images')}"
+        config.image_size = 16
     config.image_size = min(config.image_size or DATASETS[config.dataset].image_size, 32)
     config.shuffle_buffer = 16
     config.log_every_steps = 1

@@ -21,7 +21,7 @@ from jaxnets.checkpoints import read_meta, resolve_step_dir
 from jaxnets.data import dataset_spec
 from jaxnets.errors import ConfigError
 from jaxnets.models import create_model_from_config
-from jaxnets.train import engine_config
+from jaxnets.train import engine_config, get_task
 
 FINAL_ARC_FILE = "final_arc.txt"
 FINAL_CONFIG_FILE = "final_config.py"
@@ -32,9 +32,13 @@ _DATA_FIELDS = ("dataset", "data_dir", "image_size", "seed", "dtype")
 
 
 def _final_base() -> ml_collections.ConfigDict:
-    """What `jaxnets.config.base_config()` returns: the engine's fields, trained by classification."""
+    """What `jaxnets.config.base_config()` returns: the engine's fields and the section of classification, the
+    task that trains the final network."""
     c = engine_config()
     c.task = "classification"
+    section = get_task(c.task).config_section
+    if section is not None:
+        c[c.task] = section()
     return c
 
 

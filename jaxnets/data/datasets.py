@@ -21,6 +21,10 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = (0.3058,), (0.3761,)
 
 
+# ImageNet's evaluation resizes the shorter side to image_size / 0.875 (256 for 224) and takes the central crop.
+EVAL_CROP_FRACTION = 0.875
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     tfds_name: str

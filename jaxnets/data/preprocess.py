@@ -12,10 +12,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from jaxnets.data.datasets import DatasetSpec
-
-# Eval resizes the shorter side to image_size / 0.875 (256 for 224) and takes the central crop.
-EVAL_CROP_FRACTION = 0.875
+from jaxnets.data.datasets import EVAL_CROP_FRACTION, DatasetSpec
 
 
 def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:

@@ -11,10 +11,16 @@ and std) is inside it; the model's evaluation variables (the EMA's parameters wh
 constants; BatchNorm runs in inference mode; the convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU
 custom call that no other runtime has, and `jax.export` refuses them).
 
-Formats:
-- `stablehlo`: `jax.export`, serialized, lowered for CPU, GPU (CUDA) and TPU. Run it in any JAX, jaxnets or not:
-  `jax.export.deserialize(open(PATH, "rb").read()).call(images)`. The class names are written beside it
-  (PATH + ".classes.txt", one per line, in label order): the format has no place for them.
+Formats (`--format`), each tested in its own runtime against the JAX model:
+- `stablehlo`: `jax.export`, serialized, lowered for CPU, GPU (CUDA) and TPU. Any JAX runs it, jaxnets or not:
+  `jax.export.deserialize(open(PATH, "rb").read()).call(images)`.
+- `savedmodel`: a TensorFlow SavedModel (a directory) through `jax2tf` (the same StableHLO, for CPU, GPU and TPU,
+  in TensorFlow's XlaCallModule): signature `serving_default`, input `images`, output `logits`; the class names
+  are in it too (the variable `class_names`). TensorFlow Serving and `tf.saved_model.load` run it.
+- `tflite`: the same function converted by TensorFlow's LiteRT converter to TFLite's own operators (CONV_2D,
+  DEPTHWISE_CONV_2D, ...), for the LiteRT interpreter (`ai_edge_litert`) on phones and edge devices; one image a
+  call ([1, H, W, C]).
+Every format also gets PATH + ".classes.txt": the class names, one per line, in label order.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 from collections.abc import Callable
 
@@ -34,7 +41,7 @@ from jaxnets.data.datasets import dataset_spec
 from jaxnets.errors import UserError
 from jaxnets.models import layers
 
-FORMATS = ("stablehlo",)
+FORMATS = ("stablehlo", "savedmodel", "tflite")
 # What the exported program runs on: every platform JAX lowers for (XLA's convolutions lower on all of them).
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -68,18 +75,76 @@ def serving_function(workdir) -> Served:
 
 
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)
-    """Writes the run in `workdir` as `format` to `output`; returns the paths written."""
+    """Writes the run in `workdir` as `format` to `output`, and its class names to `output` + ".classes.txt";
+    returns the paths written."""
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; one of: {', '.join(FORMATS)}")
     served = serving_function(workdir)
-    height, width, channels = served.image_shape
-    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(f"n, {height}, {width}, {channels}"), jnp.uint8)
-    with layers.conv_lowering("xla"):  # (traced here, inside the context)
-        exported = jax_export.export(jax.jit(served.logits), platforms=PLATFORMS)(images)
+    served = dataclasses.replace(served, logits=_with_xla_convolutions(served.logits))
     output = os.fspath(output)
-    _write(output, exported.serialize())
+    {"stablehlo": _stablehlo, "savedmodel": _savedmodel, "tflite": _tflite}[format](served, output)
     _write(output + ".classes.txt", "".join(f"{name}\n" for name in served.class_names).encode())
     return [output, output + ".classes.txt"]
+
+
+def _with_xla_convolutions(logits):
+    """`logits` traced with XLA's own convolutions, wherever it is traced (jax.export, jax2tf, a SavedModel's
+    save): jaxnets' oneDNN kernels are a CPU custom call that no other runtime has, which jax.export refuses."""
+
+    def portable(images):
+        with layers.conv_lowering("xla"):
+            return logits(images)
+
+    return portable
+
+
+def _polymorphic_batch(served: Served) -> str:
+    height, width, channels = served.image_shape
+    return f"n, {height}, {width}, {channels}"  # the batch size is left free
+
+
+def _stablehlo(served: Served, output: str) -> None:
+    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
+    exported = jax_export.export(jax.jit(served.logits), platforms=PLATFORMS)(images)
+    _write(output, exported.serialize())
+
+
+def _tf_module(served: Served, batch: int | None = None):
+    """A tf.Module with the served function as `serve` (images -> {"logits"}) and the `class_names`; `batch`
+    fixes the batch size (None: free)."""
+    import tensorflow as tf  # heavy: only the TensorFlow formats need it
+    from jax.experimental import jax2tf  # (imports TensorFlow)
+
+    shape = _polymorphic_batch(served) if batch is None else None
+    logits = jax2tf.convert(served.logits, polymorphic_shapes=[f"({shape})" if shape else None],
+                            with_gradient=False, native_serialization_platforms=PLATFORMS)
+    module = tf.Module()
+    signature = [tf.TensorSpec([batch, *served.image_shape], tf.uint8, name="images")]
+    module.serve = tf.function(lambda images: {"logits": logits(images)}, input_signature=signature, autograph=False)
+    module.class_names = tf.Variable(list(served.class_names), trainable=False)  # saved with the model
+    return module
+
+
+def _savedmodel(served: Served, output: str) -> None:
+    import tensorflow as tf  # heavy: only the TensorFlow formats need it
+
+    module = _tf_module(served)
+    temporary = f"{output}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    tf.saved_model.save(module, temporary, signatures={"serving_default": module.serve})
+    if os.path.isdir(output):  # replaced only once the new one is whole
+        shutil.rmtree(output)
+    os.replace(temporary, output)
+
+
+def _tflite(served: Served, output: str) -> None:
+    import tensorflow as tf  # heavy: only the TensorFlow formats need it
+
+    # One image a call, as on a phone: with a free batch size the converter meets gathers it cannot express in
+    # TFLite's operators (the ENAS child's strided slices of an array of unknown batch become dynamic gathers).
+    module = _tf_module(served, batch=1)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    _write(output, converter.convert())
 
 
 def _write(path: str, data: bytes) -> None:

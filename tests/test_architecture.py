@@ -11,7 +11,7 @@ import pytest
 PACKAGE = pathlib.Path(__file__).parents[1] / "jaxnets"
 # Imports that may sit inside a function: optional or heavy dependencies, each with its reason beside it.
 LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.ops._onednn", "jax._src.clusters", "tensorboardX",
-                "torch"}
+                "torch", "tensorflow", "jax.experimental.jax2tf"}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -98,6 +98,16 @@ def test_imports_inside_functions_are_only_heavy_or_optional_ones_with_their_rea
                 assert target in LAZY_IMPORTS, f"{path}:{line} imports {target} inside a function"
                 assert "#" in lines[line - 1] or lines[line - 2].strip().startswith("#"), (
                     f"{path}:{line}: say why {target} is imported inside a function")
+
+
+def test_tensorflow_is_imported_by_the_data_package_and_the_tensorflow_export_formats_only():
+    """Models, steps, checkpoints and notebooks import without TensorFlow; the export's SavedModel and TFLite
+    writers import it inside their functions."""
+    for path in MODULES.values():
+        for target, line, inside_function in imports(path):
+            if target.split(".")[0] == "tensorflow" or target == "jax.experimental.jax2tf":
+                in_data = PACKAGE / "data" in path.parents
+                assert in_data or (inside_function and path == PACKAGE / "export.py"), f"{path}:{line} imports {target}"
 
 
 def test_the_package_holds_no_pytorch_code():

@@ -1,6 +1,6 @@
-"""A trained run as a file that runs without jaxnets (`python -m jaxnets.export`, StableHLO through `jax.export`)
-and as a classifier of image files (`python -m jaxnets.classify`): the same logits as the JAX model for every
-family, the run's test accuracy reproduced, and one line for each bad input."""
+"""A trained run as a file that runs without jaxnets (`python -m jaxnets.export`: StableHLO, a TF SavedModel,
+TFLite, each run in its own runtime) and as a classifier of image files (`python -m jaxnets.classify`): the same
+logits as the JAX model for every family, the run's test accuracy reproduced, and one line for each bad input."""
 
 import functools
 import re
@@ -17,7 +17,7 @@ from jaxnets import data
 from jaxnets.classify import Classifier
 from jaxnets.classify import main as classify_main
 from jaxnets.errors import UserError
-from jaxnets.export import export, serving_function
+from jaxnets.export import FORMATS, export, serving_function
 from jaxnets.export import main as export_main
 from jaxnets.models import create_model
 from jaxnets.train import train_and_evaluate
@@ -57,38 +57,68 @@ def reference_logits(workdir, images: np.ndarray) -> np.ndarray:
     return np.asarray(jax.jit(functools.partial(model.apply, train=False))(variables, x))
 
 
-def test_each_familys_stablehlo_gives_the_models_logits_at_any_batch_size(runs, tmp_path):
+def run_exported(format: str, path, images: np.ndarray) -> np.ndarray:  # noqa: A002
+    """The exported file in its own runtime: JAX alone, TensorFlow, or the LiteRT interpreter."""
+    if format == "stablehlo":
+        return np.asarray(jax.export.deserialize(open(path, "rb").read()).call(images))
+    if format == "savedmodel":
+        import tensorflow as tf
+
+        return tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(images))[
+            "logits"].numpy()
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (given,), (logits,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert list(given["shape"]) == [1, *images.shape[1:]] and given["dtype"] == np.uint8
+    outputs = []
+    for image in images:  # one image a call, as the file is made
+        interpreter.set_tensor(given["index"], image[None])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(logits["index"])[0])
+    return np.stack(outputs)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_each_familys_export_gives_the_models_logits(format, runs, tmp_path):  # noqa: A002
     rng = np.random.default_rng(0)
     for family, workdir in runs.items():
-        path = tmp_path / f"{family}.stablehlo"
-        assert export_main([str(workdir), "--format", "stablehlo", "--output", str(path)]) == 0
-        exported = jax.export.deserialize(path.read_bytes())  # jax alone, as a server would
-        assert set(exported.platforms) == {"cpu", "cuda", "tpu"}
+        path = tmp_path / f"{family}.{format}"
+        assert export_main([str(workdir), "--format", format, "--output", str(path)]) == 0
         image_shape = serving_function(workdir).image_shape
         assert image_shape == ((8, 8, 1) if family == "resnext" else (16, 16, 1))  # the digits are grey
         for batch in (1, 5):
             images = rng.integers(0, 256, (batch, *image_shape), dtype=np.uint8)
             expected = reference_logits(workdir, images)
-            got = np.asarray(exported.call(images))
+            got = run_exported(format, path, images)
             assert got.shape == expected.shape == (batch, 10), family
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=family)
-        assert (tmp_path / f"{family}.stablehlo.classes.txt").read_text().splitlines() == list(
-            jaxnets.read_class_names(workdir) or map(str, range(10)))
+            rtol = 1e-3 if format == "tflite" else 1e-4  # (TFLite's own kernels)
+            np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * np.abs(expected).max(),
+                                       err_msg=f"{format}, {family}")
+        names = list(jaxnets.read_class_names(workdir) or map(str, range(10)))
+        assert (tmp_path / f"{family}.{format}.classes.txt").read_text().splitlines() == names
+    if format == "stablehlo":
+        assert set(jax.export.deserialize(path.read_bytes()).platforms) == {"cpu", "cuda", "tpu"}
+    if format == "savedmodel":
+        import tensorflow as tf
+
+        assert [n.decode() for n in tf.saved_model.load(str(path)).class_names.numpy()] == names
 
 
-def test_the_exported_network_scores_the_runs_test_accuracy(runs, tmp_path):
+@pytest.mark.parametrize("format", FORMATS)
+def test_the_exported_network_scores_the_runs_test_accuracy(format, runs, tmp_path):  # noqa: A002
     """The trained ResNeXt's exported file on the whole test split, as uint8 images: the accuracy the run logged
     at its last evaluation, to within one example."""
     workdir = runs["resnext"]
-    (path, _) = export(workdir, tmp_path / "model.stablehlo")
-    exported = jax.export.deserialize(open(path, "rb").read())
+    (path, _) = export(workdir, tmp_path / f"model.{format}", format)
     config = jaxnets.load_checkpoint(workdir)[2]
     spec = data.dataset_spec(config.dataset)
     correct = count = 0
     for batch in data.eval_iterator(config, 64):
         pixels = (batch["image"] * np.asarray(spec.std) + np.asarray(spec.mean)) * 255.0  # the eval's own uint8s
         images = np.round(pixels).clip(0, 255).astype(np.uint8)
-        predicted = np.asarray(exported.call(images)).argmax(-1)
+        predicted = run_exported(format, path, images).argmax(-1)
         correct += int(np.sum((predicted == batch["label"]) & batch["mask"]))
         count += int(batch["mask"].sum())
     logged = last_evaluation(workdir)
@@ -135,7 +165,7 @@ def test_each_bad_input_is_one_line(case, runs, tmp_path, capsys):
         message = r"^error: no finished checkpoint in \S+"
     else:
         code = export_main([str(workdir), "--format", "keras", "--output", str(tmp_path / "m.keras")])
-        message = r"^error: unknown export format 'keras'; one of: stablehlo"
+        message = r"^error: unknown export format 'keras'; one of: stablehlo, savedmodel, tflite"
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert re.match(message, err), err

@@ -3,13 +3,15 @@
     python train.py --config configs/finetune_folder.py --workdir runs/photos \\
         --config.dataset=folder:/path/to/photos --config.init_from=resnext50_32x4d.pth
 
-The folder holds train/<class>/*.jpg|png and test/<class>/* (docs/own_images.md); the weights are torchvision's state
-dict (.pth, or .safetensors) or timm's, of the model named here (another one: `--config.model=mobilenet_v2` with
-its file). The classifier starts afresh for the folder's classes, everything else from the file; the run's first
-lines say what was loaded. 224 px, batch 32, SGD with momentum 0.9 for 15 epochs on a cosine: the new classifier
-at lr 0.01 and the pretrained layers at a tenth of it (torchvision's tutorial fine-tunes at 0.001), weight decay
-1e-4, the best evaluation kept. A linear probe (only the classifier trains; the rest, BN statistics included,
-keeps its bits) is `--config.classification.frozen=backbone`; with few images a batch, add
+The folder holds train/<class>/*.jpg|png and test/<class>/* (docs/own_images.md); the weights are torchvision's
+state dict (.pth, or .safetensors) or timm's, of the model named here (another one: `--config.model=mobilenet_v2`
+with its file). The classifier starts afresh for the folder's classes, everything else from the file; the run's
+first lines say what was loaded. 224 px with torchvision's training augmentation (a random-resized crop and a
+flip; evaluation resizes whole images to 224, without torchvision's centre crop), batch 32, SGD with momentum 0.9
+for 15 epochs on a cosine: the new classifier at lr 0.01 and the pretrained layers at a tenth of it
+(torchvision's tutorial fine-tunes at 0.001), weight decay 1e-4, the best evaluation kept. A linear probe (only
+the classifier trains; the rest, BN statistics included, keeps its bits) is
+`--config.classification.frozen=backbone`; with few images a batch, add
 `--config.classification.freeze_bn_statistics=True`.
 """
 
@@ -21,6 +23,7 @@ def get_config():
     c.model = "resnext50_32x4d"
     c.dataset = "folder:/path/to/your/images"  # replace on the command line: --config.dataset=folder:DIR
     c.image_size = 224
+    c.augmentation.crop = "random_resized"  # torchvision's RandomResizedCrop(224) and horizontal flip
     c.global_batch_size = 32
     c.eval_batch_size = 64
     c.num_epochs = 15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import socket
 import subprocess
@@ -18,6 +19,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from jaxnets import data  # noqa: E402
 from jaxnets.data import digits  # noqa: E402
+from jaxnets.data.augmentation import Augmentation  # noqa: E402
 from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD  # noqa: E402
 
 
@@ -379,7 +381,8 @@ def test_cifar_train_augmentation_is_a_padded_shift_and_maybe_a_flip():
     uniforms = np.random.default_rng(1).random((200, 3), dtype=np.float32)
     uniforms[:3] = [[0, 0, 0], [0.9999999, 0.9999999, 0.9999999], [0.5, 0.5, 0.5]]  # the extremes
     batch = np.repeat(image[None], len(uniforms), axis=0)
-    out = preprocess.cifar(tf.constant(batch), spec, 32, True, tf.constant(uniforms)).numpy()
+    augmentation = Augmentation(flip=True, crop="shift", scale=(0.08, 1.0), color_jitter=0.0)  # CIFAR's default
+    out = preprocess.cifar(tf.constant(batch), spec, 32, augmentation, tf.constant(uniforms)).numpy()
     seen = []
     for i, augmented in enumerate(out):
         matches = [key for key, candidate in candidates.items() if np.allclose(augmented, candidate, atol=1e-5)]
@@ -398,11 +401,73 @@ def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():
     decoded = tf.io.decode_jpeg(jpeg)
     expected = tf.image.resize(decoded, [256, 341], antialias=True).numpy()[16:240, 58:282]  # 224 / 0.875 = 256
     expected = (expected / 255 - np.array(spec.mean)) / np.array(spec.std)
-    got = preprocess.imagenet_eval(jpeg, spec, 224, False, None).numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    got = preprocess.imagenet(preprocess.imagenet_eval(jpeg, spec, 224, None, None)[None], spec, 224, None, None)
+    np.testing.assert_allclose(got.numpy()[0], expected, atol=1e-5)
     # The JPEG fast path (decode only the random crop) gives what decoding first gives.
     seed = tf.constant([3, 4], tf.int64)
+    augmentation = Augmentation(flip=True, crop="random_resized", scale=(0.08, 1.0), color_jitter=0.0)
     np.testing.assert_array_equal(
-        preprocess.imagenet_train(jpeg, spec, 224, True, seed).numpy(),
-        preprocess.imagenet_train(decoded, spec, 224, True, seed).numpy(),
+        preprocess.imagenet_train(jpeg, spec, 224, augmentation, seed).numpy(),
+        preprocess.imagenet_train(decoded, spec, 224, augmentation, seed).numpy(),
     )
+
+
+# --- augmentation, piece by piece (config.augmentation) ---------------------------------------------------
+
+
+def test_each_dataset_kind_has_its_own_augmentation_and_a_field_replaces_it():
+    def chosen(dataset, **section):
+        augmentation = data.check_data_config(make_config(dataset, "/d", augmentation=section)).augmentation
+        return augmentation.flip, augmentation.crop
+
+    assert chosen("cifar10") == (True, "shift") and chosen("imagenet2012") == (True, "random_resized")
+    assert chosen("digits") == (False, "shift"), "a mirrored digit is another digit"
+    assert chosen("folder:/photos") == (True, "shift")
+    assert chosen("digits", flip=True, crop="none") == (True, "none")
+    assert data.check_data_config(make_config("cifar10", "/d", augment=False)).augmentation is None
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("flip", "yes", r"config.augmentation.flip: expected True, False or None, got 'yes'"),
+    ("crop", "rotate", r"config.augmentation.crop: expected one of shift, random_resized, none or None, got 'rotate'"),
+    ("scale", (0.5, 0.2), r"config.augmentation.scale: expected \(low, high\) with 0 < low <= high <= 1, "
+                          r"got \(0.5, 0.2\)"),
+    ("color_jitter", 1.5, r"config.augmentation.color_jitter: expected a number in \[0, 1\), got 1.5"),
+    ("rotate", 10, r"config.augmentation: unknown field\(s\) rotate; the fields are flip, crop, scale, color_jitter"),
+])
+def test_each_bad_augmentation_field_is_one_line(field, value, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        data.check_data_config(make_config("cifar10", "/d", augmentation={field: value}))
+
+
+def test_a_random_resized_crop_takes_its_share_of_the_image_where_drawn():
+    """Area 1/4, aspect ratio 1 (the middle of the log-uniform range), top left: the top-left quarter of an image
+    whose top-left quarter is white, resized to the whole output; area 1: the whole image."""
+    from jaxnets.data import preprocess
+
+    spec = data.DATASETS["cifar10"]
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:16, :16] = 255
+    quarter = Augmentation(flip=False, crop="random_resized", scale=(0.25, 0.25), color_jitter=0.0)
+    whole = dataclasses.replace(quarter, scale=(1.0, 1.0))
+    uniforms = tf.constant([[0.0, 0.5, 0.0, 0.0]], tf.float32)  # area, aspect ratio, top, left
+    pixels = lambda out: out.numpy()[0] * spec.std + spec.mean  # noqa: E731  (back to [0, 1])
+    np.testing.assert_allclose(pixels(preprocess.cifar(tf.constant(image[None]), spec, 32, quarter, uniforms)),
+                               1.0, atol=1e-5)
+    np.testing.assert_allclose(pixels(preprocess.cifar(tf.constant(image[None]), spec, 32, whole, uniforms)),
+                               image / 255.0, atol=1e-5)
+
+
+def test_color_jitter_scales_brightness_contrast_and_saturation_by_the_drawn_factors():
+    from jaxnets.data import preprocess
+
+    spec = data.DATASETS["cifar10"]
+    image = np.random.default_rng(0).integers(0, 160, (1, 32, 32, 3), dtype=np.uint8)
+    jitter = Augmentation(flip=False, crop="none", scale=(0.08, 1.0), color_jitter=0.5)
+    # brightness factor 1.5 (the top of [0.5, 1.5]), contrast and saturation 1 (the middle): brighter only
+    out = preprocess.cifar(tf.constant(image), spec, 32, jitter, tf.constant([[1.0, 0.5, 0.5]], tf.float32))
+    np.testing.assert_allclose(out.numpy() * spec.std + spec.mean, np.minimum(image * 1.5, 255) / 255, atol=1e-5)
+    # saturation 0.5 (the bottom): halfway to each pixel's grey
+    out = preprocess.cifar(tf.constant(image), spec, 32, jitter, tf.constant([[0.5, 0.5, 0.0]], tf.float32))
+    grey = tf.image.rgb_to_grayscale(tf.constant(image, tf.float32)).numpy()
+    np.testing.assert_allclose(out.numpy() * spec.std + spec.mean, (grey + (image - grey) * 0.5) / 255, atol=1e-5)

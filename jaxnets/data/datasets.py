@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
+from jaxnets.data.augmentation import Augmentation
+from jaxnets.data.augmentation import resolve as resolve_augmentation
 from jaxnets.data.folder import folder_root
 
 # Per-channel statistics of the training pixels scaled to [0, 1] (std over all train pixels, not the
@@ -39,6 +41,8 @@ class DatasetSpec:
     cache: bool  # default of config.cache: whether the split fits in host memory
     shuffle_buffer: int  # default of config.shuffle_buffer
     prepare: str  # how to prepare it; {data_dir} is filled in
+    flip: bool = True  # default of config.augmentation.flip
+    crop: str = "shift"  # default of config.augmentation.crop (jaxnets.data.augmentation)
 
 
 def _build(name: str) -> str:
@@ -62,14 +66,14 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "imagenet2012": DatasetSpec(
         "imagenet2012", "imagenet", 1000, 3, "train", "validation", 224, IMAGENET_MEAN, IMAGENET_STD,
-        cache=False, shuffle_buffer=16_384,
+        cache=False, shuffle_buffer=16_384, crop="random_resized",
         prepare="put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
         "{data_dir}/downloads/manual (or pass --manual_dir DIR), then run " + _build("imagenet2012"),
     ),
     # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits: prepares itself, offline, on first use.
     "digits": DatasetSpec(
         "jaxnets_digits", "digits", 10, 1, "train", "test", 8, DIGITS_MEAN, DIGITS_STD,
-        cache=True, shuffle_buffer=1_347, prepare="",
+        cache=True, shuffle_buffer=1_347, prepare="", flip=False,  # a mirrored digit is not that digit
     ),
 }  # fmt: skip
 
@@ -110,6 +114,7 @@ class DataConfig:
     train_split: str
     eval_split: str
     augment: bool
+    augmentation: Augmentation | None  # what augment=True does (None when it is False)
     shuffle_buffer: int
     cache: bool
     seed: int
@@ -164,6 +169,7 @@ def check_data_config(config: Any) -> DataConfig:
         train_split=_field(config, "train_split", spec.train_split),
         eval_split=_field(config, "eval_split", spec.eval_split),
         augment=_required(config, "augment"),
+        augmentation=None,
         shuffle_buffer=_field(config, "shuffle_buffer", spec.shuffle_buffer),
         cache=_field(config, "cache", spec.cache),
         seed=_required(config, "seed"),
@@ -172,4 +178,7 @@ def check_data_config(config: Any) -> DataConfig:
         value = getattr(data, field)
         if not ok(value):
             raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
+    if data.augment:
+        augmentation = resolve_augmentation(config.get("augmentation", None), spec.flip, spec.crop)
+        data = dataclasses.replace(data, augmentation=augmentation)
     return data

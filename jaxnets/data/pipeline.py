@@ -177,20 +177,20 @@ def train_iterator(
     def prepare_example(position: tf.Tensor, example: dict[str, tf.Tensor]):
         seed = tf.random.experimental.stateless_fold_in(example_key, position)
         return position, {**example, "image": stages.per_example(example["image"], data.spec, data.image_size,
-                                                                 data.augment, seed)}
+                                                                 data.augmentation, seed)}
 
     @_as_written
     def prepare_batch(positions: tf.Tensor, examples: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         images, uniforms = examples["image"], None
-        if data.augment and stages.draws:
+        draws = stages.draws(data.augmentation)
+        if draws:
             # Global batch b draws a [G, draws] table keyed by b, and each example takes the row of its position in
             # b: a pure function of (config.seed, G, position), whichever process takes the example. (A local batch
             # never straddles two global batches: `offset` is a multiple of G and each process keeps L rows of each.)
             table_seed = tf.random.experimental.stateless_fold_in(batch_key, positions[0] // global_batch_size)
-            table = tf.random.stateless_uniform([global_batch_size, stages.draws], table_seed)
+            table = tf.random.stateless_uniform([global_batch_size, draws], table_seed)
             uniforms = tf.gather(table, positions % global_batch_size)
-        if stages.per_batch is not None:
-            images = stages.per_batch(images, data.spec, data.image_size, data.augment, uniforms)
+        images = stages.per_batch(images, data.spec, data.image_size, data.augmentation, uniforms)
         return {"image": images, "label": tf.cast(examples["label"], tf.int32)}
 
     start_epoch, offset = divmod(start_step * global_batch_size, num_examples)
@@ -254,14 +254,13 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     def prepare_example(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example["image"]
         if stages.per_example is not None:
-            image = stages.per_example(image, data.spec, data.image_size, False, no_seed)
+            image = stages.per_example(image, data.spec, data.image_size, None, no_seed)
         return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
 
     @_as_written
     def prepare_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         images = batch["image"]
-        if stages.per_batch is not None:
-            images = stages.per_batch(images, data.spec, data.image_size, False, None)
+        images = stages.per_batch(images, data.spec, data.image_size, None, None)
         images = tf.where(batch["mask"][:, None, None, None], images, 0.0)  # padding stays zeros
         return {**batch, "image": images}
 

@@ -8,10 +8,12 @@ in the stream), so what a run sees is a pure function of the config and the step
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import tensorflow as tf
 
+from jaxnets.data.augmentation import ASPECT_RATIOS, Augmentation
 from jaxnets.data.datasets import EVAL_CROP_FRACTION, DatasetSpec
 
 
@@ -50,55 +52,109 @@ def _random_flip_left_right(images: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor
     return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
-def cifar(images: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool,
+def _random_resized_crop_batch(images: tf.Tensor, size: int, scale: tuple[float, float],
+                               uniforms: tf.Tensor) -> tf.Tensor:
+    # torchvision's RandomResizedCrop on each image: a whole-pixel crop of a uniform share of the area in `scale`
+    # and a log-uniform aspect ratio in [3/4, 4/3] (its sides clipped to the image), placed uniformly, resized to
+    # size x size (bilinear, antialiased).
+    _, height, width, _ = images.shape
+    area = (scale[0] + (scale[1] - scale[0]) * uniforms[:, 0]) * (height * width)
+    low, high = math.log(ASPECT_RATIOS[0]), math.log(ASPECT_RATIOS[1])
+    ratio = tf.exp(low + (high - low) * uniforms[:, 1])  # width / height
+    crop_height = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32), 1, height)
+    crop_width = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32), 1, width)
+    top = tf.minimum(tf.cast(uniforms[:, 2] * tf.cast(height - crop_height + 1, tf.float32), tf.int32),
+                     height - crop_height)
+    left = tf.minimum(tf.cast(uniforms[:, 3] * tf.cast(width - crop_width + 1, tf.float32), tf.int32),
+                      width - crop_width)
+
+    def crop(args):
+        image, y, x, h, w = args
+        window = tf.image.crop_to_bounding_box(image, y, x, h, w)
+        return tf.image.resize(window, [size, size], method="bilinear", antialias=True)
+
+    channels = images.shape[-1]
+    return tf.map_fn(crop, (tf.cast(images, tf.float32), top, left, crop_height, crop_width),
+                     fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+
+
+def _color_jitter(images: tf.Tensor, strength: float, uniforms: tf.Tensor) -> tf.Tensor:
+    # Brightness, contrast, saturation in this order, each factor uniform in [1 - strength, 1 + strength], on
+    # pixel values in [0, 255] (float), clipped back to that range after each (as torchvision's ColorJitter).
+    factors = 1.0 - strength + 2.0 * strength * uniforms  # [B, 3]
+    brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
+    images = tf.clip_by_value(tf.cast(images, tf.float32) * brightness, 0.0, 255.0)
+    grey = tf.image.rgb_to_grayscale(images) if images.shape[-1] == 3 else images
+    mean = tf.reduce_mean(grey, axis=[1, 2, 3], keepdims=True)
+    images = tf.clip_by_value(mean + (images - mean) * contrast, 0.0, 255.0)
+    if images.shape[-1] == 3:
+        grey = tf.image.rgb_to_grayscale(images)
+        images = tf.clip_by_value(grey + (images - grey) * saturation, 0.0, 255.0)
+    return images
+
+
+def _augment_batch(images: tf.Tensor, augmentation: Augmentation | None, size: int, uniforms: tf.Tensor | None,
+                   crop_per_example: bool = False) -> tf.Tensor:
+    """The batch's augmentation (all of it but ImageNet's crop, drawn per example), then resized to size x size.
+    The uniform numbers' columns: the crop's, the flip's, the jitter's (`Augmentation.batch_draws`)."""
+    column = 0
+    if augmentation is not None and not crop_per_example:
+        if augmentation.crop == "shift":  # by up to an eighth of the side (CIFAR: 4 px of 32; digits: 1 of 8)
+            images = _pad_and_random_crop(images, max(1, images.shape[1] // 8), uniforms[:, :2])
+            column = 2
+        elif augmentation.crop == "random_resized":
+            images = _random_resized_crop_batch(images, size, augmentation.scale, uniforms[:, :4])
+            column = 4
+    if augmentation is not None and augmentation.flip:
+        images = _random_flip_left_right(images, uniforms[:, column])
+        column += 1
+    images = _resize(images, size)
+    if augmentation is not None and augmentation.color_jitter:
+        images = _color_jitter(images, augmentation.color_jitter, uniforms[:, column:column + 3])
+    return images  # [B, S, S, C] float32, pixel values in [0, 255]
+
+
+def cifar(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
           uniforms: tf.Tensor | None) -> tf.Tensor:
     images = tf.ensure_shape(images, [None, 32, 32, 3])  # [B, 32, 32, 3] uint8
-    if augment:
-        images = _pad_and_random_crop(images, 4, uniforms[:, :2])
-        images = _random_flip_left_right(images, uniforms[:, 2])
-    return _normalise(_resize(images, image_size), spec)  # [B, S, S, 3] float32
+    return _normalise(_augment_batch(images, augmentation, image_size, uniforms), spec)  # [B, S, S, 3] float32
 
 
-def digits(images: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool,
+def digits(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
            uniforms: tf.Tensor | None) -> tf.Tensor:
-    # Only a random shift of up to one pixel (of 8): flips and rotations change what a digit means.
     images = tf.ensure_shape(images, [None, 8, 8, 1])  # [B, 8, 8, 1] uint8, 0..255
-    if augment:
-        images = _pad_and_random_crop(images, 1, uniforms)
-    return _normalise(_resize(images, image_size), spec)  # [B, S, S, 1] float32
+    return _normalise(_augment_batch(images, augmentation, image_size, uniforms), spec)  # [B, S, S, 1] float32
 
 
-def folder_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
+def folder_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+                  seed: tf.Tensor) -> tf.Tensor:
     # Your own images, still encoded: decoded to RGB (grey is repeated, an alpha channel dropped) and resized to
     # image_size x image_size (a non-square image is stretched) one by one, as their sizes differ.
-    del spec, augment, seed
+    del spec, augmentation, seed
     image = tf.image.resize(_decode(image, 3), [image_size, image_size], method="bilinear", antialias=True)
     return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32
 
 
-def folder(images: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool,
+def folder(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
            uniforms: tf.Tensor | None) -> tf.Tensor:
-    # Then CIFAR's augmentation scaled to the size (a random shift of up to 1/8 of the side, and a horizontal flip).
-    if augment:
-        images = _pad_and_random_crop(images, max(1, image_size // 8), uniforms[:, :2])
-        images = _random_flip_left_right(images, uniforms[:, 2])
-    return _normalise(images, spec)  # [B, S, S, 3] float32
+    return _normalise(_augment_batch(images, augmentation, image_size, uniforms), spec)  # [B, S, S, 3] float32
 
 
-def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
-    if not augment:
-        return imagenet_eval(image, spec, image_size, augment, seed)
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    # Inception-style random-resized crop: area 8%-100% of the image, aspect ratio 3/4-4/3, 10 attempts,
-    # the whole image when all fail. TF samples the aspect ratio uniformly (torchvision: log-uniform).
+def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+                   seed: tf.Tensor) -> tf.Tensor:
+    if augmentation is None or augmentation.crop != "random_resized":
+        return imagenet_eval(image, spec, image_size, augmentation, seed)
+    # Inception-style random-resized crop: area in `scale` (8%-100%), aspect ratio 3/4-4/3, 10 attempts, the whole
+    # image when all fail. TF samples the aspect ratio uniformly (torchvision: log-uniform).
+    crop_seed = tf.random.experimental.stateless_split(seed, 2)[0]  # (the crops of the runs before the flip moved)
     shape = tf.image.extract_jpeg_shape(image) if image.dtype == tf.string else tf.shape(image)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
         seed=crop_seed,
         min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.08, 1.0),
+        aspect_ratio_range=ASPECT_RATIOS,
+        area_range=augmentation.scale,
         max_attempts=10,
         use_image_if_no_bounding_boxes=True,
     )
@@ -110,12 +166,12 @@ def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment
     else:
         image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return _normalise(image, spec)  # [S, S, 3] float32
+    return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32, normalised per batch
 
 
-def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool, seed: tf.Tensor) -> tf.Tensor:
-    del augment, seed
+def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+                  seed: tf.Tensor) -> tf.Tensor:
+    del augmentation, seed
     image = _decode(image, 3)  # [h, w, 3] uint8
     # Resize the shorter side to image_size / 0.875, then the central image_size square.
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -124,24 +180,39 @@ def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment:
     image = tf.image.resize(image, resized_shape, method="bilinear", antialias=True)
     top, left = (resized_shape[0] - image_size) // 2, (resized_shape[1] - image_size) // 2
     image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
-    return _normalise(image, spec)  # [S, S, 3] float32
+    return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32, normalised per batch
+
+
+def imagenet(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+             uniforms: tf.Tensor | None) -> tf.Tensor:
+    # The crop was drawn per example (imagenet_train); a "shift" crop, the flip and the jitter are the batch's.
+    crop_per_example = augmentation is not None and augmentation.crop != "shift"
+    images = _augment_batch(images, augmentation, image_size, uniforms, crop_per_example=crop_per_example)
+    return _normalise(images, spec)  # [B, S, S, 3] float32
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
     """A family's preprocessing in two stages. Per example, what depends on the example's own size (decoding,
     resizing, ImageNet's random crop, seeded by the example's `seed`); then per batch, what is the same for every
-    image of the batch (shifts, flips, normalising), as one TF op over the batch instead of one per example (for
-    8x8 digits that is 10x less host CPU per batch). `per_batch` takes `draws` uniform numbers per example."""
+    image of the batch (shifts, flips, jitter, normalising), as one TF op over the batch instead of one per example
+    (for 8x8 digits that is 10x less host CPU per batch). `per_batch` takes `draws(augmentation)` uniform numbers
+    per example. At evaluation both stages get augmentation None."""
 
-    per_example: Callable[[tf.Tensor, DatasetSpec, int, bool, tf.Tensor], tf.Tensor] | None = None
-    per_batch: Callable[[tf.Tensor, DatasetSpec, int, bool, tf.Tensor | None], tf.Tensor] | None = None
-    draws: int = 0
+    per_example: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor], tf.Tensor] | None
+    per_batch: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor | None], tf.Tensor]
+    crop_per_example: bool = False  # ImageNet: its random_resized crop is drawn on the decoded photo
+
+    def draws(self, augmentation: Augmentation | None) -> int:
+        if augmentation is None:
+            return 0
+        per_example = self.crop_per_example and augmentation.crop != "shift"
+        return augmentation.batch_draws(crop_per_example=per_example)
 
 
 FAMILIES = {
-    "cifar": Preprocessing(per_batch=cifar, draws=3),
-    "digits": Preprocessing(per_batch=digits, draws=2),
-    "imagenet": Preprocessing(per_example=imagenet_train),  # (imagenet_eval when augment is False)
-    "folder": Preprocessing(per_example=folder_decode, per_batch=folder, draws=3),
+    "cifar": Preprocessing(per_example=None, per_batch=cifar),
+    "digits": Preprocessing(per_example=None, per_batch=digits),
+    "imagenet": Preprocessing(per_example=imagenet_train, per_batch=imagenet, crop_per_example=True),
+    "folder": Preprocessing(per_example=folder_decode, per_batch=folder),
 }

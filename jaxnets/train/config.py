@@ -45,7 +45,13 @@ def engine_config() -> ml_collections.ConfigDict:
     c.image_size = placeholder(int)  # None: the dataset's (32 CIFAR, 224 ImageNet, 8 digits)
     c.train_split = placeholder(str)  # None: the dataset's standard split
     c.eval_split = placeholder(str)
-    c.augment = True
+    c.augment = True  # False: no augmentation at all
+    # Which augmentation (jaxnets/data/augmentation.py); flip and crop None: the dataset kind's (digits: no flip).
+    c.augmentation = ml_collections.ConfigDict()
+    c.augmentation.flip = placeholder(bool)
+    c.augmentation.crop = placeholder(str)  # "shift", "random_resized" or "none"
+    c.augmentation.scale = (0.08, 1.0)  # random_resized: the crop's share of the area
+    c.augmentation.color_jitter = 0.0  # brightness, contrast, saturation factors in [1 - j, 1 + j]
     c.shuffle_buffer = placeholder(int)  # None: the dataset's (50k CIFAR, 16k ImageNet)
     c.cache = placeholder(bool)  # None: cached in memory except ImageNet
     c.seed = 0

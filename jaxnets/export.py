@@ -79,7 +79,11 @@ def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A0
     returns the paths written."""
     if format not in FORMATS:
         raise UserError(f"unknown export format {format!r}; one of: {', '.join(FORMATS)}")
-    served = serving_function(workdir)
+    return write(serving_function(workdir), output, format)
+
+
+def write(served: Served, output, format: str) -> list[str]:  # noqa: A002
+    """Writes a served function (a run's, or any model's: benchmarks/inference.py) as `format`."""
     served = dataclasses.replace(served, logits=_with_xla_convolutions(served.logits))
     output = os.fspath(output)
     {"stablehlo": _stablehlo, "savedmodel": _savedmodel, "tflite": _tflite}[format](served, output)

@@ -140,10 +140,12 @@ def folder(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: 
     return _normalise(_augment_batch(images, augmentation, image_size, uniforms), spec)  # [B, S, S, 3] float32
 
 
-def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
-                   seed: tf.Tensor) -> tf.Tensor:
+def imagenet_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+                    seed: tf.Tensor) -> tf.Tensor:
+    # The per-example stage: the evaluation's resize and centre crop, or the training's random-resized crop.
+    del spec
     if augmentation is None or augmentation.crop != "random_resized":
-        return imagenet_eval(image, spec, image_size, augmentation, seed)
+        return _imagenet_eval_pixels(image, image_size)
     # Inception-style random-resized crop: area in `scale` (8%-100%), aspect ratio 3/4-4/3, 10 attempts, the whole
     # image when all fail. TF samples the aspect ratio uniformly (torchvision: log-uniform).
     crop_seed = tf.random.experimental.stateless_split(seed, 2)[0]  # (the crops of the runs before the flip moved)
@@ -169,9 +171,14 @@ def imagenet_train(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment
     return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32, normalised per batch
 
 
-def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
-                  seed: tf.Tensor) -> tf.Tensor:
-    del augmentation, seed
+def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augment: bool = False,
+                  seed: tf.Tensor | None = None) -> tf.Tensor:
+    """One image (encoded or decoded) as ImageNet's evaluation sees it: [S, S, 3] float32, normalised."""
+    del augment, seed
+    return _normalise(_imagenet_eval_pixels(image, image_size), spec)
+
+
+def _imagenet_eval_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
     image = _decode(image, 3)  # [h, w, 3] uint8
     # Resize the shorter side to image_size / 0.875, then the central image_size square.
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -185,7 +192,7 @@ def imagenet_eval(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmenta
 
 def imagenet(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
              uniforms: tf.Tensor | None) -> tf.Tensor:
-    # The crop was drawn per example (imagenet_train); a "shift" crop, the flip and the jitter are the batch's.
+    # The crop was drawn per example (imagenet_decode); a "shift" crop, the flip and the jitter are the batch's.
     crop_per_example = augmentation is not None and augmentation.crop != "shift"
     images = _augment_batch(images, augmentation, image_size, uniforms, crop_per_example=crop_per_example)
     return _normalise(images, spec)  # [B, S, S, 3] float32
@@ -213,6 +220,6 @@ class Preprocessing:
 FAMILIES = {
     "cifar": Preprocessing(per_example=None, per_batch=cifar),
     "digits": Preprocessing(per_example=None, per_batch=digits),
-    "imagenet": Preprocessing(per_example=imagenet_train, per_batch=imagenet, crop_per_example=True),
+    "imagenet": Preprocessing(per_example=imagenet_decode, per_batch=imagenet, crop_per_example=True),
     "folder": Preprocessing(per_example=folder_decode, per_batch=folder),
 }

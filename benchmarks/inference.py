@@ -1,0 +1,191 @@
+"""Inference speed per family on the CPU: jaxnets beside PyTorch and beside the LiteRT interpreter running the
+.tflite file jaxnets exports.
+
+    python benchmarks/inference.py [--models a,b] [--rounds 5] [--json PATH] [--tiny]
+
+Per model at its reference size (ImageNet models 224x224, CIFAR-sized ones 32x32), float32, eval mode:
+- latency: one image a call, milliseconds (median over rounds);
+- throughput: 32 images, images/s (LiteRT's file takes one image a call, as on a phone: 32 calls).
+jaxnets: `jax.jit(model.apply(train=False))` with its default CPU convolutions (oneDNN). PyTorch: the model's twin
+(tests/torch_twins) in `.eval()`, channels_last, under `torch.inference_mode()`, its default thread count.
+LiteRT: the model written by `jaxnets.export.write(..., "tflite")` (uint8 images in, the normalisation inside:
+one cast and one multiply-add more than the others) in a child process, so that this one imports no TensorFlow,
+run by `ai_edge_litert`'s Interpreter with PyTorch's thread count. Same weights in jaxnets and LiteRT (a fixed
+draw); the twin keeps its own initialisation (a forward's speed does not depend on the weights' values).
+Rounds interleave every contender; ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
+
+Writes --json (default benchmarks/results/inference.json; --tiny: inference_tiny.json) and the markdown beside
+it. --tiny runs every code path on toy shapes, for the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+import torch
+from harness import REPO, environment, results
+from harness.rounds import freeze_loaded_objects, interleave, timed
+from harness.runners import host_variables, twin
+
+from jaxnets.models import create_model, layers, list_models, model_entry
+from jaxnets.models.enas import random_arc
+
+NUM_CLASSES = 10
+THROUGHPUT_BATCH = 32
+DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "enas_macro")
+
+# The child that writes the .tflite file: the same model and variables (harness.runners.host_variables' fixed
+# draw), served as jaxnets.export serves a run (uint8 in, the ImageNet normalisation inside).
+EXPORT_CHILD = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import jax, jax.numpy as jnp
+from harness.runners import host_variables
+from jaxnets.export import Served, write
+from jaxnets.models import create_model
+name, overrides, size, path = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+model = create_model(name, num_classes=10, **overrides)
+variables = host_variables(model, jnp.zeros((1, size, size, 3)))
+def logits(images):
+    x = (images.astype(jnp.float32) / 255.0 - 0.45) / 0.225
+    return model.apply(variables, x, train=False)
+write(Served(logits, (size, size, 3), tuple(map(str, range(10))), "folder"), path, "tflite")
+"""
+
+
+def model_overrides(name: str, tiny: bool) -> dict:
+    if tiny and name == "enas_macro":  # 3 layers of 8 filters, not the released 24 x 96 child
+        return {"num_layers": 3, "num_filters": 8, "arc": " ".join(map(str, random_arc(0, 3, 4)))}
+    if tiny and name == "mobilenet_v2":
+        return {"width_multiplier": 0.25}
+    return {}
+
+
+def jax_forward(name: str, overrides: dict, size: int):
+    model = create_model(name, num_classes=NUM_CLASSES, **overrides)
+    variables = jax.device_put(host_variables(model, np.zeros((1, size, size, 3), np.float32)))
+    with layers.conv_lowering("auto", jax.devices()[0].platform):
+        apply = jax.jit(functools.partial(model.apply, train=False))
+        for batch in (1, THROUGHPUT_BATCH):  # compiled before the clock starts
+            jax.block_until_ready(apply(variables, np.zeros((batch, size, size, 3), np.float32)))
+
+    def run(images):
+        jax.block_until_ready(apply(variables, images))
+
+    return run
+
+
+def torch_forward(name: str, overrides: dict):
+    build = twin(name, NUM_CLASSES, **overrides)
+    if build is None:
+        return None
+    module = build[0]().eval().to(memory_format=torch.channels_last)
+
+    def run(images_nchw):
+        with torch.inference_mode():
+            module(torch.from_numpy(images_nchw).contiguous(memory_format=torch.channels_last))
+
+    return run
+
+
+def litert_forward(name: str, overrides: dict, size: int, directory: str):
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = os.path.join(directory, f"{name}.tflite")
+    subprocess.run([sys.executable, "-c", EXPORT_CHILD, name, json.dumps(overrides), str(size), path], cwd=REPO,
+                   check=True, capture_output=True)
+    interpreter = Interpreter(model_path=path, num_threads=torch.get_num_threads())
+    interpreter.allocate_tensors()
+    (given,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+    def run(images_uint8):
+        for image in images_uint8:
+            interpreter.set_tensor(given["index"], image[None])
+            interpreter.invoke()
+            interpreter.get_tensor(output["index"])
+
+    return run
+
+
+def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
+    size = 8 if tiny else model_entry(name).reference.image_size
+    overrides = model_overrides(name, tiny)
+    rng = np.random.default_rng(0)
+    pixels = {batch: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for batch in (1, THROUGHPUT_BATCH)}
+    nhwc = {batch: ((p / 255.0 - 0.45) / 0.225).astype(np.float32) for batch, p in pixels.items()}
+    nchw = {batch: np.ascontiguousarray(x.transpose(0, 3, 1, 2)) for batch, x in nhwc.items()}
+    runners = {"jaxnets": (jax_forward(name, overrides, size), nhwc), "pytorch": (torch_forward(name, overrides), nchw),
+               "litert": (litert_forward(name, overrides, size, directory), pixels)}
+    calls = {}
+    for framework, (run, inputs) in runners.items():
+        if run is None:
+            continue
+        for batch in (1, THROUGHPUT_BATCH):
+            calls[f"{framework} {batch}"] = timed(functools.partial(run, inputs[batch]), per=batch)
+    measured = interleave(calls, rounds)
+    row = {"model": name, "image_size": size, "overrides": overrides}
+    for framework in runners:
+        if f"{framework} 1" in calls:
+            row[framework] = {"latency_ms": 1000 * measured.median(f"{framework} 1"),
+                              "images_per_s": 1 / measured.median(f"{framework} {THROUGHPUT_BATCH}")}
+    for other in ("pytorch", "litert"):
+        if other in row:
+            row[f"latency_ratio_{other}"] = row[other]["latency_ms"] / row["jaxnets"]["latency_ms"]
+            row[f"throughput_ratio_{other}"] = row["jaxnets"]["images_per_s"] / row[other]["images_per_s"]
+    return row
+
+
+def markdown_body(report: dict) -> list[str]:
+    rows = []
+    for r in report["models"]:
+        cell = lambda framework, key, spec: results.num(r.get(framework, {}).get(key), spec)  # noqa: E731
+        rows.append([f"{r['model']} ({r['image_size']}px)",
+                     cell("jaxnets", "latency_ms", ".1f"), cell("pytorch", "latency_ms", ".1f"),
+                     cell("litert", "latency_ms", ".1f"),
+                     results.num(r.get("latency_ratio_pytorch"), ".2f", "x"),
+                     results.num(r.get("latency_ratio_litert"), ".2f", "x"),
+                     cell("jaxnets", "images_per_s", ".1f"), cell("pytorch", "images_per_s", ".1f"),
+                     cell("litert", "images_per_s", ".1f"),
+                     results.num(r.get("throughput_ratio_pytorch"), ".2f", "x"),
+                     results.num(r.get("throughput_ratio_litert"), ".2f", "x")])
+    return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds. Latency: one image a call (ms); "
+            f"throughput: {THROUGHPUT_BATCH} images a call (LiteRT: 32 calls of one), images/s. Ratios: jaxnets "
+            "faster when > 1.", "",
+            *results.table(["model", "jaxnets ms", "PyTorch ms", "LiteRT ms", "vs PyTorch", "vs LiteRT",
+                            "jaxnets img/s", "PyTorch img/s", "LiteRT img/s", "vs PyTorch", "vs LiteRT"], rows)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", help=f"comma-separated (default: {','.join(DEFAULT_MODELS)})")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --tiny 1)")
+    parser.add_argument("--json", help="where to write the results (default: benchmarks/results/inference.json)")
+    parser.add_argument("--tiny", action="store_true", help="every code path on toy shapes (for the test)")
+    args = parser.parse_args()
+    models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    rounds = args.rounds or (1 if args.tiny else 5)
+    freeze_loaded_objects()
+    report = {"environment": environment.capture(), "tiny": args.tiny, "rounds": rounds, "models": []}
+    with tempfile.TemporaryDirectory() as directory:
+        for name in models:
+            report["models"].append(row := measure(name, rounds, args.tiny, directory))
+            print(json.dumps(row), flush=True)
+    title = f"Inference on the CPU{' (--tiny)' if args.tiny else ''}: jaxnets beside PyTorch and LiteRT"
+    path = pathlib.Path(args.json) if args.json else results.default_path("inference", args.tiny)
+    print(results.write(path, report, title, markdown_body(report)))
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,7 @@ VARIABLES = (
 )
 PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "numpy",
             "onednn-cpu-gomp", "torch", "torchvision", "triton", "tensorflow", "tensorflow-cpu",
-            "tensorflow-datasets")
+            "tensorflow-datasets", "ai-edge-litert")
 
 
 def capture(**extra) -> dict:

@@ -77,18 +77,23 @@ def serving_function(workdir) -> Served:
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)
     """Writes the run in `workdir` as `format` to `output`, and its class names to `output` + ".classes.txt";
     returns the paths written."""
-    if format not in FORMATS:
-        raise UserError(f"unknown export format {format!r}; one of: {', '.join(FORMATS)}")
+    _check_format(format)  # (before the checkpoint is read)
     return write(serving_function(workdir), output, format)
 
 
 def write(served: Served, output, format: str) -> list[str]:  # noqa: A002
     """Writes a served function (a run's, or any model's: benchmarks/inference.py) as `format`."""
+    _check_format(format)
     served = dataclasses.replace(served, logits=_with_xla_convolutions(served.logits))
     output = os.fspath(output)
     {"stablehlo": _stablehlo, "savedmodel": _savedmodel, "tflite": _tflite}[format](served, output)
     _write(output + ".classes.txt", "".join(f"{name}\n" for name in served.class_names).encode())
     return [output, output + ".classes.txt"]
+
+
+def _check_format(format: str) -> None:  # noqa: A002
+    if format not in FORMATS:
+        raise UserError(f"unknown export format {format!r}; one of: {', '.join(FORMATS)}")
 
 
 def _with_xla_convolutions(logits):

@@ -101,8 +101,10 @@ def litert_forward(name: str, overrides: dict, size: int, directory: str):
     from ai_edge_litert.interpreter import Interpreter
 
     path = os.path.join(directory, f"{name}.tflite")
-    subprocess.run([sys.executable, "-c", EXPORT_CHILD, name, json.dumps(overrides), str(size), path], cwd=REPO,
-                   check=True, capture_output=True)
+    child = subprocess.run([sys.executable, "-c", EXPORT_CHILD, name, json.dumps(overrides), str(size), path],
+                           cwd=REPO, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"exporting {name} to TFLite failed:\n{child.stderr[-3000:]}")
     interpreter = Interpreter(model_path=path, num_threads=torch.get_num_threads())
     interpreter.allocate_tensors()
     (given,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
@@ -144,10 +146,14 @@ def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     return row
 
 
+def _cell(row: dict, framework: str, key: str, spec: str) -> str:
+    return results.num(row.get(framework, {}).get(key), spec)
+
+
 def markdown_body(report: dict) -> list[str]:
     rows = []
     for r in report["models"]:
-        cell = lambda framework, key, spec: results.num(r.get(framework, {}).get(key), spec)  # noqa: E731
+        cell = functools.partial(_cell, r)
         rows.append([f"{r['model']} ({r['image_size']}px)",
                      cell("jaxnets", "latency_ms", ".1f"), cell("pytorch", "latency_ms", ".1f"),
                      cell("litert", "latency_ms", ".1f"),

@@ -23,7 +23,7 @@ def get_config():
     c.model = "resnext50_32x4d"
     c.dataset = "folder:/path/to/your/images"  # replace on the command line: --config.dataset=folder:DIR
     c.image_size = 224
-    c.augmentation.crop = "random_resized"  # torchvision's RandomResizedCrop(224) and horizontal flip
+    c.augmentation.crop = "random_resized"  # and a flip, as torchvision's (drawn on the image resized to 224)
     c.global_batch_size = 32
     c.eval_batch_size = 64
     c.num_epochs = 15

@@ -6,7 +6,8 @@
     probabilities = classifier(images)              # uint8 [N, H, W, C] at the run's evaluation size
     images = classifier.load(["a.jpg", "b.png"])    # image files, resized as the run's evaluation resizes
 
-Each file is decoded with Pillow to the run's channels (RGB, or grey) and resized as the evaluation did: the
+Each file is decoded with Pillow to the run's channels (RGB, or grey) and resized as the evaluation did (with
+Pillow's bilinear resize and uint8 pixels, where the evaluation used TF's in float: round-off apart): the
 shorter side to size / 0.875 and the central square for an ImageNet run, the whole image to the run's size for
 the others (bilinear, antialiased). The model is `jaxnets.export.serving_function`'s: the same function the
 exported files hold.
@@ -97,11 +98,17 @@ def image_files(paths: Sequence[str]) -> list[str]:
     return files
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxnets.classify", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="image files, or folders of them")
     parser.add_argument("--workdir", required=True, help="the trained run (a workdir or one of its steps)")
-    parser.add_argument("--top", type=int, default=5, help="how many classes to print per image")
+    parser.add_argument("--top", type=_positive, default=5, help="how many classes to print per image")
     args = parser.parse_args(argv)
     try:
         files = image_files(args.paths)

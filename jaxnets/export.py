@@ -59,8 +59,11 @@ class Served:
 def serving_function(workdir) -> Served:
     """The run in `workdir` (or one of its steps) as a function of uint8 images (see the module's docstring)."""
     step_dir = resolve_step_dir(workdir)  # CheckpointNotFoundError: one line naming the path
-    model, variables, config = load_checkpoint(step_dir)
     meta = read_meta(step_dir)
+    if meta["config"].get("task") == "search":
+        raise UserError(f"{step_dir} is an ENAS search (its shared network takes an architecture as an input): "
+                        "train the arc it found (WORKDIR/final_config.py) and export that run")
+    model, variables, config = load_checkpoint(step_dir)
     spec = dataset_spec(config.dataset)
     channels = (1, 1, 1, -1)  # per channel, over [N, H, W, C] (the suite forbids implicit rank promotion)
     mean = jnp.asarray(spec.mean, jnp.float32).reshape(channels)

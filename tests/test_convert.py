@@ -131,6 +131,16 @@ def test_pth_files_are_read_with_weights_only_where_torch_is_installed(tmp_path,
         load_arrays(other)
 
 
+def test_a_truncated_weights_file_is_one_line(tmp_path):
+    np.savez(tmp_path / "whole.npz", w=np.arange(1000.0))
+    (tmp_path / "weights.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:500])
+    (tmp_path / "weights.safetensors").write_bytes(b"\x00\x01 not a whole file")
+    for name in ("weights.safetensors", "weights.npz"):
+        with pytest.raises(ValueError, match=rf"^'\S+{name}' cannot be read: \S") as raised:
+            load_arrays(tmp_path / name)
+        assert "\n" not in str(raised.value)
+
+
 def test_npz_with_pickled_objects_is_refused(tmp_path):
     path = tmp_path / "objects.npz"
     np.savez(path, w=np.array([{"code": 1}], dtype=object))

@@ -99,7 +99,14 @@ def test_frozen_bn_statistics_normalise_the_batch_in_training_and_stay():
 @pytest.mark.parametrize("field, value, message", [
     ("frozen", "layer(1", r"config.classification.frozen: 'layer\(1' is not a regular expression \(missing \)"),
     ("frozen", 3, r"config.classification.frozen must be a regular expression or 'backbone', got 3"),
-    ("backbone_lr_multiplier", -0.1, r"config.classification.backbone_lr_multiplier must be a number >= 0, got -0.1"),
+    ("backbone_lr_multiplier", -0.1, r"config.classification.backbone_lr_multiplier must be a number > 0, got -0.1"),
+    ("backbone_lr_multiplier", 0.0, r"config.classification.backbone_lr_multiplier must be a number > 0, got 0.0 "
+                                    r"\(to train the classifier alone: config.classification.frozen='backbone'\)"),
+    ("backbone_lr_multiplier", float("inf"), r"config.classification.backbone_lr_multiplier must be a number > 0, "
+                                             r"got inf"),
+    ("frozen", "layer9", r"config.classification.frozen='layer9' matches no module; the model's modules are named "
+                         r"like bn1, conv1, fc, ..., layer2_0/downsample_conv"),
+    ("frozen", ".", r"config.classification.frozen='.' matches every module: nothing would train"),
     ("freeze_bn_statistics", "yes", r"config.classification.freeze_bn_statistics must be True or False, got 'yes'"),
 ])
 def test_each_bad_fine_tuning_field_is_refused_in_one_line(field, value, message):

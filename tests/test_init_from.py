@@ -3,6 +3,7 @@ weights_only=True), .safetensors or .npz; a run on another class count starts a 
 everything else; every other mismatch is refused in one line before anything compiles or is written.
 (A run's own checkpoint as the source: test_checkpoint.py.)"""
 
+import argparse
 import logging
 
 import jax
@@ -42,15 +43,16 @@ def flat(tree) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def resnext50(tmp_path_factory):
     """A 1000-class ResNeXt-50 (the PyTorch twin, random BN statistics) as torchvision's .pth and .safetensors,
-    and as a training script's checkpoint (nn.DataParallel's "module." names under "state_dict")."""
+    and as a training script's checkpoint (its arguments beside nn.DataParallel's "module." names under
+    "state_dict")."""
     directory = tmp_path_factory.mktemp("weights")
     twin = resnet.resnext50_32x4d()
     randomise_batch_norm(twin, seed=0)
     state_dict = twin.state_dict()
     torch.save(state_dict, directory / "resnext50_32x4d.pth")
     safetensors.torch.save_file(state_dict, directory / "resnext50_32x4d.safetensors")
-    torch.save({"epoch": 7, "state_dict": {f"module.{k}": v for k, v in state_dict.items()}},
-               directory / "checkpoint.pth.tar.pth")
+    torch.save({"epoch": 7, "args": argparse.Namespace(lr=0.1, model="resnext50_32x4d"),  # as timm's train.py
+                "state_dict": {f"module.{k}": v for k, v in state_dict.items()}}, directory / "checkpoint.pth.tar.pth")
     return directory, state_dict
 
 

@@ -23,6 +23,7 @@ from jaxnets.checkpoints.manager import model_differences
 from jaxnets.convert.files import is_weight_file, load_arrays
 from jaxnets.convert.torchvision import convert_state_dict, torch_keys
 from jaxnets.errors import CheckpointNotFoundError, IncompatibleCheckpointError
+from jaxnets.models import model_entry
 
 log = logging.getLogger("jaxnets")
 
@@ -53,7 +54,8 @@ def init_source(path, config: dict, target_state) -> InitSource:
         source = _weight_file(path, config)
     else:
         source = _checkpoint(path, config)
-    fresh = _fresh_classifier(source.name, source.shapes, target)
+    classifier = ("params", *model_entry(config["model"]).classifier.split("/"))
+    fresh = _fresh_classifier(source.name, source.shapes, target, classifier)
     return dataclasses.replace(source, fresh=fresh)
 
 
@@ -107,10 +109,11 @@ def _weight_file(path: str, config: dict) -> InitSource:
     return InitSource(path, _flat_shapes(arrays), (), lambda sharding: jax.device_put(arrays, sharding))
 
 
-def _fresh_classifier(name: str, source: dict, target: dict) -> tuple[tuple[str, ...], ...]:
-    """The target paths that start afresh: a classifier whose class count differs from the source's (the arrays
-    of one module that differ in their last dimension only, all by the same counts). Any other difference is
-    refused, naming the first differing variable."""
+def _fresh_classifier(name: str, source: dict, target: dict,
+                      classifier: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The target paths that start afresh: the model's classifier (`classifier`: its module's path) when its class
+    count differs from the source's (its arrays differ in their last dimension only, all by the same counts). Any
+    other difference is refused, naming the first differing variable."""
     missing = sorted(target.keys() - source.keys())
     if missing:
         raise IncompatibleCheckpointError(
@@ -124,7 +127,7 @@ def _fresh_classifier(name: str, source: dict, target: dict) -> tuple[tuple[str,
     differing = [p for p in sorted(target) if source[p] != target[p]]
     modules = {p[:-1] for p in differing}
     counts = {(source[p][-1], target[p][-1]) for p in differing}
-    is_classifier = (len(modules) == 1 and len(counts) == 1 and all(p[0] == "params" for p in differing)
+    is_classifier = (modules == {classifier} and len(counts) == 1
                      and all(source[p][:-1] == target[p][:-1] for p in differing))
     if differing and not is_classifier:
         first = differing[0]

@@ -3,9 +3,12 @@ through `torch.load(weights_only=True)` (which refuses pickled code) where torch
 
 from __future__ import annotations
 
+import argparse
 import os
+import zipfile
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 WEIGHT_FILE_SUFFIXES = (".safetensors", ".npz", ".pth", ".pt")
@@ -19,19 +22,23 @@ _STATE_DICT_ENTRIES = ("state_dict", "model", "state_dict_ema", "model_ema")
 
 
 def is_weight_file(path) -> bool:
-    return os.fspath(path).endswith(WEIGHT_FILE_SUFFIXES)
+    return os.fspath(path).lower().endswith(WEIGHT_FILE_SUFFIXES)
 
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        return load_file(path)
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    if path.endswith((".pth", ".pt")):
+    suffix = path.lower()
+    try:
+        if suffix.endswith(".safetensors"):
+            return load_file(path)
+        if suffix.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as archive:
+                return {name: archive[name] for name in archive.files}
+    except (OSError, EOFError, zipfile.BadZipFile, SafetensorError) as e:  # a truncated or corrupt file: one line
+        raise ValueError(f"{path!r} cannot be read: {' '.join(str(e).split())[:300]}") from None
+    if suffix.endswith((".pth", ".pt")):
         return _load_torch_file(path)
     raise ValueError(f"{path!r} is not a {', '.join(WEIGHT_FILE_SUFFIXES)} file; {HOW_TO_CONVERT}")
 
@@ -41,8 +48,9 @@ def _load_torch_file(path: str) -> dict[str, np.ndarray]:
         import torch  # optional: only PyTorch reads its own format, and jaxnets does not depend on it
     except ImportError:
         raise ValueError(f"{path!r} is a PyTorch file and PyTorch is not installed here; {HOW_TO_CONVERT}") from None
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # training scripts (timm's, torchvision's references) save their argparse arguments beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickled code, a truncated file, ...: torch's reason, on one line
         reason = " ".join(str(e).split())[:300]
         raise ValueError(f"{path!r} cannot be read as a PyTorch state dict with weights_only=True: {reason}") from None

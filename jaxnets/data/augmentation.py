@@ -11,7 +11,7 @@
 |---|---|---|
 | cifar10, cifar100 | yes | shift: up to 4 px (of 32), zero padding (the CIFAR papers' and torchvision's) |
 | digits | no | shift: up to 1 px (of 8) |
-| imagenet2012 | yes | random_resized (torchvision's RandomResizedCrop: area `scale`, aspect ratio 3/4 to 4/3) |
+| imagenet2012 | yes | random_resized (area `scale`, aspect ratio 3/4 to 4/3; TF's sampler, per photo) |
 | folder: | yes | shift: up to 1/8 of the side |
 
 A random_resized crop takes a uniform share of the image's area in `scale` and a log-uniform aspect ratio in
@@ -54,8 +54,9 @@ def section_defaults() -> dict[str, Any]:
 def resolve(section: Any, flip: bool, crop: str) -> Augmentation:
     """`config.augmentation` (a mapping; absent fields take their defaults) with the dataset kind's `flip` and
     `crop` where it says None; ValueError naming the first bad field."""
-    fields = {**section_defaults(), **{k: v for k, v in dict(section or {}).items() if v is not None}}
-    unknown = sorted(set(fields) - set(section_defaults()))
+    given = dict(section or {})
+    fields = {**section_defaults(), **{k: v for k, v in given.items() if v is not None}}
+    unknown = sorted(set(given) - set(section_defaults()))
     if unknown:
         raise ValueError(f"config.augmentation: unknown field(s) {', '.join(unknown)}; the fields are "
                          f"{', '.join(section_defaults())}")

@@ -178,7 +178,5 @@ def check_data_config(config: Any) -> DataConfig:
         value = getattr(data, field)
         if not ok(value):
             raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
-    if data.augment:
-        augmentation = resolve_augmentation(config.get("augmentation", None), spec.flip, spec.crop)
-        data = dataclasses.replace(data, augmentation=augmentation)
-    return data
+    augmentation = resolve_augmentation(config.get("augmentation", None), spec.flip, spec.crop)  # (checked always)
+    return dataclasses.replace(data, augmentation=augmentation if data.augment else None)

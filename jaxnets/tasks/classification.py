@@ -97,11 +97,15 @@ class ClassificationTask:
 
 def build(config, dataset, steps_per_epoch: int) -> ClassificationTask:
     section, classifier = config.classification, model_entry(config.model).classifier
+    model = create_model_from_config(config, dataset.num_classes)
     frozen = finetune.frozen_pattern(section, classifier)
+    if frozen is not None:  # (traced, not compiled: the parameters' paths)
+        image = jnp.zeros((1, *dataset.image_shape), jnp.float32)
+        finetune.check_frozen_matches(section, frozen, jax.eval_shape(model.init, jax.random.key(0), image)["params"])
     tx = finetune.by_part(create_optimizer(config, steps_per_epoch), frozen=frozen, classifier=classifier,
                           backbone_multiplier=section.backbone_lr_multiplier)
     return ClassificationTask(
-        model=create_model_from_config(config, dataset.num_classes),
+        model=model,
         tx=tx,
         schedule=create_schedule(config, steps_per_epoch),
         config=config,

@@ -15,6 +15,7 @@ part computes exactly what it computed before the run, bit for bit.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 
@@ -48,8 +49,10 @@ def check(section) -> None:
     except re.error as e:
         raise ConfigError(f"config.classification.frozen: {frozen!r} is not a regular expression ({e})") from None
     multiplier = section.backbone_lr_multiplier
-    if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not multiplier >= 0:
-        raise ConfigError(f"config.classification.backbone_lr_multiplier must be a number >= 0, got {multiplier!r}")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, numbers.Real) or not 0 < multiplier < math.inf:
+        hint = " (to train the classifier alone: config.classification.frozen='backbone')" if multiplier == 0 else ""
+        raise ConfigError(f"config.classification.backbone_lr_multiplier must be a number > 0, got {multiplier!r}"
+                          f"{hint}")
     if not isinstance(section.freeze_bn_statistics, bool):
         raise ConfigError(f"config.classification.freeze_bn_statistics must be True or False, "
                           f"got {section.freeze_bn_statistics!r}")
@@ -60,6 +63,21 @@ def frozen_pattern(section, classifier: str) -> str | None:
     if section.frozen == BACKBONE:
         return f"^(?!{re.escape(classifier)}$)"  # every path but the classifier's
     return section.frozen or None
+
+
+def check_frozen_matches(section, pattern: str | None, params) -> None:
+    """ConfigError when `pattern` (frozen_pattern's) freezes no module of `params` (a tree of the model's
+    parameters, shapes suffice) or every one of them: a mistyped pattern would silently train all or nothing."""
+    if pattern is None:
+        return
+    modules = sorted({module_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]})
+    frozen = [m for m in modules if re.search(pattern, m)]
+    if not frozen:
+        raise ConfigError(f"config.classification.frozen={section.frozen!r} matches no module; the model's modules "
+                          f"are named like {', '.join(modules[:3])}, ..., {modules[-1]}")
+    if len(frozen) == len(modules):
+        raise ConfigError(f"config.classification.frozen={section.frozen!r} matches every module: nothing would "
+                          "train ('backbone' freezes all but the classifier)")
 
 
 def frozen_batch_norm_pattern(section, classifier: str) -> str | None:

@@ -39,10 +39,15 @@ class Augmentation:
     scale: tuple[float, float]  # area share of a random_resized crop
     color_jitter: float  # 0: none
 
+    def batch_crop(self, crop_per_example: bool) -> str:
+        """The crop the per-batch stage draws: "none" where the family draws its crop per example (ImageNet's
+        random_resized crop of the decoded photo; its shift stays the batch's), else `crop`."""
+        return "none" if crop_per_example and self.crop != "shift" else self.crop
+
     def batch_draws(self, crop_per_example: bool) -> int:
         """Uniform numbers per example the per-batch stage uses, in its column order: the crop's (shift 2,
-        random_resized 4, unless drawn per example), the flip's 1, the jitter's 3."""
-        crop = 0 if crop_per_example else {"shift": 2, "random_resized": 4, "none": 0}[self.crop]
+        random_resized 4), the flip's 1, the jitter's 3."""
+        crop = {"shift": 2, "random_resized": 4, "none": 0}[self.batch_crop(crop_per_example)]
         return crop + int(self.flip) + (3 if self.color_jitter else 0)
 
 

@@ -98,11 +98,12 @@ def _augment_batch(images: tf.Tensor, augmentation: Augmentation | None, size: i
     """The batch's augmentation (all of it but ImageNet's crop, drawn per example), then resized to size x size.
     The uniform numbers' columns: the crop's, the flip's, the jitter's (`Augmentation.batch_draws`)."""
     column = 0
-    if augmentation is not None and not crop_per_example:
-        if augmentation.crop == "shift":  # by up to an eighth of the side (CIFAR: 4 px of 32; digits: 1 of 8)
+    if augmentation is not None:
+        crop = augmentation.batch_crop(crop_per_example)
+        if crop == "shift":  # by up to an eighth of the side (CIFAR: 4 px of 32; digits: 1 of 8)
             images = _pad_and_random_crop(images, max(1, images.shape[1] // 8), uniforms[:, :2])
             column = 2
-        elif augmentation.crop == "random_resized":
+        elif crop == "random_resized":
             images = _random_resized_crop_batch(images, size, augmentation.scale, uniforms[:, :4])
             column = 4
     if augmentation is not None and augmentation.flip:
@@ -192,9 +193,8 @@ def _imagenet_eval_pixels(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def imagenet(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
              uniforms: tf.Tensor | None) -> tf.Tensor:
-    # The crop was drawn per example (imagenet_decode); a "shift" crop, the flip and the jitter are the batch's.
-    crop_per_example = augmentation is not None and augmentation.crop != "shift"
-    images = _augment_batch(images, augmentation, image_size, uniforms, crop_per_example=crop_per_example)
+    # A random_resized crop was drawn per example (imagenet_decode); a shift, the flip and the jitter are the batch's.
+    images = _augment_batch(images, augmentation, image_size, uniforms, crop_per_example=True)
     return _normalise(images, spec)  # [B, S, S, 3] float32
 
 
@@ -211,10 +211,7 @@ class Preprocessing:
     crop_per_example: bool = False  # ImageNet: its random_resized crop is drawn on the decoded photo
 
     def draws(self, augmentation: Augmentation | None) -> int:
-        if augmentation is None:
-            return 0
-        per_example = self.crop_per_example and augmentation.crop != "shift"
-        return augmentation.batch_draws(crop_per_example=per_example)
+        return 0 if augmentation is None else augmentation.batch_draws(self.crop_per_example)
 
 
 FAMILIES = {

@@ -144,15 +144,35 @@ def test_batch_norm_keeps_flax_batch_norms_variables():
         assert jax.tree.map(lambda a: a.dtype, ours) == jax.tree.map(lambda a: a.dtype, flax)
 
 
+def round_off_envelope(twin, steps, runs: int = 4, perturbation: float = 1e-6, **sgd) -> np.ndarray:
+    """How far round-off can move this run's losses, step by step: the largest relative distance from the float64
+    run of `runs` float64 runs whose initial weights are perturbed by `perturbation` relative (ten times float32's
+    rounding), as a running maximum (once a run has left, it does not come back)."""
+    reference = np.asarray(torch_steps(twin, steps, dtype=torch.float64, **sgd)[0])
+    distances = []
+    for seed in range(runs):
+        perturbed = copy.deepcopy(twin).double()
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for weights in perturbed.parameters():
+                weights.mul_(1 + perturbation * torch.randn(weights.shape, generator=generator, dtype=torch.float64))
+        losses = np.asarray(torch_steps(perturbed, steps, dtype=torch.float64, **sgd)[0])
+        distances.append(np.abs(losses - reference) / reference)
+    return np.maximum.accumulate(np.max(distances, axis=0))
+
+
 def test_the_quickstart_network_trains_20_steps_as_its_twin_does():
     """The quickstart's ResNeXt (one block per stage, 4 groups of 16) and its twin from the same weights, on the
     same 5 batches in turn (random images, labels that a linear rule on them gives: learnable), SGD with Nesterov
-    momentum at 0.01: the losses equal step by step.
+    momentum at 0.01: the losses equal step by step, as far as round-off lets any float32 run equal another.
 
     Training amplifies round-off, and by jumps: a ReLU input within round-off of 0 passes its gradient in one
-    program and not in another. On other batches of this kind PyTorch's own float32 run left its float64 run by 1e-2
-    within 20 steps. So the batches are ones where it does not (measured 2.4e-7 at most), checked here first; on
-    them jaxnets' float32 losses stay within 1e-4 of PyTorch's float64 ones (measured 1e-7)."""
+    program and not in another, and which one does depends on the CPU's kernels (on a Zen 3 PyTorch's float32 run
+    of these batches stayed within 2.4e-7 of its float64 run for 20 steps; on an AVX-512 Xeon it left by 2.5e-2
+    at step 4, where jaxnets' stayed within 1.7e-7). So the bound is measured on the run itself: 1e-5 plus three
+    times how far perturbing the initial weights by 1e-6 moves the float64 run by each step (at most 5e-5 over the
+    first three steps, where a wrong update rule shows; 3e-2 by the last). PyTorch's own float32 run is held to the
+    same bound, which is what makes it fair."""
     name, size = "resnext29_8x64d", 8
     overrides = {"stage_sizes": (1, 1, 1), "stage_planes": (16, 32, 64), "groups": 4, "width_per_group": 16}
     torch.manual_seed(0)
@@ -166,10 +186,13 @@ def test_the_quickstart_network_trains_20_steps_as_its_twin_does():
         batches.append((images, np.argmax(images.reshape(BATCH, -1) @ rule, axis=1).astype(np.int32)))
     steps = batches * 4
     sgd = {"nesterov": True, "learning_rate": 0.01, "label_smoothing": 0.0}
-    expected, _ = torch_steps(twin, steps, dtype=torch.float64, **sgd)
-    float32, _ = torch_steps(twin, steps, dtype=torch.float32, **sgd)
-    np.testing.assert_allclose(float32, expected, rtol=1e-5, err_msg="these batches no longer make a stable run")
+    expected = np.asarray(torch_steps(twin, steps, dtype=torch.float64, **sgd)[0])
     assert expected[-1] < 0.7 * expected[0], f"the twin must learn, or equal losses prove little: {expected}"
-    got, _ = jaxnets_steps(name, overrides, size, to_jaxnets(name, twin, overrides), steps,
-                           devices=jax.devices()[:1], **sgd)
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    bound = 1e-5 + 3 * round_off_envelope(twin, steps, **sgd)
+    assert np.all(bound[:3] < 2e-4), f"a run this sensitive tells no update rule from another: {bound}"
+    float32 = np.asarray(torch_steps(twin, steps, dtype=torch.float32, **sgd)[0])
+    got = np.asarray(jaxnets_steps(name, overrides, size, to_jaxnets(name, twin, overrides), steps,
+                                   devices=jax.devices()[:1], **sgd)[0])
+    for program, losses in (("PyTorch float32", float32), ("jaxnets", got)):
+        distance = np.abs(losses - expected) / expected
+        assert np.all(distance <= bound), (program, distance.tolist(), bound.tolist())

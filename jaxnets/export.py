@@ -1,6 +1,6 @@
 """A trained run as a function of images alone, and as a file that runs without jaxnets.
 
-    python -m jaxnets.export WORKDIR --format stablehlo --output model.stablehlo
+    python -m jaxnets.export WORKDIR --format {stablehlo,onnx,savedmodel,tflite} --output PATH
 
     served = jaxnets.export.serving_function(WORKDIR)   # served.logits(uint8 images) -> logits
     jaxnets.export.export(WORKDIR, "model.stablehlo")
@@ -8,25 +8,32 @@
 The served function takes a batch of uint8 images at the run's evaluation size, [N, H, W, C] (N free), and returns
 float32 logits [N, classes]. The evaluation's preprocessing after resizing (scaling to [0, 1], the dataset's mean
 and std) is inside it; the model's evaluation variables (the EMA's parameters where the run kept one) are
-constants; BatchNorm runs in inference mode; the convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU
-custom call that no other runtime has, and `jax.export` refuses them).
+constants; every BatchNorm that follows a convolution is folded into it (`jaxnets.models.folding`), the others run
+in inference mode; the convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU custom call that no other
+runtime has, and `jax.export` refuses them).
 
 Formats (`--format`), each tested in its own runtime against the JAX model:
 - `stablehlo`: `jax.export`, serialized, lowered for CPU, GPU (CUDA) and TPU. Any JAX runs it, jaxnets or not:
   `jax.export.deserialize(open(PATH, "rb").read()).call(images)`.
+- `onnx`: an ONNX model through jax2onnx (opset 21, recorded in the file), for onnxruntime and the other ONNX
+  runtimes: input `images` (uint8, batch free), output `logits`; the class names are in its metadata
+  (`class_names`, one per line).
 - `savedmodel`: a TensorFlow SavedModel (a directory) through `jax2tf` (the same StableHLO, for CPU, GPU and TPU,
   in TensorFlow's XlaCallModule): signature `serving_default`, input `images`, output `logits`; the class names
   are in it too (the variable `class_names`). TensorFlow Serving and `tf.saved_model.load` run it.
 - `tflite`: the same function converted by TensorFlow's LiteRT converter to TFLite's own operators (CONV_2D,
   DEPTHWISE_CONV_2D, ...), for the LiteRT interpreter (`ai_edge_litert`) on phones and edge devices; one image a
-  call ([1, H, W, C]).
+  call ([1, H, W, C]); the class names are in the model's metadata (`class_names`, one per line).
 Every format also gets PATH + ".classes.txt": the class names, one per line, in label order.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import shutil
 import sys
@@ -40,8 +47,10 @@ from jaxnets.checkpoints import load_checkpoint, read_meta, resolve_step_dir
 from jaxnets.data.datasets import dataset_spec
 from jaxnets.errors import UserError
 from jaxnets.models import layers
+from jaxnets.models.folding import fold_batch_norm
 
-FORMATS = ("stablehlo", "savedmodel", "tflite")
+FORMATS = ("stablehlo", "onnx", "savedmodel", "tflite")
+ONNX_OPSET = 21  # onnxruntime 1.20 (2024) and later run it
 # What the exported program runs on: every platform JAX lowers for (XLA's convolutions lower on all of them).
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -68,13 +77,14 @@ def serving_function(workdir) -> Served:
     channels = (1, 1, 1, -1)  # per channel, over [N, H, W, C] (the suite forbids implicit rank promotion)
     mean = jnp.asarray(spec.mean, jnp.float32).reshape(channels)
     std = jnp.asarray(spec.std, jnp.float32).reshape(channels)
+    image_shape = tuple(meta["image_shape"])
+    network = fold_batch_norm(model, variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
 
     def logits(images):
-        x = (images.astype(jnp.float32) / 255.0 - mean) / std
-        return model.apply(variables, x, train=False)
+        return network((images.astype(jnp.float32) / 255.0 - mean) / std)
 
     names = tuple(meta["class_names"]) or tuple(str(i) for i in range(meta["num_classes"]))
-    return Served(logits, tuple(meta["image_shape"]), names, spec.family)
+    return Served(logits, image_shape, names, spec.family)
 
 
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)
@@ -89,7 +99,7 @@ def write(served: Served, output, format: str) -> list[str]:  # noqa: A002
     _check_format(format)
     served = dataclasses.replace(served, logits=_with_xla_convolutions(served.logits))
     output = os.fspath(output)
-    {"stablehlo": _stablehlo, "savedmodel": _savedmodel, "tflite": _tflite}[format](served, output)
+    {"stablehlo": _stablehlo, "onnx": _onnx, "savedmodel": _savedmodel, "tflite": _tflite}[format](served, output)
     _write(output + ".classes.txt", "".join(f"{name}\n" for name in served.class_names).encode())
     return [output, output + ".classes.txt"]
 
@@ -119,6 +129,20 @@ def _stablehlo(served: Served, output: str) -> None:
     images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
     exported = jax_export.export(jax.jit(served.logits), platforms=PLATFORMS)(images)
     _write(output, exported.serialize())
+
+
+def _onnx(served: Served, output: str) -> None:
+    import jax2onnx  # optional (`pip install jaxnets[export]`), and only this format needs it
+
+    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
+    # jax2onnx prints and logs as it imports its plugins (some of which are for libraries jaxnets does not use):
+    # its warnings stay out of the command's output, the conversion's errors do not.
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = jax2onnx.to_onnx(served.logits, [images], model_name="jaxnets", opset=ONNX_OPSET,
+                                 input_names=["images"], output_names=["logits"])
+    model.metadata_props.add(key="class_names", value="\n".join(served.class_names))
+    _write(output, model.SerializeToString())
 
 
 def _tf_module(served: Served, batch: int | None = None):
@@ -156,7 +180,23 @@ def _tflite(served: Served, output: str) -> None:
     # TFLite's operators (the ENAS child's strided slices of an array of unknown batch become dynamic gathers).
     module = _tf_module(served, batch=1)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
-    _write(output, converter.convert())
+    _write(output, _with_tflite_metadata(converter.convert(), "class_names", "\n".join(served.class_names)))
+
+
+def _with_tflite_metadata(flatbuffer: bytes, name: str, value: str) -> bytes:
+    """The TFLite model with a metadata entry (the schema's `Model.metadata`: a name and a buffer) added, through
+    TensorFlow's own flatbuffer tools."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = list(value.encode())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = name, len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _write(path: str, data: bytes) -> None:

@@ -61,6 +61,11 @@ def run_exported(format: str, path, images: np.ndarray) -> np.ndarray:  # noqa: 
     """The exported file in its own runtime: JAX alone, TensorFlow, or the LiteRT interpreter."""
     if format == "stablehlo":
         return np.asarray(jax.export.deserialize(open(path, "rb").read()).call(images))
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(["logits"], {"images": images})[0]
     if format == "savedmodel":
         import tensorflow as tf
 
@@ -96,6 +101,11 @@ def test_each_familys_export_gives_the_models_logits(format, runs, tmp_path):  #
             rtol = 1e-3 if format == "tflite" else 1e-4  # (TFLite's own kernels)
             np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * np.abs(expected).max(),
                                        err_msg=f"{format}, {family}")
+        if format == "onnx" and family != "enas":  # every BN of ResNeXt and MobileNetV2 follows a convolution
+            import onnx
+
+            operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+            assert not {"BatchNormalization", "Sqrt"} & operators, (family, "BatchNorm is folded")
         names = list(jaxnets.read_class_names(workdir) or map(str, range(10)))
         assert (tmp_path / f"{family}.{format}.classes.txt").read_text().splitlines() == names
     if format == "stablehlo":
@@ -104,6 +114,27 @@ def test_each_familys_export_gives_the_models_logits(format, runs, tmp_path):  #
         import tensorflow as tf
 
         assert [n.decode() for n in tf.saved_model.load(str(path)).class_names.numpy()] == names
+    if format in ("onnx", "tflite"):
+        assert embedded_class_names(format, path) == names
+    if format == "onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [21]
+
+
+def embedded_class_names(format: str, path) -> list[str]:  # noqa: A002
+    """The class names an ONNX or TFLite file carries in its metadata, read with the format's own library."""
+    if format == "onnx":
+        import onnx
+
+        return {p.key: p.value for p in onnx.load(str(path)).metadata_props}["class_names"].split("\n")
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = path.read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    entries = {model.Metadata(i).Name().decode(): model.Metadata(i).Buffer() for i in range(model.MetadataLength())}
+    return model.Buffers(entries["class_names"]).DataAsNumpy().tobytes().decode().split("\n")
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -165,7 +196,7 @@ def test_each_bad_input_is_one_line(case, runs, tmp_path, capsys):
         message = r"^error: no finished checkpoint in \S+"
     else:
         code = export_main([str(workdir), "--format", "keras", "--output", str(tmp_path / "m.keras")])
-        message = r"^error: unknown export format 'keras'; one of: stablehlo, savedmodel, tflite"
+        message = r"^error: unknown export format 'keras'; one of: stablehlo, onnx, savedmodel, tflite"
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert re.match(message, err), err

@@ -58,7 +58,7 @@ variables = host_variables(model, jnp.zeros((1, size, size, 3)))
 def logits(images):
     x = (images.astype(jnp.float32) / 255.0 - 0.45) / 0.225
     return model.apply(variables, x, train=False)
-write(Served(logits, (size, size, 3), tuple(map(str, range(10))), "folder"), path, "tflite")
+write(Served(logits, (size, size, 3), tuple(map(str, range(10))), "resize"), path, "tflite")
 """
 
 

@@ -7,8 +7,8 @@ The folder holds train/<class>/*.jpg|png and test/<class>/* (docs/own_images.md)
 state dict (.pth, or .safetensors) or timm's, of the model named here (another one: `--config.model=mobilenet_v2`
 with its file). The classifier starts afresh for the folder's classes, everything else from the file; the run's
 first lines say what was loaded. 224 px with torchvision's training augmentation (a random-resized crop and a
-flip; evaluation resizes whole images to 224, without torchvision's centre crop), batch 32, SGD with momentum 0.9
-for 15 epochs on a cosine: the new classifier at lr 0.01 and the pretrained layers at a tenth of it
+flip) and evaluation (the shorter side to 256, the central 224x224: `eval_crop="centre"`), batch 32, SGD with
+momentum 0.9 for 15 epochs on a cosine: the new classifier at lr 0.01 and the pretrained layers at a tenth of it
 (torchvision's tutorial fine-tunes at 0.001), weight decay 1e-4, the best evaluation kept. A linear probe (only
 the classifier trains; the rest, BN statistics included, keeps its bits) is
 `--config.classification.frozen=backbone`; with few images a batch, add
@@ -24,6 +24,7 @@ def get_config():
     c.dataset = "folder:/path/to/your/images"  # replace on the command line: --config.dataset=folder:DIR
     c.image_size = 224
     c.augmentation.crop = "random_resized"  # and a flip, as torchvision's (drawn on the image resized to 224)
+    c.eval_crop = "centre"  # torchvision's Resize(256) + CenterCrop(224)
     c.global_batch_size = 32
     c.eval_batch_size = 64
     c.num_epochs = 15

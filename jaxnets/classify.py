@@ -57,7 +57,7 @@ class Classifier:
             try:
                 with Image.open(path) as image:
                     image = image.convert("RGB" if channels == 3 else "L")
-                    if self.served.dataset_family == "imagenet":
+                    if self.served.eval_crop == "centre":
                         image = _resize_and_centre_crop(image, height)
                     else:
                         image = image.resize((width, height), Image.Resampling.BILINEAR)

@@ -62,7 +62,7 @@ class Served:
     logits: Callable[[jax.Array], jax.Array]
     image_shape: tuple[int, int, int]  # (H, W, C): the run's evaluation size
     class_names: tuple[str, ...]  # label order; "0", "1", ... where the dataset named none
-    dataset_family: str  # how the run's evaluation resized its images ("imagenet": shorter side, centre crop)
+    eval_crop: str  # how the run's evaluation sized its images (jaxnets.data.EVAL_CROPS: "centre" as ImageNet's)
 
 
 def serving_function(workdir) -> Served:
@@ -84,7 +84,7 @@ def serving_function(workdir) -> Served:
         return network((images.astype(jnp.float32) / 255.0 - mean) / std)
 
     names = tuple(meta["class_names"]) or tuple(str(i) for i in range(meta["num_classes"]))
-    return Served(logits, image_shape, names, spec.family)
+    return Served(logits, image_shape, names, config.get("eval_crop", None) or spec.eval_crop)
 
 
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)

@@ -16,6 +16,7 @@ import jaxnets
 from jaxnets import data
 from jaxnets.config import base_config
 from jaxnets.errors import ConfigError
+from jaxnets.train import resolve_config
 
 CLASSES = ("dots", "horizontal", "vertical")
 
@@ -138,6 +139,44 @@ def test_images_of_one_non_square_size_need_an_image_size(tmp_path):
     with pytest.raises(ConfigError, match=f"the images in {tmp_path} are 8x12, not square: set config.image_size"):
         data.dataset_info(folder_config(tmp_path))
     assert data.dataset_info(folder_config(tmp_path, image_size=8)).image_shape == (8, 8, 3)
+
+
+def test_eval_crop_centre_evaluates_the_central_square_as_imagenet_does(tmp_path):
+    """Photos 24 high and 48 wide, their central 24x24 red and the sides blue, evaluated at 12 px: "resize" squeezes
+    the whole photo (blue at the sides), "centre" takes the shorter side to 12 / 0.875 = 14 and the central 12x12
+    (red only, as torchvision's Resize(14) + CenterCrop(12)). Training is unchanged."""
+    make_folder(tmp_path, train_per_class=1, test_per_class=1, size=8)
+    photo = np.zeros((24, 48, 3), np.uint8)
+    photo[:, :, 2] = 255
+    photo[:, 12:36] = (255, 0, 0)
+    for path in tmp_path.rglob("*.png"):
+        Image.fromarray(photo).save(path)
+    spec = data.dataset_spec(f"folder:{tmp_path}")
+    pixels = {}
+    for crop in ("resize", "centre"):
+        (batch,) = data.eval_iterator(folder_config(tmp_path, image_size=12, eval_crop=crop), 3)
+        pixels[crop] = batch["image"] * np.asarray(spec.std) + np.asarray(spec.mean)  # [3, 12, 12, 3] in 0..1
+    np.testing.assert_allclose(pixels["centre"], np.broadcast_to([1.0, 0.0, 0.0], (3, 12, 12, 3)), atol=1e-5)
+    assert np.allclose(pixels["resize"][:, :, 0], [0, 0, 1], atol=1e-5)  # the left side's blue
+    assert np.allclose(pixels["resize"][:, :, 5], [1, 0, 0], atol=1e-5)
+    for crop in ("resize", "centre"):
+        train = next(data.train_iterator(folder_config(tmp_path, image_size=12, eval_crop=crop, augment=False), 3))
+        np.testing.assert_allclose(train["image"] * np.asarray(spec.std) + np.asarray(spec.mean), pixels["resize"],
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("dataset, value, message", [
+    ("digits", "centre", r"config.eval_crop: digits is always evaluated with eval_crop='resize'; the choice is an "
+                         r"image folder's \(leave it None\)"),
+    ("folder", "middle", r"config.eval_crop: expected 'resize' \(the whole image\) or 'centre' \(ImageNet's centre "
+                         r"crop\), got 'middle'"),
+])
+def test_a_bad_eval_crop_is_one_line(tmp_path, dataset, value, message):
+    config = folder_config(make_folder(tmp_path, 1, 1, 8), eval_crop=value)
+    if dataset == "digits":
+        config.dataset = "digits"
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        resolve_config(config, device_count=1)
 
 
 def test_a_sum_of_splits_is_refused_and_an_empty_share_reads_empty(tmp_path):

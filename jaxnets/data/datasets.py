@@ -25,6 +25,10 @@ DIGITS_MEAN, DIGITS_STD = (0.3058,), (0.3761,)
 
 # ImageNet's evaluation resizes the shorter side to image_size / 0.875 (256 for 224) and takes the central crop.
 EVAL_CROP_FRACTION = 0.875
+# How an evaluated image becomes image_size x image_size (`config.eval_crop`; a choice for image folders only):
+# "resize" the whole image (stretched when it is not square), or "centre": its shorter side to
+# image_size / EVAL_CROP_FRACTION and the central square, as ImageNet's (torchvision's Resize + CenterCrop).
+EVAL_CROPS = ("resize", "centre")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,7 @@ class DatasetSpec:
     prepare: str  # how to prepare it; {data_dir} is filled in
     flip: bool = True  # default of config.augmentation.flip
     crop: str = "shift"  # default of config.augmentation.crop (jaxnets.data.augmentation)
+    eval_crop: str = "resize"  # default of config.eval_crop (EVAL_CROPS)
 
 
 def _build(name: str) -> str:
@@ -66,7 +71,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "imagenet2012": DatasetSpec(
         "imagenet2012", "imagenet", 1000, 3, "train", "validation", 224, IMAGENET_MEAN, IMAGENET_STD,
-        cache=False, shuffle_buffer=16_384, crop="random_resized",
+        cache=False, shuffle_buffer=16_384, crop="random_resized", eval_crop="centre",
         prepare="put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
         "{data_dir}/downloads/manual (or pass --manual_dir DIR), then run " + _build("imagenet2012"),
     ),
@@ -115,6 +120,7 @@ class DataConfig:
     eval_split: str
     augment: bool
     augmentation: Augmentation | None  # what augment=True does (None when it is False)
+    eval_crop: str  # EVAL_CROPS
     shuffle_buffer: int
     cache: bool
     seed: int
@@ -132,6 +138,7 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'train' or 'train[:90%]'"),
     "eval_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'test' or 'train[90%:]'"),
     "augment": (lambda v: isinstance(v, bool), "True or False"),
+    "eval_crop": (lambda v: v in EVAL_CROPS, "'resize' (the whole image) or 'centre' (ImageNet's centre crop)"),
     "shuffle_buffer": (lambda v: _is_int(v) and v > 0, "a positive int"),
     "cache": (lambda v: isinstance(v, bool), "True or False"),
     "seed": (lambda v: _is_int(v) and 0 <= v < 2**31, "an int in [0, 2**31)"),
@@ -152,9 +159,9 @@ def check_data_config(config: Any) -> DataConfig:
     """Validates the data fields of `config` and returns them with defaults filled in.
 
     Reads `dataset` (a DATASETS name or "folder:/path"), `augment` and `seed`, and (None or absent means the
-    dataset's own value from DATASETS) `data_dir`, `image_size`, `train_split`, `eval_split`, `shuffle_buffer`,
-    `cache`. The defaults of the fields themselves live in `jaxnets.train.base_config`. Raises ValueError naming
-    the field. Touches no files (a folder's image size and classes are read by the pipeline).
+    dataset's own value from DATASETS) `data_dir`, `image_size`, `train_split`, `eval_split`, `eval_crop`,
+    `shuffle_buffer`, `cache`. The defaults of the fields themselves live in `jaxnets.train.base_config`. Raises
+    ValueError naming the field. Touches no files (a folder's image size and classes are read by the pipeline).
     """
     name = _field(config, "dataset", None)
     spec = dataset_spec(name)
@@ -170,6 +177,7 @@ def check_data_config(config: Any) -> DataConfig:
         eval_split=_field(config, "eval_split", spec.eval_split),
         augment=_required(config, "augment"),
         augmentation=None,
+        eval_crop=_field(config, "eval_crop", spec.eval_crop),
         shuffle_buffer=_field(config, "shuffle_buffer", spec.shuffle_buffer),
         cache=_field(config, "cache", spec.cache),
         seed=_required(config, "seed"),
@@ -178,5 +186,8 @@ def check_data_config(config: Any) -> DataConfig:
         value = getattr(data, field)
         if not ok(value):
             raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
+    if data.eval_crop != spec.eval_crop and spec.family != "folder":
+        raise ValueError(f"config.eval_crop: {name} is always evaluated with eval_crop={spec.eval_crop!r}; the "
+                         "choice is an image folder's (leave it None)")
     augmentation = resolve_augmentation(config.get("augmentation", None), spec.flip, spec.crop)  # (checked always)
     return dataclasses.replace(data, augmentation=augmentation if data.augment else None)

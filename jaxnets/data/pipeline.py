@@ -248,13 +248,16 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     num_batches = math.ceil(max(counts) / local_batch_size)
     num_examples = counts[process_index]
     stages = preprocess.FAMILIES[data.spec.family]
+    per_example = stages.per_example
+    if data.spec.family == "folder" and data.eval_crop == "centre":
+        per_example = preprocess.folder_centre_decode
     no_seed = tf.zeros([2], tf.int64)
 
     @_as_written
     def prepare_example(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = example["image"]
-        if stages.per_example is not None:
-            image = stages.per_example(image, data.spec, data.image_size, None, no_seed)
+        if per_example is not None:
+            image = per_example(image, data.spec, data.image_size, None, no_seed)
         return {"image": image, "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(True)}
 
     @_as_written

@@ -136,6 +136,13 @@ def folder_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmenta
     return tf.ensure_shape(image, [image_size, image_size, 3])  # [S, S, 3] float32
 
 
+def folder_centre_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
+                         seed: tf.Tensor) -> tf.Tensor:
+    # A folder evaluated with config.eval_crop="centre": as ImageNet's evaluation (torchvision's Resize + CenterCrop).
+    del spec, augmentation, seed
+    return _imagenet_eval_pixels(image, image_size)
+
+
 def folder(images: tf.Tensor, spec: DatasetSpec, image_size: int, augmentation: Augmentation | None,
            uniforms: tf.Tensor | None) -> tf.Tensor:
     return _normalise(_augment_batch(images, augmentation, image_size, uniforms), spec)  # [B, S, S, 3] float32

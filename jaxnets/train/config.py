@@ -45,6 +45,9 @@ def engine_config() -> ml_collections.ConfigDict:
     c.image_size = placeholder(int)  # None: the dataset's (32 CIFAR, 224 ImageNet, 8 digits)
     c.train_split = placeholder(str)  # None: the dataset's standard split
     c.eval_split = placeholder(str)
+    # How evaluation sizes an image folder's images: "resize" the whole image (None: the default), or "centre": the
+    # shorter side to image_size / 0.875 and the central square, as ImageNet's (configs/finetune_folder.py).
+    c.eval_crop = placeholder(str)
     c.augment = True  # False: no augmentation at all
     # Which augmentation (jaxnets/data/augmentation.py); flip and crop None: the dataset kind's (digits: no flip).
     c.augmentation = ml_collections.ConfigDict()
@@ -145,7 +148,7 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
             data = check_data_config(resolved)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        for field in ("image_size", "train_split", "eval_split", "shuffle_buffer", "cache"):
+        for field in ("image_size", "train_split", "eval_split", "eval_crop", "shuffle_buffer", "cache"):
             resolved[field] = getattr(data, field)
         _scale_learning_rate(resolved)
     device_count = jax.device_count() if device_count is None else device_count

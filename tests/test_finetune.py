@@ -1,16 +1,19 @@
 """Fine-tuning controls (`config.classification`, jaxnets/tasks/finetune.py) through the trainer's own step: a
 frozen part keeps its parameters, BN statistics and EMA bit for bit; the backbone's learning-rate multiplier scales
-its updates and nothing else; frozen BN statistics normalise the batch in training; each bad value gets one line."""
+its updates and nothing else; frozen BN statistics normalise the batch in training; each bad value gets one line.
+And what it is for: a network pretrained on some classes, fine-tuned on others from few images, beats scratch."""
 
 import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import SYNTHETIC_DATASET, random_batches, tiny_resnext_config
+from helpers import SYNTHETIC_DATASET, load_recipe, random_batches, tiny_resnext_config
+from PIL import Image
 
 from jaxnets.errors import ConfigError
 from jaxnets.tasks.supervised import cross_entropy
-from jaxnets.train import build_trainer
+from jaxnets.train import build_trainer, train_and_evaluate
+from jaxnets.train.reporting import last_evaluation
 
 
 def run(config, steps: int, devices: int = 1):
@@ -115,3 +118,43 @@ def test_each_bad_fine_tuning_field_is_refused_in_one_line(field, value, message
         config.classification[field] = value
     with pytest.raises(ConfigError, match=f"^{message}"):
         build_trainer(config, devices=jax.devices()[:1], dataset_info=SYNTHETIC_DATASET)
+
+
+def grating_folder(root, degrees: list[int], train_per_class: int, test_per_class: int, seed: int):
+    """12x12 grey gratings, one orientation a class (random frequency and phase, noise 1.5x their amplitude)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:12, 0:12]
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for angle in degrees:
+            folder = root / split / f"{angle:03d}deg"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                theta, frequency, phase = np.deg2rad(angle), rng.uniform(0.15, 0.3), rng.uniform(0, 2 * np.pi)
+                wave = np.sin(2 * np.pi * frequency * (x * np.cos(theta) + y * np.sin(theta)) + phase)
+                pixels = 127.5 + 60 * (wave + rng.normal(0, 1.5, wave.shape))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_fine_tuning_from_other_classes_beats_training_from_scratch(tmp_path):
+    """Pretrained on 6 orientations of noisy gratings (100 images each), the quickstart's network fine-tuned with
+    init_from on 3 other orientations from 2 images each scores far above the same training from scratch on them
+    (measured 93% against 55%; on other draws of the few images 96-97% against 60-72%)."""
+    devices = jax.devices()[:1]
+    pretraining = grating_folder(tmp_path / "six", [0, 30, 60, 90, 120, 150], 100, 20, seed=0)
+    run = {"steps_per_dispatch": 1, "warmup_epochs": 0.0, "eval_every_epochs": 1000.0}
+    config = load_recipe("quickstart", dataset=f"folder:{pretraining}", num_train_steps=200, **run)
+    config.augmentation.flip = False  # (a mirrored grating is another orientation)
+    train_and_evaluate(config, str(tmp_path / "pretrained"), devices=devices)
+    assert last_evaluation(tmp_path / "pretrained")["eval_top1"] >= 0.85  # (measured 94%; chance 17%)
+    few = grating_folder(tmp_path / "three", [15, 75, 135], 2, 100, seed=1)
+    accuracy = {}
+    for start, init_from in (("scratch", None), ("fine_tuned", str(tmp_path / "pretrained"))):
+        config = load_recipe("quickstart", dataset=f"folder:{few}", num_train_steps=40, global_batch_size=6,
+                             eval_batch_size=100, learning_rate=0.05, init_from=init_from, **run)
+        config.augmentation.flip = False
+        train_and_evaluate(config, str(tmp_path / start), devices=devices)
+        evaluation = last_evaluation(tmp_path / start)
+        assert evaluation["eval_examples"] == 300
+        accuracy[start] = evaluation["eval_top1"]
+    assert accuracy["fine_tuned"] >= 0.85 and accuracy["fine_tuned"] >= accuracy["scratch"] + 0.15, accuracy

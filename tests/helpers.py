@@ -13,6 +13,7 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from jaxnets.config import base_config
 from jaxnets.data import DatasetInfo
@@ -113,3 +114,19 @@ def random_batches(num: int):
     for _ in range(num):
         yield {"image": rng.standard_normal((GLOBAL_BATCH, 8, 8, 3), dtype=np.float32),
                "label": rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)}
+
+
+def grating_folder(root, degrees: list[int], train_per_class: int, test_per_class: int, seed: int):
+    """12x12 grey gratings, one orientation a class (random frequency and phase, noise 1.5x their amplitude)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:12, 0:12]
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for angle in degrees:
+            folder = root / split / f"{angle:03d}deg"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                theta, frequency, phase = np.deg2rad(angle), rng.uniform(0.15, 0.3), rng.uniform(0, 2 * np.pi)
+                wave = np.sin(2 * np.pi * frequency * (x * np.cos(theta) + y * np.sin(theta)) + phase)
+                pixels = 127.5 + 60 * (wave + rng.normal(0, 1.5, wave.shape))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from helpers import SYNTHETIC_DATASET, load_recipe, random_batches, tiny_resnext_config
-from PIL import Image
+from helpers import SYNTHETIC_DATASET, grating_folder, load_recipe, random_batches, tiny_resnext_config
 
 from jaxnets.errors import ConfigError
 from jaxnets.tasks.supervised import cross_entropy
@@ -118,22 +117,6 @@ def test_each_bad_fine_tuning_field_is_refused_in_one_line(field, value, message
         config.classification[field] = value
     with pytest.raises(ConfigError, match=f"^{message}"):
         build_trainer(config, devices=jax.devices()[:1], dataset_info=SYNTHETIC_DATASET)
-
-
-def grating_folder(root, degrees: list[int], train_per_class: int, test_per_class: int, seed: int):
-    """12x12 grey gratings, one orientation a class (random frequency and phase, noise 1.5x their amplitude)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:12, 0:12]
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
-        for angle in degrees:
-            folder = root / split / f"{angle:03d}deg"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                theta, frequency, phase = np.deg2rad(angle), rng.uniform(0.15, 0.3), rng.uniform(0, 2 * np.pi)
-                wave = np.sin(2 * np.pi * frequency * (x * np.cos(theta) + y * np.sin(theta)) + phase)
-                pixels = 127.5 + 60 * (wave + rng.normal(0, 1.5, wave.shape))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 def test_fine_tuning_from_other_classes_beats_training_from_scratch(tmp_path):

@@ -61,8 +61,8 @@ def printed(notebook) -> str:
 
 def test_the_notebooks_are_stored_without_outputs_and_install_jaxnets_first():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == ["enas_architecture.ipynb", "load_checkpoint.ipynb", "torchvision_weights.ipynb",
-                     "train_in_notebook.ipynb"]
+    assert names == ["enas_architecture.ipynb", "finetune_your_images.ipynb", "load_checkpoint.ipynb",
+                     "torchvision_weights.ipynb", "train_in_notebook.ipynb"]
     for name in names:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(notebook)
@@ -181,6 +181,44 @@ def test_the_training_notebook_trains_the_quickstart_recipe():
     notebook_config, quickstart = namespace["config"], load_recipe("quickstart")
     differing = {k for k in quickstart.keys() if notebook_config[k] != quickstart[k]}
     assert differing == {"log_every_steps", "checkpoint_every_steps"}  # a notebook logs and saves more often
+
+
+def test_finetune_notebook_fine_tunes_shows_the_mistakes_and_exports(tmp_path, monkeypatch):
+    """The notebook on the test's own images (noisy gratings: 3 orientations), from a run of the quickstart's
+    network on 6 others, a few steps: it trains, shows the mistakes, and its ONNX file in onnxruntime names the
+    same class as jaxnets for each file it classifies."""
+    from helpers import grating_folder
+
+    pretraining = grating_folder(tmp_path / "six", [0, 30, 60, 90, 120, 150], 10, 2, seed=0)
+    config = load_recipe("quickstart", dataset=f"folder:{pretraining}", num_train_steps=5, steps_per_dispatch=1,
+                         global_batch_size=30, eval_batch_size=12, eval_every_epochs=1000.0)
+    train_and_evaluate(config, str(tmp_path / "pretrained"), devices=jax.devices()[:1])
+    images = grating_folder(tmp_path / "three", [15, 75, 135], 16, 4, seed=1)
+    workdir = tmp_path / "fine_tuned"
+    notebook = run_notebook("finetune_your_images.ipynb", monkeypatch, IMAGES=str(images),
+                            INIT_FROM=str(tmp_path / "pretrained"), MODEL="resnext29_8x64d",
+                            MODEL_OVERRIDES=config.model_overrides.to_dict(), IMAGE_SIZE=12, EPOCHS=3,
+                            WORKDIR=str(workdir))
+    text = printed(notebook)
+    assert re.search(r"test top-1 0?\.\d{4}|test top-1 1\.0000", text), text
+    assert re.search(r"\d+ mistakes in 12 test images", text), text
+    assert figures(notebook) == 3  # the live curves, the mistakes, the confusion matrix
+    lines = re.findall(r"^test/(\d+deg)/\d+\.png: (\d+deg) \(file\), (\d+deg) [0-9.]+ \(jaxnets\)$", text, flags=re.M)
+    assert len(lines) == 8 and all(file == ours for _, file, ours in lines), text
+    assert (workdir / "model.onnx").is_file() and f"wrote {workdir / 'model.onnx'}" in text
+
+
+def test_the_finetune_notebook_sets_the_finetune_recipe():
+    notebook = nbformat.read(NOTEBOOKS / "finetune_your_images.ipynb", as_version=4)
+    parameters = {"IMAGES": "/photos", "INIT_FROM": "w.pth", "MODEL": "resnext50_32x4d", "MODEL_OVERRIDES": {},
+                  "IMAGE_SIZE": 224, "EPOCHS": 15}
+    namespace = {**parameters, "os": types.SimpleNamespace(path=types.SimpleNamespace(exists=lambda path: True,
+                                                                                         join=lambda *p: "/".join(p)))}
+    recipe_cell = next(cell.source for cell in notebook.cells if "config = base_config()" in cell.source)
+    code = "\n".join(line for line in recipe_cell.splitlines() if not line.startswith(("%", "import os")))
+    exec(code, namespace)
+    recipe = load_recipe("finetune_folder", dataset="folder:/photos", init_from="w.pth")
+    assert namespace["config"].to_dict() == recipe.to_dict()
 
 
 def test_a_listener_gets_every_report_with_speed_and_eta(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""Inference speed per family on the CPU: jaxnets beside PyTorch and beside the LiteRT interpreter running the
-.tflite file jaxnets exports.
+"""Inference speed per family on the CPU: jaxnets beside PyTorch, and beside the LiteRT interpreter and ONNX Runtime
+running the .tflite and .onnx files jaxnets exports.
 
     python benchmarks/inference.py [--models a,b] [--rounds 5] [--json PATH] [--tiny]
 
@@ -8,10 +8,12 @@ Per model at its reference size (ImageNet models 224x224, CIFAR-sized ones 32x32
 - throughput: 32 images, images/s (LiteRT's file takes one image a call, as on a phone: 32 calls).
 jaxnets: `jax.jit(model.apply(train=False))` with its default CPU convolutions (oneDNN). PyTorch: the model's twin
 (tests/torch_twins) in `.eval()`, channels_last, under `torch.inference_mode()`, its default thread count.
-LiteRT: the model written by `jaxnets.export.write(..., "tflite")` (uint8 images in, the normalisation inside:
-one cast and one multiply-add more than the others) in a child process, so that this one imports no TensorFlow,
-run by `ai_edge_litert`'s Interpreter with PyTorch's thread count. Same weights in jaxnets and LiteRT (a fixed
-draw); the twin keeps its own initialisation (a forward's speed does not depend on the weights' values).
+LiteRT and ONNX Runtime: the model written by `jaxnets.export.write(..., "tflite")` and `(..., "onnx")` (uint8
+images in, the normalisation inside: one cast and one multiply-add more than the others; BatchNorm folded into the
+convolutions) in a child process, so that this one imports no TensorFlow, run by `ai_edge_litert`'s Interpreter
+(one image a call, as the file is made) and by an onnxruntime CPU session, each with PyTorch's thread count. Same
+weights in jaxnets and the files (a fixed draw); the twin keeps its own initialisation (a forward's speed does
+not depend on the weights' values).
 Rounds interleave every contender; ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
 
 Writes --json (default benchmarks/results/inference.json; --tiny: inference_tiny.json) and the markdown beside
@@ -42,9 +44,10 @@ from jaxnets.models.enas import random_arc
 NUM_CLASSES = 10
 THROUGHPUT_BATCH = 32
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "enas_macro")
+OTHERS = ("pytorch", "litert", "onnxruntime")  # what jaxnets is compared with
 
-# The child that writes the .tflite file: the same model and variables (harness.runners.host_variables' fixed
-# draw), served as jaxnets.export serves a run (uint8 in, the ImageNet normalisation inside).
+# The child that writes the .tflite and .onnx files: the same model and variables (harness.runners.host_variables'
+# fixed draw), served as jaxnets.export serves a run (uint8 in, the normalisation inside, BatchNorm folded).
 EXPORT_CHILD = """
 import json, sys
 sys.path.insert(0, "benchmarks")
@@ -52,13 +55,16 @@ import jax, jax.numpy as jnp
 from harness.runners import host_variables
 from jaxnets.export import Served, write
 from jaxnets.models import create_model
+from jaxnets.models.folding import fold_batch_norm
 name, overrides, size, path = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = create_model(name, num_classes=10, **overrides)
 variables = host_variables(model, jnp.zeros((1, size, size, 3)))
+network = fold_batch_norm(model, variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
 def logits(images):
-    x = (images.astype(jnp.float32) / 255.0 - 0.45) / 0.225
-    return model.apply(variables, x, train=False)
-write(Served(logits, (size, size, 3), tuple(map(str, range(10))), "resize"), path, "tflite")
+    return network((images.astype(jnp.float32) / 255.0 - 0.45) / 0.225)
+served = Served(logits, (size, size, 3), tuple(map(str, range(10))), "resize")
+for format in ("tflite", "onnx"):
+    write(served, f"{path}.{format}", format)
 """
 
 
@@ -97,15 +103,20 @@ def torch_forward(name: str, overrides: dict):
     return run
 
 
-def litert_forward(name: str, overrides: dict, size: int, directory: str):
-    from ai_edge_litert.interpreter import Interpreter
-
-    path = os.path.join(directory, f"{name}.tflite")
+def export_files(name: str, overrides: dict, size: int, directory: str) -> str:
+    """The path (without its suffix) of the .tflite and .onnx files the child writes."""
+    path = os.path.join(directory, name)
     child = subprocess.run([sys.executable, "-c", EXPORT_CHILD, name, json.dumps(overrides), str(size), path],
                            cwd=REPO, capture_output=True, text=True)
     if child.returncode != 0:
-        raise RuntimeError(f"exporting {name} to TFLite failed:\n{child.stderr[-3000:]}")
-    interpreter = Interpreter(model_path=path, num_threads=torch.get_num_threads())
+        raise RuntimeError(f"exporting {name} to TFLite and ONNX failed:\n{child.stderr[-3000:]}")
+    return path
+
+
+def litert_forward(path: str):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=f"{path}.tflite", num_threads=torch.get_num_threads())
     interpreter.allocate_tensors()
     (given,), (output,) = interpreter.get_input_details(), interpreter.get_output_details()
 
@@ -118,6 +129,19 @@ def litert_forward(name: str, overrides: dict, size: int, directory: str):
     return run
 
 
+def onnxruntime_forward(path: str):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(f"{path}.onnx", options, providers=["CPUExecutionProvider"])
+
+    def run(images_uint8):
+        session.run(["logits"], {"images": images_uint8})
+
+    return run
+
+
 def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     size = 8 if tiny else model_entry(name).reference.image_size
     overrides = model_overrides(name, tiny)
@@ -125,8 +149,9 @@ def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     pixels = {batch: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for batch in (1, THROUGHPUT_BATCH)}
     nhwc = {batch: ((p / 255.0 - 0.45) / 0.225).astype(np.float32) for batch, p in pixels.items()}
     nchw = {batch: np.ascontiguousarray(x.transpose(0, 3, 1, 2)) for batch, x in nhwc.items()}
+    exported = export_files(name, overrides, size, directory)
     runners = {"jaxnets": (jax_forward(name, overrides, size), nhwc), "pytorch": (torch_forward(name, overrides), nchw),
-               "litert": (litert_forward(name, overrides, size, directory), pixels)}
+               "litert": (litert_forward(exported), pixels), "onnxruntime": (onnxruntime_forward(exported), pixels)}
     calls = {}
     for framework, (run, inputs) in runners.items():
         if run is None:
@@ -139,35 +164,27 @@ def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
         if f"{framework} 1" in calls:
             row[framework] = {"latency_ms": 1000 * measured.median(f"{framework} 1"),
                               "images_per_s": 1 / measured.median(f"{framework} {THROUGHPUT_BATCH}")}
-    for other in ("pytorch", "litert"):
+    for other in OTHERS:
         if other in row:
             row[f"latency_ratio_{other}"] = row[other]["latency_ms"] / row["jaxnets"]["latency_ms"]
             row[f"throughput_ratio_{other}"] = row["jaxnets"]["images_per_s"] / row[other]["images_per_s"]
     return row
 
 
-def _cell(row: dict, framework: str, key: str, spec: str) -> str:
-    return results.num(row.get(framework, {}).get(key), spec)
-
-
 def markdown_body(report: dict) -> list[str]:
-    rows = []
-    for r in report["models"]:
-        cell = functools.partial(_cell, r)
-        rows.append([f"{r['model']} ({r['image_size']}px)",
-                     cell("jaxnets", "latency_ms", ".1f"), cell("pytorch", "latency_ms", ".1f"),
-                     cell("litert", "latency_ms", ".1f"),
-                     results.num(r.get("latency_ratio_pytorch"), ".2f", "x"),
-                     results.num(r.get("latency_ratio_litert"), ".2f", "x"),
-                     cell("jaxnets", "images_per_s", ".1f"), cell("pytorch", "images_per_s", ".1f"),
-                     cell("litert", "images_per_s", ".1f"),
-                     results.num(r.get("throughput_ratio_pytorch"), ".2f", "x"),
-                     results.num(r.get("throughput_ratio_litert"), ".2f", "x")])
-    return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds. Latency: one image a call (ms); "
-            f"throughput: {THROUGHPUT_BATCH} images a call (LiteRT: 32 calls of one), images/s. Ratios: jaxnets "
-            "faster when > 1.", "",
-            *results.table(["model", "jaxnets ms", "PyTorch ms", "LiteRT ms", "vs PyTorch", "vs LiteRT",
-                            "jaxnets img/s", "PyTorch img/s", "LiteRT img/s", "vs PyTorch", "vs LiteRT"], rows)]
+    names = {"jaxnets": "jaxnets", "pytorch": "PyTorch", "litert": "LiteRT", "onnxruntime": "ONNX Runtime"}
+    tables = []
+    for key, ratio, unit, what in (("latency_ms", "latency_ratio", "ms", "Latency, one image a call"),
+                                   ("images_per_s", "throughput_ratio", "img/s",
+                                    f"Throughput, {THROUGHPUT_BATCH} images a call (LiteRT: 32 calls of one)")):
+        rows = [[f"{r['model']} ({r['image_size']}px)",
+                 *(results.num(r.get(framework, {}).get(key), ".1f") for framework in names),
+                 *(results.num(r.get(f"{ratio}_{other}"), ".2f", "x") for other in OTHERS)] for r in report["models"]]
+        tables += [f"{what}:", "", *results.table(
+            ["model", *(f"{name} {unit}" for name in names.values()),
+             *(f"vs {names[other]}" for other in OTHERS)], rows), ""]
+    return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds. Ratios: jaxnets faster when > 1.",
+            "", *tables[:-1]]
 
 
 def main() -> None:
@@ -188,7 +205,7 @@ def main() -> None:
         for name in models:
             report["models"].append(row := measure(name, rounds, args.tiny, directory))
             print(json.dumps(row), flush=True)
-    title = f"Inference on the CPU{' (--tiny)' if args.tiny else ''}: jaxnets beside PyTorch and LiteRT"
+    title = f"Inference on the CPU{' (--tiny)' if args.tiny else ''}: jaxnets beside PyTorch, LiteRT and ONNX Runtime"
     path = pathlib.Path(args.json) if args.json else results.default_path("inference", args.tiny)
     print(results.write(path, report, title, markdown_body(report)))
 

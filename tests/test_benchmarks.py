@@ -50,6 +50,20 @@ def test_gpu_benchmark_tiny(tmp_path):
     assert not report["environment"]["tensorflow_imported"]
 
 
+def test_inference_benchmark_tiny(tmp_path):
+    """Each contender (jaxnets, PyTorch, the exported .tflite in LiteRT and .onnx in ONNX Runtime) timed on a tiny
+    ENAS child, ratios finite, no TensorFlow imported by the benchmark itself (its export runs in a child)."""
+    report = run_tiny("inference.py", tmp_path / "inference.json", ["enas_macro"])
+    (row,) = report["models"]
+    for framework in ("jaxnets", "pytorch", "litert", "onnxruntime"):
+        assert row[framework]["latency_ms"] > 0 and row[framework]["images_per_s"] > 0, framework
+    for other in ("pytorch", "litert", "onnxruntime"):
+        assert math.isfinite(row[f"latency_ratio_{other}"]) and math.isfinite(row[f"throughput_ratio_{other}"])
+    assert not report["environment"]["tensorflow_imported"]
+    markdown = (tmp_path / "inference.md").read_text()
+    assert "| enas_macro (8px) |" in markdown and "ONNX Runtime ms" in markdown
+
+
 def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     json_path = tmp_path / "loop.json"
     command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "3", "--log_every_steps", "20",

@@ -28,7 +28,7 @@ VARIABLES = (
 )
 PACKAGES = ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax", "orbax-checkpoint", "numpy",
             "onednn-cpu-gomp", "torch", "torchvision", "triton", "tensorflow", "tensorflow-cpu",
-            "tensorflow-datasets", "ai-edge-litert")
+            "tensorflow-datasets", "ai-edge-litert", "onnxruntime", "jax2onnx")
 
 
 def capture(**extra) -> dict:

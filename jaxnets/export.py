@@ -186,8 +186,8 @@ def _tflite(served: Served, output: str) -> None:
 def _with_tflite_metadata(flatbuffer: bytes, name: str, value: str) -> bytes:
     """The TFLite model with a metadata entry (the schema's `Model.metadata`: a name and a buffer) added, through
     TensorFlow's own flatbuffer tools."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from tensorflow.lite.python import schema_py_generated as schema  # heavy: TensorFlow, as the converter
+    from tensorflow.lite.tools import flatbuffer_utils  # heavy: TensorFlow's flatbuffer tools
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     buffer = schema.BufferT()

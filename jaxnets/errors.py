@@ -29,6 +29,10 @@ class IncompatibleCheckpointError(UserError, ValueError):
     """The workdir's checkpoint does not fit the config; no checkpoint was moved or changed."""
 
 
+class UnrestorableCheckpointsError(UserError, OSError):
+    """The workdir has committed checkpoints and none of them can be restored; nothing was moved or changed."""
+
+
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """A path given as a checkpoint (`init_from`, `load_checkpoint`) holds no finished one."""
 

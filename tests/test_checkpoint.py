@@ -176,6 +176,27 @@ def test_broken_latest_checkpoint_is_skipped(reference, tmp_path, damage, caplog
     assert committed_steps(tmp_path) == [32, 36], "the broken step is moved out of the way"
 
 
+def test_a_workdir_none_of_whose_checkpoints_restores_is_refused_and_left_as_it_was(reference, tmp_path):
+    """Steps 40 and 32 with a truncated array file, 36 with unparsable metadata: train.py stops with exit 1 and one
+    line naming each step and why, before anything trains; every file (metrics.jsonl too) keeps its bytes."""
+    workdir, _ = reference
+    shutil.copytree(workdir, tmp_path / "run")
+    steps = tmp_path / "run" / "checkpoints"
+    truncate_largest_array_file(steps / "40")
+    truncate_largest_array_file(steps / "32")
+    (steps / "36" / "config" / "metadata").write_text("{not json")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    result = subprocess.run([sys.executable, "train.py", *FLAGS, "--workdir", str(tmp_path / "run")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env=cpu_devices_env(1))
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "can be restored" in line]
+    assert re.search(rf"none of the checkpoints in {steps} can be restored \(step 40: state unreadable: .+; "
+                     r"step 36: metadata unreadable: .+; step 32: state unreadable: .+\); nothing was moved or "
+                     r"changed. Use another --workdir to start afresh, or move \S+ aside by hand", line), line
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before, sorted(set(map(str, after)) ^ set(map(str, before)))
+
+
 def test_resume_on_other_class_names_is_refused(reference, tmp_path):
     workdir, _ = reference
     shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")

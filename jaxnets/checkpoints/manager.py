@@ -6,8 +6,12 @@ dict (`flax.serialization.to_state_dict`), so a notebook reads it without the op
 
 Resume takes the newest step, in this order:
 - a step that is unfinished (no commit marker) or unreadable (its metadata or arrays do not read, e.g. a
-  truncated file) is BROKEN: moved to `checkpoints_broken/` with a warning, and the step before is tried.
-  orbax's stale temporaries from a killed save are removed (its `cleanup_tmp_directories`), with a warning;
+  truncated file) is BROKEN: moved to `checkpoints_broken/` with a warning once an older step restores, and
+  that step is taken. orbax's stale temporaries from a killed save are removed (its `cleanup_tmp_directories`),
+  with a warning;
+- when committed steps exist and none of them restores, the run stops with UnrestorableCheckpointsError listing
+  each step and why, and nothing is moved: starting again at step 0 would silently drop what the run had (a
+  workdir whose only steps are unfinished saves had nothing: those are moved aside and the run starts afresh);
 - a readable step that does not FIT the config (another model, or a train state of another structure:
   EMA turned on, another optimizer, clipping added, ...) stops the run with IncompatibleCheckpointError,
   naming what differs, before any checkpoint is moved, deleted or written (broken steps are moved only
@@ -31,7 +35,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has (not exported)
 
 from jaxnets.checkpoints import layout
-from jaxnets.errors import IncompatibleCheckpointError, WorkdirError
+from jaxnets.errors import IncompatibleCheckpointError, UnrestorableCheckpointsError, WorkdirError
 
 log = logging.getLogger("jaxnets")
 
@@ -169,6 +173,9 @@ def _register_array_handler() -> None:
     ), override=True)
 
 
+UNFINISHED = "no commit marker: the save did not finish"
+
+
 class Checkpoints:
     """The run's CheckpointManager: `save` every N steps and at the end, `restore_latest` on start.
 
@@ -207,15 +214,16 @@ class Checkpoints:
 
         `abstract_state` is the task's state of jax.ShapeDtypeStruct with the shardings to restore onto;
         `config` the run's resolved config as JSON. Raises IncompatibleCheckpointError when the newest
-        readable step does not fit them; broken steps are moved aside only once a step fits (or none is
-        left), so a refusal moves nothing.
+        readable step does not fit them, and UnrestorableCheckpointsError when committed steps exist and none
+        restores; broken steps are moved aside only once a step fits (or when every one is an unfinished save),
+        so a refusal moves nothing.
         """
         target = flax.serialization.to_state_dict(abstract_state)
         broken: list[tuple[int, str]] = []
         for step in reversed(layout.step_numbers(self.directory)):
             step_dir = self.directory / str(step)
             if not layout.is_finished(step_dir):
-                broken.append((step, "no commit marker: the save did not finish"))
+                broken.append((step, UNFINISHED))
                 continue
             try:
                 saved_meta = layout.read_meta(step_dir)
@@ -234,6 +242,12 @@ class Checkpoints:
                 continue
             self._move_aside(broken)
             return step, flax.serialization.from_state_dict(abstract_state, restored)
+        if any(why != UNFINISHED for _, why in broken):
+            reasons = "; ".join(f"step {step}: {' '.join(why.split())}" for step, why in broken)
+            raise UnrestorableCheckpointsError(
+                f"none of the checkpoints in {self.directory} can be restored ({reasons}); nothing was moved or "
+                f"changed. Use another --workdir to start afresh, or move {self.directory} aside by hand to train "
+                "this one from step 0")
         self._move_aside(broken)
         return None
 

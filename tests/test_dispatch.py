@@ -70,17 +70,19 @@ def runs(tmp_path_factory):
 
 
 def test_four_steps_per_call_train_the_same_numbers_as_one(runs):
-    """The same updates, to round-off: the first log point within 1e-5. Not bit for bit: the single step (no device
-    loop) compiles apart from the loop's body, and XLA emits some of its ops differently there: the kernel gradient
-    of a strided grouped convolution under XLA's own convolutions (the decomposed lowering), elementwise fusions
-    under the suite's compile flags (conftest.py). Measured 3e-7 relative in the loss and gradient norm at step 5,
-    after which the quickstart's peak learning rate amplifies it (2.5e-3 by step 10), so later log points are not
-    compared; a step skipped or a batch misread changes the loss by 3e-3 or more. Device loops of any length
-    compile to one body: the next test holds those bit for bit."""
+    """The same updates, to round-off: the first log point (step 5) within 1.5e-3. Not bit for bit: the single step
+    (no device loop) compiles apart from the loop's body, and XLA emits some of its ops differently there: the
+    kernel gradient of a strided grouped convolution under XLA's own convolutions (the decomposed lowering),
+    elementwise fusions under the suite's compile flags (conftest.py). The quickstart amplifies that round-off by
+    jumps (a gradient component that passes in one program and not in the other): measured 3e-7 relative at step 5
+    on a Zen 3 and on an AVX-512 Xeon, 4.4e-4 on that Xeon with ONEDNN_MAX_CPU_ISA=AVX2, and 2.5e-3 by step 10, so
+    later log points are not compared; a step skipped or a batch misread changes the loss by 3e-3 or more. The
+    gradient norm is not compared: it jumps most (1.5% at step 5 with AVX2). Device loops of any length compile to
+    one body: the next test holds those bit for bit."""
     one, four = logged(runs[1]), logged(runs[4])
     assert sorted(one) == sorted(four) == [5, 10, 13]
-    for key in ("train_loss", "train_grad_norm", "train_param_norm"):
-        np.testing.assert_allclose(four[5][key], one[5][key], rtol=1e-5, err_msg=key)
+    for key in ("train_loss", "train_param_norm"):
+        np.testing.assert_allclose(four[5][key], one[5][key], rtol=1.5e-3, err_msg=key)
 
 
 def test_a_run_resumes_under_another_number_of_steps_per_call(runs, tmp_path):
@@ -112,8 +114,13 @@ def test_one_program_runs_any_number_of_steps_like_single_steps():
     assert trainer.train_steps._cache_size() == 1, "one program for every number of steps"
     assert int(state.step) == 3 and not np.asarray(rest["loss"])[2:].any(), "rows past n stay zeros"
     np.testing.assert_allclose([*np.asarray(first["loss"])[:1], *np.asarray(rest["loss"])[:2]], losses, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Each parameter's change over the 3 steps, against the single steps': to round-off as the quickstart amplifies
+    # it (measured 1e-6 of the change's norm natively, 4.7e-3 for one tensor with ONEDNN_MAX_CPU_ISA=AVX2 on an
+    # AVX-512 Xeon, whose step-3 gradient norm moved by 3e-4); a step missing or repeated moves it by a third or more.
+    start = trainer.init_state().params
+    for a, b, c in zip(*(jax.tree.leaves(tree) for tree in (state.params, single.params, start)), strict=True):
+        change, expected = np.asarray(a) - np.asarray(c), np.asarray(b) - np.asarray(c)
+        assert np.linalg.norm(change - expected) <= 2e-2 * np.linalg.norm(expected) + 1e-9
 
 
 def test_several_cpu_devices_run_one_step_per_call(caplog):

@@ -32,7 +32,7 @@ from jaxnets.export import serving_function
 
 class Classifier:
     def __init__(self, workdir):
-        self.served = serving_function(workdir)
+        self.served = serving_function(workdir, fold=False)  # (folding saves nothing in JAX itself)
         self._probabilities = jax.jit(lambda images: jax.nn.softmax(self.served.logits(images)))
 
     @property

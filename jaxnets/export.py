@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -47,9 +48,14 @@ from jaxnets.checkpoints import load_checkpoint, read_meta, resolve_step_dir
 from jaxnets.data.datasets import dataset_spec
 from jaxnets.errors import UserError
 from jaxnets.models import layers
-from jaxnets.models.folding import fold_batch_norm
+from jaxnets.models.folding import fold_batch_norm, folding_error
 
 FORMATS = ("stablehlo", "onnx", "savedmodel", "tflite")
+# Of the largest logit: the folded arithmetic's float32 round-off is ~1e-7 (1e-6 in a 224 px network), a misfold's
+# error is of the logits' own size.
+FOLDING_TOLERANCE = 1e-4
+
+log = logging.getLogger("jaxnets")
 ONNX_OPSET = 21  # onnxruntime 1.20 (2024) and later run it
 # What the exported program runs on: every platform JAX lowers for (XLA's convolutions lower on all of them).
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -62,11 +68,12 @@ class Served:
     logits: Callable[[jax.Array], jax.Array]
     image_shape: tuple[int, int, int]  # (H, W, C): the run's evaluation size
     class_names: tuple[str, ...]  # label order; "0", "1", ... where the dataset named none
-    eval_crop: str  # how the run's evaluation sized its images (jaxnets.data.EVAL_CROPS: "centre" as ImageNet's)
+    eval_crop: str  # how the run's evaluation sized its images (jaxnets.data.datasets.EVAL_CROPS)
 
 
-def serving_function(workdir) -> Served:
-    """The run in `workdir` (or one of its steps) as a function of uint8 images (see the module's docstring)."""
+def serving_function(workdir, fold: bool = True) -> Served:
+    """The run in `workdir` (or one of its steps) as a function of uint8 images (see the module's docstring);
+    `fold`: BatchNorm folded into the convolutions, kept unfolded (with a warning) where that changes the logits."""
     step_dir = resolve_step_dir(workdir)  # CheckpointNotFoundError: one line naming the path
     meta = read_meta(step_dir)
     if meta["config"].get("task") == "search":
@@ -78,7 +85,16 @@ def serving_function(workdir) -> Served:
     mean = jnp.asarray(spec.mean, jnp.float32).reshape(channels)
     std = jnp.asarray(spec.std, jnp.float32).reshape(channels)
     image_shape = tuple(meta["image_shape"])
-    network = fold_batch_norm(model, variables, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    network = functools.partial(model.apply, variables, train=False)
+    if fold:
+        example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        folded = fold_batch_norm(model, variables, example)
+        error = folding_error(model, variables, folded, example)
+        if error <= FOLDING_TOLERANCE:
+            network = folded
+        else:  # a convolution's output used beyond its BatchNorm: exact but unfolded
+            log.warning("export: BatchNorm left unfolded in %s: folding it changed the logits by %.1e of their "
+                        "largest (a convolution's output used beyond its BatchNorm?)", step_dir, error)
 
     def logits(images):
         return network((images.astype(jnp.float32) / 255.0 - mean) / std)
@@ -132,7 +148,10 @@ def _stablehlo(served: Served, output: str) -> None:
 
 
 def _onnx(served: Served, output: str) -> None:
-    import jax2onnx  # optional (`pip install jaxnets[export]`), and only this format needs it
+    try:
+        import jax2onnx  # optional (`pip install jaxnets[export]`), and only this format needs it
+    except ImportError:
+        raise UserError("the onnx format needs jax2onnx and onnxruntime: pip install 'jaxnets[export]'") from None
 
     images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
     # jax2onnx prints and logs as it imports its plugins (some of which are for libraries jaxnets does not use):

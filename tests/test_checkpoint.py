@@ -191,7 +191,7 @@ def test_a_workdir_none_of_whose_checkpoints_restores_is_refused_and_left_as_it_
     assert result.returncode == 1, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if "can be restored" in line]
     assert re.search(rf"none of the checkpoints in {steps} can be restored \(step 40: state unreadable: .+; "
-                     r"step 36: metadata unreadable: .+; step 32: state unreadable: .+\); nothing was moved or "
+                     r"step 36: metadata unreadable: .+; step 32: state unreadable: .+\); no checkpoint was moved or "
                      r"changed. Use another --workdir to start afresh, or move \S+ aside by hand", line), line
     after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert after == before, sorted(set(map(str, after)) ^ set(map(str, before)))

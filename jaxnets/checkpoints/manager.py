@@ -245,8 +245,8 @@ class Checkpoints:
         if any(why != UNFINISHED for _, why in broken):
             reasons = "; ".join(f"step {step}: {' '.join(why.split())}" for step, why in broken)
             raise UnrestorableCheckpointsError(
-                f"none of the checkpoints in {self.directory} can be restored ({reasons}); nothing was moved or "
-                f"changed. Use another --workdir to start afresh, or move {self.directory} aside by hand to train "
+                f"none of the checkpoints in {self.directory} can be restored ({reasons}); no checkpoint was moved "
+                f"or changed. Use another --workdir to start afresh, or move {self.directory} aside by hand to train "
                 "this one from step 0")
         self._move_aside(broken)
         return None

@@ -28,7 +28,7 @@ FINAL_CONFIG_FILE = "final_config.py"
 
 # Fields of a search that describe the data the found arc is trained on, copied into the recipe; the splits are
 # not (the final network trains on the whole training split and is tested on the test split).
-_DATA_FIELDS = ("dataset", "data_dir", "image_size", "seed", "dtype")
+_DATA_FIELDS = ("dataset", "data_dir", "image_size", "eval_crop", "seed", "dtype")
 
 
 def _final_base() -> ml_collections.ConfigDict:

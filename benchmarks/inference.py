@@ -51,18 +51,15 @@ OTHERS = ("pytorch", "litert", "onnxruntime")  # what jaxnets is compared with
 EXPORT_CHILD = """
 import json, sys
 sys.path.insert(0, "benchmarks")
-import jax, jax.numpy as jnp
+import jax.numpy as jnp
 from harness.runners import host_variables
-from jaxnets.export import Served, write
+from jaxnets.export import served_model, write
 from jaxnets.models import create_model
-from jaxnets.models.folding import fold_batch_norm
 name, overrides, size, path = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 model = create_model(name, num_classes=10, **overrides)
 variables = host_variables(model, jnp.zeros((1, size, size, 3)))
-network = fold_batch_norm(model, variables, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-def logits(images):
-    return network((images.astype(jnp.float32) / 255.0 - 0.45) / 0.225)
-served = Served(logits, (size, size, 3), tuple(map(str, range(10))), "resize")
+served = served_model(model, variables, image_shape=(size, size, 3), mean=(0.45,) * 3, std=(0.225,) * 3,
+                      class_names=tuple(map(str, range(10))))
 for format in ("tflite", "onnx"):
     write(served, f"{path}.{format}", format)
 """

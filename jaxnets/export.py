@@ -81,10 +81,18 @@ def serving_function(workdir, fold: bool = True) -> Served:
                         "train the arc it found (WORKDIR/final_config.py) and export that run")
     model, variables, config = load_checkpoint(step_dir)
     spec = dataset_spec(config.dataset)
+    names = tuple(meta["class_names"]) or tuple(str(i) for i in range(meta["num_classes"]))
+    return served_model(model, variables, image_shape=tuple(meta["image_shape"]), mean=spec.mean, std=spec.std,
+                        class_names=names, eval_crop=config.get("eval_crop", None) or spec.eval_crop, fold=fold)
+
+
+def served_model(model, variables, *, image_shape: tuple[int, int, int], mean, std, class_names: tuple[str, ...],
+                 eval_crop: str = "resize", fold: bool = True) -> Served:
+    """Any model's inference as a function of uint8 images normalised by `mean` and `std` (per channel, on [0, 1]):
+    what `serving_function` makes of a run, and what benchmarks/inference.py exports."""
     channels = (1, 1, 1, -1)  # per channel, over [N, H, W, C] (the suite forbids implicit rank promotion)
-    mean = jnp.asarray(spec.mean, jnp.float32).reshape(channels)
-    std = jnp.asarray(spec.std, jnp.float32).reshape(channels)
-    image_shape = tuple(meta["image_shape"])
+    mean = jnp.asarray(mean, jnp.float32).reshape(channels)
+    std = jnp.asarray(std, jnp.float32).reshape(channels)
     network = functools.partial(model.apply, variables, train=False)
     if fold:
         example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
@@ -93,14 +101,13 @@ def serving_function(workdir, fold: bool = True) -> Served:
         if error <= FOLDING_TOLERANCE:
             network = folded
         else:  # a convolution's output used beyond its BatchNorm: exact but unfolded
-            log.warning("export: BatchNorm left unfolded in %s: folding it changed the logits by %.1e of their "
-                        "largest (a convolution's output used beyond its BatchNorm?)", step_dir, error)
+            log.warning("export: BatchNorm left unfolded: folding it changed the logits by %.1e of their largest "
+                        "(a convolution's output used beyond its BatchNorm?)", error)
 
     def logits(images):
         return network((images.astype(jnp.float32) / 255.0 - mean) / std)
 
-    names = tuple(meta["class_names"]) or tuple(str(i) for i in range(meta["num_classes"]))
-    return Served(logits, image_shape, names, config.get("eval_crop", None) or spec.eval_crop)
+    return Served(logits, tuple(image_shape), tuple(class_names), eval_crop)
 
 
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)

@@ -248,9 +248,7 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     num_batches = math.ceil(max(counts) / local_batch_size)
     num_examples = counts[process_index]
     stages = preprocess.FAMILIES[data.spec.family]
-    per_example = stages.per_example
-    if data.spec.family == "folder" and data.eval_crop == "centre":
-        per_example = preprocess.folder_centre_decode
+    per_example = stages.evaluation_per_example(data.eval_crop)
     no_seed = tf.zeros([2], tf.int64)
 
     @_as_written

@@ -216,14 +216,21 @@ class Preprocessing:
     per_example: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor], tf.Tensor] | None
     per_batch: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor | None], tf.Tensor]
     crop_per_example: bool = False  # ImageNet: its random_resized crop is drawn on the decoded photo
+    # The per-example stage of an evaluation with config.eval_crop="centre", where the family lets one choose it
+    # (a folder); None: per_example evaluates as the family always does.
+    centre_per_example: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor], tf.Tensor] | None = None
 
     def draws(self, augmentation: Augmentation | None) -> int:
         return 0 if augmentation is None else augmentation.batch_draws(self.crop_per_example)
+
+    def evaluation_per_example(self, eval_crop: str):
+        """The per-example stage of an evaluation under `config.eval_crop`."""
+        return self.centre_per_example if eval_crop == "centre" and self.centre_per_example else self.per_example
 
 
 FAMILIES = {
     "cifar": Preprocessing(per_example=None, per_batch=cifar),
     "digits": Preprocessing(per_example=None, per_batch=digits),
     "imagenet": Preprocessing(per_example=imagenet_decode, per_batch=imagenet, crop_per_example=True),
-    "folder": Preprocessing(per_example=folder_decode, per_batch=folder),
+    "folder": Preprocessing(per_example=folder_decode, per_batch=folder, centre_per_example=folder_centre_decode),
 }

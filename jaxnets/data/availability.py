@@ -14,6 +14,7 @@ import pathlib
 import sys
 from typing import Any
 
+from jaxnets.data.audio_folder import AudioScan, scan_audio_folder
 from jaxnets.data.datasets import DataConfig, check_data_config
 from jaxnets.data.folder import scan_folder
 from jaxnets.errors import ConfigError, DatasetNotPreparedError
@@ -29,11 +30,16 @@ def split_name(split: Any) -> str:
 
 
 def available_data(config: Any) -> DataConfig:
-    """`check_data_config`, then: a folder dataset's folders scanned (its image size filled in), a TFDS dataset
-    with nothing prepared in its data_dir refused (DatasetNotPreparedError, saying how to prepare it)."""
+    """`check_data_config`, then: a folder dataset's folders scanned (its image size filled in), a sound dataset's
+    clips checked (the generated timbres written first), a TFDS dataset with nothing prepared in its data_dir
+    refused (DatasetNotPreparedError, saying how to prepare it)."""
     data = check_data_config(config)
     if data.spec.family == "folder":
         return _scanned_folder(data)
+    if data.spec.family == "audio":
+        _check_one_split_folder(data)
+        scan_sound(data)
+        return data
     if data.spec.prepare:  # (the bundled digits prepare themselves)
         _refuse_if_certainly_unprepared(data)
     return data
@@ -71,11 +77,33 @@ def tfds_is_mocked() -> bool:
     return "mock_data" in getattr(tfds.core.DatasetBuilder.download_and_prepare, "__qualname__", "")
 
 
-def _scanned_folder(data: DataConfig) -> DataConfig:
+def sound_root(data: DataConfig) -> str:
+    """The folder of a sound dataset: an audio_folder's own, or the generated timbres' in data_dir (written there
+    on first use)."""
+    if data.spec.num_classes == 0:  # audio_folder:/path
+        return data.spec.tfds_name
+    from jaxnets.sound.synth import ensure_timbres
+
+    root = tfds_root(data.data_dir)
+    if "://" in root:
+        raise ConfigError(f"config.data_dir: {data.dataset} is generated into a local folder, not {root}")
+    return ensure_timbres(root)
+
+
+def scan_sound(data: DataConfig) -> AudioScan:
+    return scan_audio_folder(sound_root(data), split_name(data.train_split), split_name(data.eval_split),
+                             data.sound.sample_rate)
+
+
+def _check_one_split_folder(data: DataConfig) -> None:
     for field in ("train_split", "eval_split"):
         if "+" in getattr(data, field):
             raise ConfigError(f"config.{field}={getattr(data, field)!r}: a folder dataset reads one split folder "
                               "(or a part of it, such as 'train[:90%]'), not a sum of splits")
+
+
+def _scanned_folder(data: DataConfig) -> DataConfig:
+    _check_one_split_folder(data)
     scan = scan_folder(data.spec.tfds_name, split_name(data.train_split), split_name(data.eval_split),
                        resizing=data.image_size is not None)
     return data if data.image_size is not None else dataclasses.replace(data, image_size=scan.image_size[0])

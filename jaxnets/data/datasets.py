@@ -10,9 +10,12 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-from jaxnets.data.augmentation import Augmentation
+from jaxnets.data.audio_folder import AUDIO_FOLDER_PREFIX, audio_folder_root
+from jaxnets.data.augmentation import Augmentation, section_defaults
 from jaxnets.data.augmentation import resolve as resolve_augmentation
 from jaxnets.data.folder import folder_root
+from jaxnets.sound.config import SoundConfig
+from jaxnets.sound.config import resolve as resolve_sound
 
 # Per-channel statistics of the training pixels scaled to [0, 1] (std over all train pixels, not the
 # average per-image std that some CIFAR code quotes).
@@ -34,7 +37,7 @@ EVAL_CROPS = ("resize", "centre")
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     tfds_name: str
-    family: Literal["cifar", "imagenet", "digits", "folder"]  # selects the preprocessing
+    family: Literal["cifar", "imagenet", "digits", "folder", "audio"]  # selects the preprocessing
     num_classes: int  # 0 for a folder: its class folders tell (jaxnets.data.folder)
     channels: int
     train_split: str
@@ -75,6 +78,11 @@ DATASETS: dict[str, DatasetSpec] = {
         prepare="put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from image-net.org) in "
         "{data_dir}/downloads/manual (or pass --manual_dir DIR), then run " + _build("imagenet2012"),
     ),
+    # Six generated timbres (jaxnets/sound/synth.py), written into data_dir as a sound folder on first use.
+    "timbres": DatasetSpec(
+        "jaxnets_timbres", "audio", 6, 1, "train", "test", None, (0.0,), (1.0,),
+        cache=True, shuffle_buffer=288, prepare="", flip=False, crop="none",
+    ),
     # UCI 8x8 handwritten digits, shipped in jaxnets/data/digits: prepares itself, offline, on first use.
     "digits": DatasetSpec(
         "jaxnets_digits", "digits", 10, 1, "train", "test", 8, DIGITS_MEAN, DIGITS_STD,
@@ -92,17 +100,30 @@ def folder_spec(root: str) -> DatasetSpec:
     )  # fmt: skip
 
 
+def audio_folder_spec(root: str) -> DatasetSpec:
+    """Your own sound clips in root/train/<class>/*, root/test/<class>/* (`config.dataset = "audio_folder:" +
+    root`). The networks' input is their log-mel spectrogram (config.audio; normalised by jaxnets.sound.frontend)."""
+    return DatasetSpec(
+        root, "audio", 0, 1, "train", "test", None, (0.0,), (1.0,),
+        cache=False, shuffle_buffer=10_000, prepare="", flip=False, crop="none",
+    )  # fmt: skip
+
+
 def dataset_spec(name: Any) -> DatasetSpec | None:
-    """The spec of a `config.dataset` value: a DATASETS name or "folder:/path"; None when it is neither."""
+    """The spec of a `config.dataset` value: a DATASETS name, "folder:/path" or "audio_folder:/path"; None when it
+    is none of them."""
     if not isinstance(name, str):
         return None
     root = folder_root(name)
-    return folder_spec(root) if root is not None else DATASETS.get(name)
+    if root is not None:
+        return folder_spec(root)
+    root = audio_folder_root(name)
+    return audio_folder_spec(root) if root is not None else DATASETS.get(name)
 
 
 class DatasetInfo(NamedTuple):
     num_classes: int
-    image_shape: tuple[int, int, int]  # (H, W, C) of the batches, after preprocessing
+    image_shape: tuple[int, int, int]  # (H, W, C) of the networks' input (sound: mel bins x frames x 1)
     num_train_examples: int  # all processes together
     num_eval_examples: int
     class_names: tuple[str, ...] = ()  # label order; () when the dataset names none
@@ -124,6 +145,7 @@ class DataConfig:
     shuffle_buffer: int
     cache: bool
     seed: int
+    sound: SoundConfig | None = None  # config.audio, resolved, for a sound dataset (its batches are clips)
 
 
 def _field(config: Any, name: str, default: Any) -> Any:
@@ -166,8 +188,8 @@ def check_data_config(config: Any) -> DataConfig:
     name = _field(config, "dataset", None)
     spec = dataset_spec(name)
     if spec is None:
-        raise ValueError(f"config.dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}, or "
-                         "folder:/path/to/your/images")
+        raise ValueError(f"config.dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
+                         f"folder:/path/to/your/images, or {AUDIO_FOLDER_PREFIX}/path/to/your/clips")
     data = DataConfig(
         spec=spec,
         dataset=name,
@@ -189,5 +211,21 @@ def check_data_config(config: Any) -> DataConfig:
     if data.eval_crop != spec.eval_crop and spec.family != "folder":
         raise ValueError(f"config.eval_crop: {name} is always evaluated with eval_crop={spec.eval_crop!r}; the "
                          "choice is an image folder's (leave it None)")
+    if spec.family == "audio":
+        return _sound_data(config, data)
     augmentation = resolve_augmentation(config.get("augmentation", None), spec.flip, spec.crop)  # (checked always)
     return dataclasses.replace(data, augmentation=augmentation if data.augment else None)
+
+
+def _sound_data(config: Any, data: DataConfig) -> DataConfig:
+    """A sound dataset: config.audio says what the images' fields say for pictures, which must stay unset."""
+    if data.image_size is not None:
+        raise ValueError(f"config.image_size: {data.dataset} is sound; its input size is config.audio's (n_mels x "
+                         "the frames of clip_seconds): leave image_size None")
+    defaults = section_defaults()
+    images_only = {k: v for k, v in dict(config.get("augmentation", None) or {}).items()
+                   if v is not None and (tuple(v) if isinstance(v, list) else v) != defaults.get(k)}
+    if images_only:
+        raise ValueError(f"config.augmentation.{sorted(images_only)[0]}: image augmentation does not apply to "
+                         f"{data.dataset}, which is sound; its augmentation is config.audio's (SpecAugment and gain)")
+    return dataclasses.replace(data, sound=resolve_sound(config.get("audio", None)))

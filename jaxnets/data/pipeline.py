@@ -30,9 +30,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxnets.data import audio_stages, preprocess
 from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
-from jaxnets.data import preprocess
-from jaxnets.data.availability import available_data, not_prepared_error, split_name, tfds_is_mocked
+from jaxnets.data.availability import available_data, not_prepared_error, scan_sound, split_name, tfds_is_mocked
 from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
 from jaxnets.errors import ConfigError
 
@@ -54,7 +54,20 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
     return builder.data_path.exists() and builder.is_prepared()  # (is_prepared alone logs a warning when absent)
 
 
-def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
+class _SoundFolder:
+    """Where a sound dataset is read instead of a TFDS builder: its clips, listed by the scan (jaxnets.data.audio_stages)."""
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+
+
+def _stages(data: DataConfig) -> preprocess.Preprocessing:
+    return audio_stages.preprocessing(data) if data.spec.family == "audio" else preprocess.FAMILIES[data.spec.family]
+
+
+def _builder(data: DataConfig) -> tfds.core.DatasetBuilder | _SoundFolder:
+    if data.spec.family == "audio":  # (scanned by available_data)
+        return _SoundFolder(data)
     if data.spec.family == "folder":  # (scanned by available_data)
         return tfds.folder_dataset.ImageFolder(data.spec.tfds_name)
     builder = tfds.builder(data.spec.tfds_name, data_dir=data.data_dir, try_gcs=False)
@@ -71,14 +84,18 @@ def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
     raise not_prepared_error(data, builder.data_dir_root)
 
 
-def _num_examples(builder: tfds.core.DatasetBuilder, split: Any) -> int:
+def _num_examples(builder: tfds.core.DatasetBuilder | _SoundFolder, split: Any) -> int:
+    if isinstance(builder, _SoundFolder):
+        return audio_stages.num_examples(builder.data, split)
     if builder.info.splits:  # the prepared dataset's metadata
         return builder.info.splits[split].num_examples
     # tfds.testing.mock_data: no metadata, but the mocked dataset knows its (split-independent) length.
     return int(builder.as_dataset(split=split).cardinality())
 
 
-def _read(builder: tfds.core.DatasetBuilder, data: DataConfig, split: Any) -> tf.data.Dataset:
+def _read(builder: tfds.core.DatasetBuilder | _SoundFolder, data: DataConfig, split: Any) -> tf.data.Dataset:
+    if isinstance(builder, _SoundFolder):  # clips, decoded (a cache holds them decoded and resampled)
+        return audio_stages.read(data, split)
     # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg), and your own images until
     # they are resized (a shuffle buffer or cache of full-size photos would not fit in memory); small fixed-size
     # images are decoded at read, so that a cache holds uint8 pixels and a resume skips without decoding cost.
@@ -111,12 +128,15 @@ def dataset_info(config: Any) -> DatasetInfo:
     """Classes, batch image shape and split sizes; reads metadata only (prepares the bundled digits)."""
     data = available_data(config)
     builder = _builder(data)
-    class_names = tuple(getattr(builder.info.features["label"], "names", ()))
+    if data.spec.family == "audio":
+        class_names = scan_sound(data).class_names
+    else:
+        class_names = tuple(getattr(builder.info.features["label"], "names", ()))
     if data.spec.family == "folder":
         _check_folder_classes(data, class_names)
     return DatasetInfo(
-        num_classes=len(class_names) if data.spec.family == "folder" else data.spec.num_classes,
-        image_shape=(data.image_size, data.image_size, data.spec.channels),
+        num_classes=len(class_names) if data.spec.family in ("folder", "audio") else data.spec.num_classes,
+        image_shape=data.sound.input_shape if data.sound else (data.image_size, data.image_size, data.spec.channels),
         num_train_examples=_num_examples(builder, data.train_split),
         num_eval_examples=_num_examples(builder, data.eval_split),
         class_names=class_names,
@@ -164,7 +184,7 @@ def train_iterator(
         shuffled = examples.shuffle(buffer_size, seed=shuffle_seed, reshuffle_each_iteration=False)
         return shuffled.enumerate(start=e * num_examples)
 
-    stages = preprocess.FAMILIES[data.spec.family]
+    stages = _stages(data)
     global_batch_size = local_batch_size * process_count
     example_key = tf.constant([data.seed, 0], tf.int64)  # -> one seed per stream position
     batch_key = tf.constant([data.seed, 1], tf.int64)  # -> one table of uniform numbers per global batch
@@ -182,7 +202,7 @@ def train_iterator(
     @_as_written
     def prepare_batch(positions: tf.Tensor, examples: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         images, uniforms = examples["image"], None
-        draws = stages.draws(data.augmentation)
+        draws = stages.draws(data.augmentation) + stages.device_draws
         if draws:
             # Global batch b draws a [G, draws] table keyed by b, and each example takes the row of its position in
             # b: a pure function of (config.seed, G, position), whichever process takes the example. (A local batch
@@ -191,7 +211,10 @@ def train_iterator(
             table = tf.random.stateless_uniform([global_batch_size, draws], table_seed)
             uniforms = tf.gather(table, positions % global_batch_size)
         images = stages.per_batch(images, data.spec, data.image_size, data.augmentation, uniforms)
-        return {"image": images, "label": tf.cast(examples["label"], tf.int32)}
+        batch = {"image": images, "label": tf.cast(examples["label"], tf.int32)}
+        if stages.device_draws:  # the augmentation made on the accelerator takes its numbers from here
+            batch["augment"] = uniforms[:, -stages.device_draws:]
+        return batch
 
     start_epoch, offset = divmod(start_step * global_batch_size, num_examples)
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
@@ -247,7 +270,7 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     counts = [_num_examples(builder, split) for split in splits]
     num_batches = math.ceil(max(counts) / local_batch_size)
     num_examples = counts[process_index]
-    stages = preprocess.FAMILIES[data.spec.family]
+    stages = _stages(data)
     per_example = stages.evaluation_per_example(data.eval_crop)
     no_seed = tf.zeros([2], tf.int64)
 
@@ -262,7 +285,8 @@ def eval_batches(config: Any, local_batch_size: int, *, process_index: int = 0, 
     def prepare_batch(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         images = batch["image"]
         images = stages.per_batch(images, data.spec, data.image_size, None, None)
-        images = tf.where(batch["mask"][:, None, None, None], images, 0.0)  # padding stays zeros
+        mask = tf.reshape(batch["mask"], [-1] + [1] * (images.shape.rank - 1))
+        images = tf.where(mask, images, 0.0)  # padding stays zeros
         return {**batch, "image": images}
 
     ds = _read(builder, data, splits[process_index]).apply(tf.data.experimental.assert_cardinality(num_examples))

@@ -219,12 +219,19 @@ class Preprocessing:
     # The per-example stage of an evaluation with config.eval_crop="centre", where the family lets one choose it
     # (a folder); None: per_example evaluates as the family always does.
     centre_per_example: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor], tf.Tensor] | None = None
+    # Uniform numbers per training example that the batch carries as "augment" for an augmentation made on the
+    # accelerator (sound: jaxnets.sound.frontend), keyed like per_batch's.
+    device_draws: int = 0
+    # The per-example stage of every evaluation, where it is not per_example's (sound: its eval crops).
+    evaluation: Callable[[tf.Tensor, DatasetSpec, int, Augmentation | None, tf.Tensor], tf.Tensor] | None = None
 
     def draws(self, augmentation: Augmentation | None) -> int:
         return 0 if augmentation is None else augmentation.batch_draws(self.crop_per_example)
 
     def evaluation_per_example(self, eval_crop: str):
         """The per-example stage of an evaluation under `config.eval_crop`."""
+        if self.evaluation is not None:
+            return self.evaluation
         return self.centre_per_example if eval_crop == "centre" and self.centre_per_example else self.per_example
 
 

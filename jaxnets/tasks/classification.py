@@ -21,6 +21,7 @@ from jaxnets.models import create_model, create_model_from_config, model_entry
 from jaxnets.models.enas import parse_arc
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.tasks import finetune
+from jaxnets.tasks.inputs import NetworkInputs
 from jaxnets.tasks.supervised import DIVERGENCE_ADVICE, FINITE_METRICS, TrainState, cross_entropy, supervised_step
 from jaxnets.train import register_task
 from jaxnets.train.parallel import DATA_AXIS
@@ -43,7 +44,8 @@ class ClassificationTask:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     config: Any  # the resolved run config (label smoothing, weight decay, EMA, BN synchronisation)
-    image_shape: tuple[int, int, int]  # (H, W, C) of one example
+    image_shape: tuple[int, int, int]  # (H, W, C) of the network's input
+    inputs: NetworkInputs = NetworkInputs(sound=None)  # what the batches hold: images, or clips (sound)
     frozen: str | None = None  # module paths not trained (finetune.frozen_pattern), None: none
     frozen_batch_norm: str | None = None  # BN layers normalising with and keeping their running statistics
 
@@ -69,13 +71,15 @@ class ClassificationTask:
         """One optimizer update on this device's shard of the global batch."""
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         dropout_key = jax.random.fold_in(step_key, jax.lax.axis_index(DATA_AXIS))
+        batch = {"image": self.inputs.training(batch), "label": batch["label"]}
         return supervised_step(state, batch, apply_fn=self.model.apply, tx=self.tx, schedule=self.schedule,
                                config=self.config, dropout_key=dropout_key, frozen=self.frozen,
                                frozen_batch_norm=self.frozen_batch_norm)
 
     def eval_step(self, state: TrainState, batch) -> dict:
         """Sums over this device's shard, psum'd: padded examples (mask False) count nowhere."""
-        logits = self.model.apply(state.eval_variables(), batch["image"], train=False)
+        variables = state.eval_variables()
+        logits = self.inputs.evaluation_logits(lambda x: self.model.apply(variables, x, train=False), batch)
         mask = batch["mask"].astype(jnp.float32)
         labels = batch["label"]
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -110,6 +114,7 @@ def build(config, dataset, steps_per_epoch: int) -> ClassificationTask:
         schedule=create_schedule(config, steps_per_epoch),
         config=config,
         image_shape=tuple(dataset.image_shape),
+        inputs=NetworkInputs.of(config),
         frozen=frozen,
         frozen_batch_norm=finetune.frozen_batch_norm_pattern(section, classifier),
     )

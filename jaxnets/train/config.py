@@ -21,6 +21,7 @@ from ml_collections.config_dict import placeholder
 
 from jaxnets.data import check_data_config
 from jaxnets.errors import ConfigError
+from jaxnets.sound.config import config_section as sound_config_section
 from jaxnets.train.task import get_task
 from jaxnets.train.validate import check_config
 
@@ -58,6 +59,9 @@ def engine_config() -> ml_collections.ConfigDict:
     c.shuffle_buffer = placeholder(int)  # None: the dataset's (50k CIFAR, 16k ImageNet)
     c.cache = placeholder(bool)  # None: cached in memory except ImageNet
     c.seed = 0
+    # Sound datasets (audio_folder:/path, timbres): how a clip becomes the networks' input, and its augmentation
+    # (SpecAugment, gain); jaxnets/sound/config.py has every field.
+    c.audio = sound_config_section()
 
     # Length and batch.
     c.global_batch_size = 128  # over all devices and hosts

@@ -93,6 +93,9 @@ def check_search_config(config, device_count: int) -> None:
             f"which must be held out of the training split, never the test split; leave it unset (the last "
             f"{100 - SEARCH_TRAIN_PERCENT}% of the training split)"
         )
+    if config.audio.eval_crops != 1 and dataset_spec(config.dataset).family == "audio":
+        raise ConfigError(f"config.audio.eval_crops={config.audio.eval_crops}: a search scores its arcs on one crop "
+                          "per clip; leave it 1 (its final_config.py may evaluate on several)")
     for field in _POSITIVE_INTS:
         value = search[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -29,6 +29,7 @@ FINAL_CONFIG_FILE = "final_config.py"
 # Fields of a search that describe the data the found arc is trained on, copied into the recipe; the splits are
 # not (the final network trains on the whole training split and is tested on the test split).
 _DATA_FIELDS = ("dataset", "data_dir", "image_size", "eval_crop", "seed", "dtype")
+_SOUND_SECTION = "audio"  # (and of config.audio, the fields that differ from its defaults)
 
 
 def _final_base() -> ml_collections.ConfigDict:
@@ -51,6 +52,10 @@ def final_config_fields(search_config, model) -> tuple[dict, dict]:
     overrides.update(final.pop("model_overrides", {}))
     fields = {"model": "enas_macro"}
     fields.update({name: search_config[name] for name in _DATA_FIELDS if search_config[name] != base[name]})
+    sound = {name: value for name, value in search_config[_SOUND_SECTION].items()
+             if value != base[_SOUND_SECTION][name]}
+    if sound:
+        fields[_SOUND_SECTION] = sound
     fields.update(final)
     unknown = sorted(set(fields) - set(base.keys()))
     if unknown:
@@ -64,7 +69,10 @@ def final_config(search_config, model, arc_line: str) -> ml_collections.ConfigDi
     fields, overrides = final_config_fields(search_config, model)
     c = _final_base()
     for name, value in fields.items():
-        c[name] = value
+        if name == _SOUND_SECTION:
+            c[name].update(value)
+        else:
+            c[name] = value
     c.model_overrides.arc = arc_line
     for name, value in overrides.items():
         c.model_overrides[name] = value
@@ -90,7 +98,11 @@ def final_config_source(search_config, model, arc_line: str, workdir: str, accur
         "def get_config():",
         "    c = base_config()",
     ]
-    lines += [f"    c.{name} = {_literal(value)}" for name, value in fields.items()]
+    for name, value in fields.items():
+        if name == _SOUND_SECTION:
+            lines += [f"    c.{name}.{field} = {_literal(v)}" for field, v in value.items()]
+        else:
+            lines.append(f"    c.{name} = {_literal(value)}")
     lines.append("    c.model_overrides.arc = ARC")
     lines += [f"    c.model_overrides.{name} = {_literal(value)}" for name, value in overrides.items()]
     lines += ["    return c", ""]
@@ -107,7 +119,7 @@ def _literal(value):
 
 def load_final_model(search_workdir):
     """(model, image_shape): the fixed network that a finished search's final_config.py trains (its arc, depth and
-    width), built from that recipe, and the (H, W, C) of its images: to draw it (`jaxnets.plots.enas_architecture`)
+    width), built from that recipe, and the (H, W, C) of its input: to draw it (`jaxnets.plots.enas_architecture`)
     or look at it before training it."""
     recipe = epath.Path(search_workdir) / FINAL_CONFIG_FILE
     if not recipe.exists():
@@ -115,8 +127,9 @@ def load_final_model(search_workdir):
     config = runpy.run_path(str(recipe))["get_config"]()
     spec = dataset_spec(config.dataset)
     if spec.num_classes and (config.image_size or spec.image_size):
-        num_classes, size, channels = spec.num_classes, config.image_size or spec.image_size, spec.channels
-    else:  # a folder of images: the search's checkpoint knows what its scan found
+        size = config.image_size or spec.image_size
+        num_classes, image_shape = spec.num_classes, (size, size, spec.channels)
+    else:  # a folder (or sound, whose input config.audio sizes): the search's checkpoint knows what it trained on
         meta = read_meta(resolve_step_dir(search_workdir))
-        num_classes, (size, _, channels) = meta["num_classes"], meta["image_shape"]
-    return create_model_from_config(config, num_classes), (size, size, channels)
+        num_classes, image_shape = meta["num_classes"], tuple(meta["image_shape"])
+    return create_model_from_config(config, num_classes), image_shape

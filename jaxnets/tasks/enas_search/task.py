@@ -34,6 +34,7 @@ from jaxnets.nas.controller import MacroController
 from jaxnets.nas.uniform import uniform_arc
 from jaxnets.optim import create_optimizer, create_schedule
 from jaxnets.tasks.enas_search.final import FINAL_ARC_FILE, FINAL_CONFIG_FILE, final_config_source
+from jaxnets.tasks.inputs import NetworkInputs
 from jaxnets.tasks.supervised import DIVERGENCE_ADVICE, FINITE_METRICS, supervised_step
 from jaxnets.train.parallel import DATA_AXIS, platform, replicated
 
@@ -71,7 +72,8 @@ class SearchTask:
     tx: optax.GradientTransformation  # the shared network's optimizer
     schedule: optax.Schedule
     config: Any  # the resolved run config
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, int, int]  # (H, W, C) of the network's input
+    inputs: NetworkInputs = NetworkInputs(sound=None)  # what the batches hold: images, or clips (sound)
 
     finite_metrics = FINITE_METRICS
     divergence_advice = DIVERGENCE_ADVICE
@@ -125,6 +127,7 @@ class SearchTask:
         def apply_fn(variables, images, **kwargs):
             return self.model.apply(variables, images, arc, **kwargs)
 
+        batch = {"image": self.inputs.training(batch), "label": batch["label"]}
         return supervised_step(state, batch, apply_fn=apply_fn, tx=self.tx, schedule=self.schedule,
                                config=self.config, dropout_key=jax.random.fold_in(dropout_key,
                                                                                   jax.lax.axis_index(DATA_AXIS)))
@@ -178,7 +181,7 @@ class SearchTask:
 
     def eval_step(self, state: SearchState, batch) -> dict:
         arcs = self.eval_arcs(state, _EVAL_ARCS, self.config.search.eval_arcs)
-        sums = {"correct": self._correct(state, arcs, batch["image"], batch["label"], batch["mask"]),
+        sums = {"correct": self._correct(state, arcs, self.inputs.evaluation(batch), batch["label"], batch["mask"]),
                 "count": jnp.sum(batch["mask"].astype(jnp.float32))}
         return jax.lax.psum(sums, DATA_AXIS)
 
@@ -195,7 +198,8 @@ class SearchTask:
         held-out images; arc a is scored on row block a of every device's shard (its accuracy is psum'd)."""
         config = self.config
         arcs_per_update = config.search.controller_arcs_per_update
-        images = batch["image"].reshape(arcs_per_update, -1, *batch["image"].shape[1:])
+        images = self.inputs.evaluation(batch)
+        images = images.reshape(arcs_per_update, -1, *images.shape[1:])
         labels = batch["label"].reshape(arcs_per_update, -1)
         key = jax.random.fold_in(self._stream_key(_CONTROLLER_UPDATES), state.controller_step)
         keys = jax.random.split(key, arcs_per_update)
@@ -314,7 +318,7 @@ class SearchTask:
             purposes["uniform"] = _RANDOM_ARCS
 
         def correct(state, arcs, batch):
-            sums = (self._correct(state, arcs, batch["image"], batch["label"], batch["mask"]),
+            sums = (self._correct(state, arcs, self.inputs.evaluation(batch), batch["label"], batch["mask"]),
                     jnp.sum(batch["mask"].astype(jnp.float32)))
             return jax.lax.psum(sums, DATA_AXIS)
 
@@ -351,4 +355,4 @@ def build(config, dataset, steps_per_epoch: int) -> SearchTask:
     )
     return SearchTask(model=model, controller=controller, tx=create_optimizer(config, steps_per_epoch),
                       schedule=create_schedule(config, steps_per_epoch), config=config,
-                      image_shape=tuple(dataset.image_shape))
+                      image_shape=tuple(dataset.image_shape), inputs=NetworkInputs.of(config))

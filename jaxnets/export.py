@@ -7,7 +7,8 @@
 
 The served function takes a batch of uint8 images at the run's evaluation size, [N, H, W, C] (N free), and returns
 float32 logits [N, classes]. The evaluation's preprocessing after resizing (scaling to [0, 1], the dataset's mean
-and std) is inside it; the model's evaluation variables (the EMA's parameters where the run kept one) are
+and std) is inside it. A run on sound takes float32 clips instead, [N, samples] at its config.audio.sample_rate
+(mono, one clip_seconds long: cut and resample before), named `clips`: the log-mel front end is inside it; the model's evaluation variables (the EMA's parameters where the run kept one) are
 constants; every BatchNorm that follows a convolution is folded into it (`jaxnets.models.folding`), the others run
 in inference mode; the convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU custom call that no other
 runtime has, and `jax.export` refuses them).
@@ -45,7 +46,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 
 from jaxnets.checkpoints import load_checkpoint, read_meta, resolve_step_dir
-from jaxnets.data.datasets import dataset_spec
+from jaxnets.data.datasets import check_data_config, dataset_spec
 from jaxnets.errors import UserError
 from jaxnets.models import layers
 from jaxnets.models.folding import fold_batch_norm, folding_error
@@ -63,12 +64,15 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 @dataclasses.dataclass(frozen=True)
 class Served:
-    """A trained run as a function of uint8 images [N, *image_shape] -> float32 logits [N, len(class_names)]."""
+    """A trained run as a function of uint8 images [N, *image_shape] -> float32 logits [N, len(class_names)] (or of
+    float32 clips [N, samples], for sound)."""
 
     logits: Callable[[jax.Array], jax.Array]
-    image_shape: tuple[int, int, int]  # (H, W, C): the run's evaluation size
+    image_shape: tuple[int, ...]  # of one input: (H, W, C), the run's evaluation size; (samples,) for sound
     class_names: tuple[str, ...]  # label order; "0", "1", ... where the dataset named none
     eval_crop: str  # how the run's evaluation sized its images (jaxnets.data.datasets.EVAL_CROPS)
+    input_name: str = "images"  # "clips" for sound
+    input_dtype: str = "uint8"  # "float32" for sound (samples in [-1, 1])
 
 
 def serving_function(workdir, fold: bool = True) -> Served:
@@ -82,6 +86,9 @@ def serving_function(workdir, fold: bool = True) -> Served:
     model, variables, config = load_checkpoint(step_dir)
     spec = dataset_spec(config.dataset)
     names = tuple(meta["class_names"]) or tuple(str(i) for i in range(meta["num_classes"]))
+    if spec.family == "audio":
+        sound = check_data_config(config).sound
+        return served_sound_model(model, variables, sound=sound, class_names=names, fold=fold)
     return served_model(model, variables, image_shape=tuple(meta["image_shape"]), mean=spec.mean, std=spec.std,
                         class_names=names, eval_crop=config.get("eval_crop", None) or spec.eval_crop, fold=fold)
 
@@ -93,21 +100,43 @@ def served_model(model, variables, *, image_shape: tuple[int, int, int], mean, s
     channels = (1, 1, 1, -1)  # per channel, over [N, H, W, C] (the suite forbids implicit rank promotion)
     mean = jnp.asarray(mean, jnp.float32).reshape(channels)
     std = jnp.asarray(std, jnp.float32).reshape(channels)
-    network = functools.partial(model.apply, variables, train=False)
-    if fold:
-        example = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        folded = fold_batch_norm(model, variables, example)
-        error = folding_error(model, variables, folded, example)
-        if error <= FOLDING_TOLERANCE:
-            network = folded
-        else:  # a convolution's output used beyond its BatchNorm: exact but unfolded
-            log.warning("export: BatchNorm left unfolded: folding it changed the logits by %.1e of their largest "
-                        "(a convolution's output used beyond its BatchNorm?)", error)
+    network = _inference(model, variables, tuple(image_shape), fold)
 
     def logits(images):
         return network((images.astype(jnp.float32) / 255.0 - mean) / std)
 
     return Served(logits, tuple(image_shape), tuple(class_names), eval_crop)
+
+
+def served_sound_model(model, variables, *, sound, class_names: tuple[str, ...], fold: bool = True) -> Served:
+    """A model trained on sound as a function of float32 clips [N, sound.clip_samples]: the log-mel front end
+    (jaxnets.sound.frontend) and the network, as the run's evaluation of one centre crop."""
+    from jaxnets.sound.frontend import network_input
+
+    network = _inference(model, variables, sound.input_shape, fold)
+
+    def logits(clips):
+        return network(network_input(clips, sound))
+
+    return Served(logits, (sound.clip_samples,), tuple(class_names), "centre", input_name="clips",
+                  input_dtype="float32")
+
+
+def _inference(model, variables, input_shape: tuple[int, ...], fold: bool):
+    """The model's inference on inputs [N, *input_shape]; with `fold`, its BatchNorm folded into the convolutions
+    where that leaves the logits as they are."""
+    network = functools.partial(model.apply, variables, train=False)
+    if not fold:
+        return network
+    example = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    folded = fold_batch_norm(model, variables, example)
+    error = folding_error(model, variables, folded, example)
+    if error <= FOLDING_TOLERANCE:
+        return folded
+    # a convolution's output used beyond its BatchNorm: exact but unfolded
+    log.warning("export: BatchNorm left unfolded: folding it changed the logits by %.1e of their largest "
+                "(a convolution's output used beyond its BatchNorm?)", error)
+    return network
 
 
 def export(workdir, output, format: str = "stablehlo") -> list[str]:  # noqa: A002  (the command line's name)
@@ -144,12 +173,11 @@ def _with_xla_convolutions(logits):
 
 
 def _polymorphic_batch(served: Served) -> str:
-    height, width, channels = served.image_shape
-    return f"n, {height}, {width}, {channels}"  # the batch size is left free
+    return ", ".join(["n", *map(str, served.image_shape)])  # the batch size is left free
 
 
 def _stablehlo(served: Served, output: str) -> None:
-    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
+    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), served.input_dtype)
     exported = jax_export.export(jax.jit(served.logits), platforms=PLATFORMS)(images)
     _write(output, exported.serialize())
 
@@ -160,13 +188,13 @@ def _onnx(served: Served, output: str) -> None:
     except ImportError:
         raise UserError("the onnx format needs jax2onnx and onnxruntime: pip install 'jaxnets[export]'") from None
 
-    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), jnp.uint8)
+    images = jax.ShapeDtypeStruct(jax_export.symbolic_shape(_polymorphic_batch(served)), served.input_dtype)
     # jax2onnx prints and logs as it imports its plugins (some of which are for libraries jaxnets does not use):
     # its warnings stay out of the command's output, the conversion's errors do not.
     logging.getLogger("jax2onnx").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         model = jax2onnx.to_onnx(served.logits, [images], model_name="jaxnets", opset=ONNX_OPSET,
-                                 input_names=["images"], output_names=["logits"])
+                                 input_names=[served.input_name], output_names=["logits"])
     model.metadata_props.add(key="class_names", value="\n".join(served.class_names))
     _write(output, model.SerializeToString())
 
@@ -181,8 +209,8 @@ def _tf_module(served: Served, batch: int | None = None):
     logits = jax2tf.convert(served.logits, polymorphic_shapes=[f"({shape})" if shape else None],
                             with_gradient=False, native_serialization_platforms=PLATFORMS)
     module = tf.Module()
-    signature = [tf.TensorSpec([batch, *served.image_shape], tf.uint8, name="images")]
-    module.serve = tf.function(lambda images: {"logits": logits(images)}, input_signature=signature, autograph=False)
+    signature = [tf.TensorSpec([batch, *served.image_shape], served.input_dtype, name=served.input_name)]
+    module.serve = tf.function(lambda inputs: {"logits": logits(inputs)}, input_signature=signature, autograph=False)
     module.class_names = tf.Variable(list(served.class_names), trainable=False)  # saved with the model
     return module
 

@@ -4,6 +4,7 @@ ENAS macro architecture. The notebooks in colab/ show them; `python -m jaxnets.r
     fig = plots.training_curves(workdir)                    # from the run's metrics.jsonl
     fig = plots.confusion_matrix(labels, predicted, class_names)
     fig = plots.prediction_grid(images, labels, predicted, class_names)
+    fig = plots.spectrogram_grid(spectrograms, labels, predicted, class_names)   # a run on sound
     fig = plots.enas_architecture(model)                    # an ENASMacroChild: its arc, reductions, parameters
     train_and_evaluate(config, workdir, on_report=plots.LiveCurves())   # curves and progress while it trains
 
@@ -102,6 +103,32 @@ def prediction_grid(images, labels, predicted, class_names: Sequence[str] = (), 
                     columns: int = 8, mistakes_first: bool = False) -> Figure:
     """Images with their predicted and true class; a mistake has a red title "predicted (true)". `labels` and
     `predicted` may run longer than `images` (jaxnets.predict keeps the first images only)."""
+
+    def draw(ax, image):
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+
+    return _grid(images, labels, predicted, class_names, count=count, columns=columns,
+                 mistakes_first=mistakes_first, draw=draw, cell=(1.5, 1.7))
+
+
+def spectrogram_grid(spectrograms, labels, predicted, class_names: Sequence[str] = (), *, count: int = 16,
+                     columns: int = 4, mistakes_first: bool = False) -> Figure:
+    """prediction_grid for sound: log-mel spectrograms [N, n_mels, frames(, 1)] in dB (jaxnets.predict's for a run
+    on sound), low frequencies at the bottom, time to the right, each on the same 80 dB colour range below its
+    loudest bin."""
+    spectrograms = np.asarray(spectrograms)
+
+    def draw(ax, spectrogram):
+        spectrogram = spectrogram[..., 0] if spectrogram.ndim == 3 else spectrogram
+        ax.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma", vmin=spectrogram.max() - 80.0,
+                  vmax=spectrogram.max(), interpolation="nearest")
+
+    return _grid(spectrograms, labels, predicted, class_names, count=count, columns=columns,
+                 mistakes_first=mistakes_first, draw=draw, cell=(2.4, 1.8))
+
+
+def _grid(images, labels, predicted, class_names, *, count, columns, mistakes_first, draw, cell) -> Figure:
     images = np.asarray(images)
     labels, predicted = np.asarray(labels)[: len(images)], np.asarray(predicted)[: len(images)]
     order = np.arange(len(labels))
@@ -109,15 +136,13 @@ def prediction_grid(images, labels, predicted, class_names: Sequence[str] = (), 
         order = np.concatenate([order[predicted != labels], order[predicted == labels]])
     order = order[:count]
     rows = max(1, -(-len(order) // columns))
-    fig = Figure(figsize=(1.5 * columns, 1.7 * rows), layout="constrained")
+    fig = Figure(figsize=(cell[0] * columns, cell[1] * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     name = (lambda i: class_names[i]) if class_names else str
     for ax in axes:
         ax.axis("off")
     for ax, i in zip(axes, order, strict=False):
-        image = images[i]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
-                  interpolation="nearest")
+        draw(ax, images[i])
         right = predicted[i] == labels[i]
         text = name(predicted[i]) if right else f"{name(predicted[i])} ({name(labels[i])})"
         ax.set_title(text, fontsize=8, color=_CORRECT if right else _MISTAKE)

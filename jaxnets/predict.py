@@ -3,6 +3,8 @@
     model, variables, config = jaxnets.load_checkpoint(workdir)
     predictions = jaxnets.predict(model, variables, config)          # the run's eval split (the test split)
     predictions.accuracy, predictions.predicted, predictions.images  # images in [0, 1], for display
+
+A run on sound keeps the log-mel spectrograms (dB) of its clips' first crops as `images` (`kind` "spectrogram").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxnets import data
+from jaxnets.tasks.inputs import NetworkInputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Predictions:
     labels: np.ndarray  # [N] int: the true classes
     logits: np.ndarray  # [N, K] float32
     images: np.ndarray  # [min(N, images_kept), H, W, C] float32 in [0, 1]: the first examples as the model saw them
+    kind: str = "image"  # "spectrogram": images are log-mel spectrograms in dB, [n_mels, frames, 1] each
 
     @property
     def predicted(self) -> np.ndarray:
@@ -41,7 +45,16 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
         with config.unlocked():
             config.eval_split = split
     spec = data.check_data_config(config).spec
-    apply = jax.jit(functools.partial(model.apply, train=False))  # (variables passed, not baked in as constants)
+    inputs = NetworkInputs.of(config)
+
+    @jax.jit  # (variables passed, not baked in as constants)
+    def apply(variables, batch):
+        return inputs.evaluation_logits(functools.partial(model.apply, variables, train=False), batch)
+
+    if inputs.sound is not None:
+        from jaxnets.sound.frontend import log_mel
+
+        shown = jax.jit(lambda clips: log_mel(clips if clips.ndim == 2 else clips[:, 0], inputs.sound)[..., None])
     labels, logits, images = [], [], []
     seen = 0
     for batch in data.eval_iterator(config, batch_size):
@@ -50,13 +63,15 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
             keep = keep & (np.cumsum(keep) <= limit - seen)
         if not keep.any():
             break
-        logits.append(np.asarray(apply(variables, batch["image"]))[keep])
+        logits.append(np.asarray(apply(variables, batch))[keep])
         labels.append(batch["label"][keep])
         if sum(len(i) for i in images) < images_kept:
-            images.append(batch["image"][keep])
+            images.append(np.asarray(shown(batch["image"]))[keep] if inputs.sound else batch["image"][keep])
         seen += int(keep.sum())
     if not labels:
         raise ValueError(f"config.eval_split {config.eval_split!r} has no examples")
-    shown = np.concatenate(images)[:images_kept] * np.asarray(spec.std) + np.asarray(spec.mean)  # un-normalised
-    return Predictions(labels=np.concatenate(labels), logits=np.concatenate(logits).astype(np.float32),
-                       images=np.clip(shown, 0.0, 1.0).astype(np.float32))
+    labels, logits = np.concatenate(labels), np.concatenate(logits).astype(np.float32)
+    if inputs.sound is not None:
+        return Predictions(labels, logits, np.concatenate(images)[:images_kept], kind="spectrogram")
+    pixels = np.concatenate(images)[:images_kept] * np.asarray(spec.std) + np.asarray(spec.mean)  # un-normalised
+    return Predictions(labels, logits, np.clip(pixels, 0.0, 1.0).astype(np.float32))

@@ -2,7 +2,7 @@
 
     curves.png            loss, accuracy and learning rate from metrics.jsonl
     confusion_matrix.png  the newest checkpoint on the test split (a classification run)
-    predictions.png       a grid of test images with predicted and true classes, mistakes first
+    predictions.png       a grid of test images (spectrograms, for sound) with predicted and true classes, mistakes first
     architecture.png      the ENAS macro network: of an `enas_macro` run, or the arc a finished search found
 
 Options: --split (default: the run's eval split), --limit N (examples scored; default all); a search scores
@@ -56,8 +56,8 @@ def _classification_figures(model, variables, config, split, limit, class_names)
     return {
         "confusion_matrix.png": plots.confusion_matrix(predictions.labels, predictions.predicted, class_names,
                                                        title=split or config.eval_split or "eval split"),
-        "predictions.png": plots.prediction_grid(predictions.images, predictions.labels, predictions.predicted,
-                                                 class_names, mistakes_first=True),
+        "predictions.png": (plots.spectrogram_grid if predictions.kind == "spectrogram" else plots.prediction_grid)(
+            predictions.images, predictions.labels, predictions.predicted, class_names, mistakes_first=True),
     }
 
 

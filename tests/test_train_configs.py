@@ -11,11 +11,12 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+import soundfile
 import tensorflow_datasets as tfds
 from helpers import load_recipe
 from PIL import Image
 
-from jaxnets.data import DATASETS
+from jaxnets.data import DATASETS, dataset_spec
 from jaxnets.models import create_model
 from jaxnets.train import train_and_evaluate
 
@@ -46,6 +47,16 @@ def tiny_image_folder(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
+def tiny_audio_folder(root: pathlib.Path) -> pathlib.Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b", "c"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(8):
+                soundfile.write(root / split / name / f"{i}.wav", 0.1 * rng.standard_normal(4000), 8000)
+    return root
+
+
 def shrink(config, workdir):
     family = next(f for f in TINY_MODEL if f in config.model)
     overrides = dict(TINY_MODEL[family])
@@ -67,7 +78,11 @@ def shrink(config, workdir):
     if config.dataset.startswith("folder:"):  # a recipe for your own images: 3 classes of 8 random 16x16 images
         config.dataset = f"folder:{tiny_image_folder(workdir / 'images')}"
         config.image_size = 16
-    config.image_size = min(config.image_size or DATASETS[config.dataset].image_size, 32)
+    if dataset_spec(config.dataset).family == "audio":  # sound: 3 classes of 8 clips of noise, 40 x 21 inputs
+        config.dataset = f"audio_folder:{tiny_audio_folder(workdir / 'clips')}"
+        config.audio.clip_seconds, config.audio.freq_mask_width, config.audio.time_mask_width = 0.32, 4, 4
+    else:
+        config.image_size = min(config.image_size or DATASETS[config.dataset].image_size, 32)
     config.shuffle_buffer = 16
     config.log_every_steps = 1
     config.data_dir = str(workdir / "tfds")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
 
 import numpy as np
 from etils import epath
@@ -39,7 +40,7 @@ def audio_folder_root(dataset: str) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class AudioScan:
     class_names: tuple[str, ...]  # sorted class folder names of the training split: the label order
-    clips: dict[str, tuple[tuple[str, int], ...]]  # split base name -> ((path, label), ...) in a fixed order
+    clips: dict[str, tuple[tuple[str, int], ...]]  # split base name -> ((path, label), ...), classes mixed
 
 
 def scan_audio_folder(root: str, train_split: str, eval_split: str, sample_rate: int) -> AudioScan:
@@ -73,6 +74,9 @@ def _scan(root: str, train_split: str, eval_split: str, sample_rate: int) -> Aud
             for file in files:
                 _check_clip(file, sample_rate)
                 found.append((str(file), labels[name]))
+        # In a fixed order that mixes the classes, as tfds.folder_dataset.ImageFolder's (the same seed): a part of
+        # a split such as "train[90%:]" (a search's held-out clips) is then a sample of every class, not the last.
+        random.Random(split).shuffle(found)
         clips[split] = tuple(found)
     return AudioScan(class_names=tuple(classes_of[train_split]), clips=clips)
 

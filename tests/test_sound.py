@@ -1,7 +1,7 @@
 """Sound: the log-mel front end equals librosa's, a folder of 44.1 kHz stereo clips in four formats trains at 16 kHz
 mono, resume after SIGKILL is bit for bit, exported files carry the front end, and each bad input is one line.
 
-One 12-step run on that folder (checkpoints every 4 steps, one device) is the reference of the run tests.
+One 12-step run on that folder (checkpoints every 4 steps, 8 CPU devices) is the reference of the run tests.
 """
 
 import json
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import soxr
-from helpers import REPO, cpu_devices_env, load_recipe
+from helpers import REPO, load_recipe
 
 import jaxnets
 from jaxnets.data import available_data, dataset_info, eval_iterator, train_iterator
@@ -75,7 +75,7 @@ def test_spec_augment_masks_the_drawn_bands_and_frames_and_gain_scales():
     expected[0, 3:6, :] = 0.0
     expected[0, :, 0:5] = 0.0
     np.testing.assert_array_equal(masked, expected)
-    clip = signals(sound.sample_rate, sound.clip_samples)["multi-tone"][None]
+    clip = signals(sound.sample_rate, sound.clip_samples)["white noise"][None]  # (every band above the floor)
     plain = np.asarray(network_input(clip, sound))
     # u = 1 in the last column: +6 dB of gain, i.e. +6 / DB_SCALE, where no mask falls (zero widths).
     louder = np.asarray(network_input(clip, sound, uniforms=np.array([[0.0, 0.0, 0.0, 0.0, 1.0]], np.float32)))
@@ -116,7 +116,7 @@ def folder(tmp_path_factory) -> pathlib.Path:
 def sound_config(folder, **fields):
     """The audio quickstart on `folder`: 12 steps, every step logged, eval at the end only."""
     return load_recipe("audio_quickstart", dataset=f"audio_folder:{folder}", num_train_steps=STEPS,
-                       global_batch_size=8, eval_batch_size=6, log_every_steps=1, eval_every_epochs=100.0,
+                       global_batch_size=8, eval_batch_size=8, log_every_steps=1, eval_every_epochs=100.0,
                        checkpoint_every_steps=EVERY, **fields)
 
 
@@ -151,7 +151,7 @@ def test_the_pipeline_gives_clips_of_the_configured_length(folder):
 @pytest.fixture(scope="module")
 def reference(folder, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sound-reference")
-    final = train_and_evaluate(sound_config(folder), str(workdir), devices=jax.devices()[:1])
+    final = train_and_evaluate(sound_config(folder), str(workdir))  # (8 CPU devices, as train.py below sees)
     return workdir, final
 
 
@@ -166,7 +166,7 @@ def test_sigkill_then_restart_is_bit_exact(folder, reference, tmp_path):
         "dataset", "num_train_steps", "global_batch_size", "eval_batch_size", "log_every_steps", "eval_every_epochs",
         "checkpoint_every_steps")]
     process = subprocess.Popen([sys.executable, "train.py", "--config", "configs/audio_quickstart.py", *flags,
-                                "--workdir", str(tmp_path)], cwd=REPO, env=cpu_devices_env(1),
+                                "--workdir", str(tmp_path)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         marker = tmp_path / "checkpoints" / str(EVERY) / "commit_success.txt"
@@ -176,7 +176,7 @@ def test_sigkill_then_restart_is_bit_exact(folder, reference, tmp_path):
     finally:
         process.kill()
         process.wait()
-    train_and_evaluate(sound_config(folder), str(tmp_path), devices=jax.devices()[:1])
+    train_and_evaluate(sound_config(folder), str(tmp_path))  # the restart, in-process (same numbers as train.py)
     assert train_losses(tmp_path) == train_losses(workdir), "the resumed run must match bit for bit"
 
 

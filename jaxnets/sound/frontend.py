@@ -82,7 +82,7 @@ def spec_augment(spectrograms: jax.Array, uniforms: jax.Array, sound: SoundConfi
         size = spectrograms.shape[axis]
         width = jnp.floor(uniforms[..., 2 * i] * (max_width + 1)).astype(jnp.int32)
         start = jnp.floor(uniforms[..., 2 * i + 1] * (size - width + 1).astype(jnp.float32)).astype(jnp.int32)
-        position = jnp.arange(size)
+        position = jnp.arange(size).reshape((1,) * start.ndim + (size,))
         inside = (position >= start[..., None]) & (position < (start + width)[..., None])  # [..., size]
         keep &= ~(inside[..., :, None] if axis == -2 else inside[..., None, :])
     return jnp.where(keep, spectrograms, 0.0)

@@ -8,10 +8,11 @@
 The served function takes a batch of uint8 images at the run's evaluation size, [N, H, W, C] (N free), and returns
 float32 logits [N, classes]. The evaluation's preprocessing after resizing (scaling to [0, 1], the dataset's mean
 and std) is inside it. A run on sound takes float32 clips instead, [N, samples] at its config.audio.sample_rate
-(mono, one clip_seconds long: cut and resample before), named `clips`: the log-mel front end is inside it; the model's evaluation variables (the EMA's parameters where the run kept one) are
-constants; every BatchNorm that follows a convolution is folded into it (`jaxnets.models.folding`), the others run
-in inference mode; the convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU custom call that no other
-runtime has, and `jax.export` refuses them).
+(mono, clip_seconds long: cut and resample before), named `clips`, and has the log-mel front end inside. The
+model's evaluation variables (the EMA's parameters where the run kept one) are constants; every BatchNorm that
+follows a convolution is folded into it (`jaxnets.models.folding`), the others run in inference mode; the
+convolutions are XLA's own (jaxnets' oneDNN kernels are a CPU custom call that no other runtime has, and
+`jax.export` refuses them).
 
 Formats (`--format`), each tested in its own runtime against the JAX model:
 - `stablehlo`: `jax.export`, serialized, lowered for CPU, GPU (CUDA) and TPU. Any JAX runs it, jaxnets or not:

@@ -2,7 +2,7 @@
 
     curves.png            loss, accuracy and learning rate from metrics.jsonl
     confusion_matrix.png  the newest checkpoint on the test split (a classification run)
-    predictions.png       a grid of test images (spectrograms, for sound) with predicted and true classes, mistakes first
+    predictions.png       test images (spectrograms, for sound) with predicted and true classes, mistakes first
     architecture.png      the ENAS macro network: of an `enas_macro` run, or the arc a finished search found
 
 Options: --split (default: the run's eval split), --limit N (examples scored; default all); a search scores

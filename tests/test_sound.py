@@ -121,7 +121,7 @@ def sound_config(folder, **fields):
 
 
 def test_each_format_decodes_to_the_mono_mixdown_resampled_to_16k(folder):
-    for extension, (_, subtype) in FORMATS.items():
+    for extension in FORMATS:
         path = next((folder / "train" / "sine").glob(f"*.{extension}"))
         original, rate = soundfile.read(path, dtype="float32", always_2d=True)
         assert rate == 44_100 and original.shape[1] == 2

@@ -55,7 +55,8 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
 
 
 class _SoundFolder:
-    """Where a sound dataset is read instead of a TFDS builder: its clips, listed by the scan (jaxnets.data.audio_stages)."""
+    """What a sound dataset is read from instead of a TFDS builder: its clips, as the scan lists them
+    (jaxnets.data.audio_stages)."""
 
     def __init__(self, data: DataConfig):
         self.data = data

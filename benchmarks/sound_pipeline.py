@@ -82,6 +82,7 @@ def main() -> None:
                      "clips_per_second": 1.0 / seconds.median("pipeline"),
                      "clips_per_second_per_core": 1.0 / seconds.median("pipeline") / cores,
                      "clips_per_second_all": [1.0 / s for s in seconds.values["pipeline"]]})
+        del iterator  # (its threads stop before the data folder goes)
 
     import librosa  # (the test extra's)
 

@@ -1,12 +1,13 @@
 """The ENAS quickstart search end to end, and the comparison the ENAS literature found decisive.
 
     python benchmarks/enas_search_quickstart.py [--workdir /tmp/jaxnets-enas-bench] [--random-arcs 5]
+    python benchmarks/enas_search_quickstart.py --config configs/enas_search_audio.py --workdir ...   # on sound
 
-1. The search, as the README runs it: train.py --config configs/enas_search_quickstart.py (timed).
+1. The search, as the README runs it: train.py --config configs/enas_search_quickstart.py (or --config; timed).
 2. Its final arc trained from scratch: train.py --config SEARCH/final_config.py.
 3. The same recipe with each of N uniformly random arcs of the same space (`random_arc(seed i)`), trained
    the same way: only the ARC line of final_config.py differs.
-Writes results/enas_search_quickstart.json and .md: the wall times, the controller's mean reward per epoch
+Writes results/<the recipe's name>.json and .md: the wall times, the controller's mean reward per epoch
 (its rise, against its epoch-to-epoch noise) and the test top-1 of the found arc beside the random arcs.
 Runs one train.py at a time (the machine has 2 cores).
 """
@@ -51,6 +52,7 @@ def reward_curve(search: pathlib.Path) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/jaxnets-enas-bench")
+    parser.add_argument("--config", default="configs/enas_search_quickstart.py", help="the search's recipe")
     parser.add_argument("--random-arcs", type=int, default=5)
     parser.add_argument("--window", type=int, default=10, help="epochs averaged at the start and the end")
     args = parser.parse_args()
@@ -61,7 +63,8 @@ def main() -> None:
     env = environment.capture()  # before the runs: their load is not the machine's
 
     search = root / "search"
-    search_seconds = train(REPO / "configs" / "enas_search_quickstart.py", search)
+    recipe_path = REPO / args.config
+    search_seconds = train(recipe_path, search)
     final_recipe = search / "final_config.py"
     final_seconds = train(final_recipe, root / "final")
     model = load_recipe(final_recipe).model_overrides
@@ -106,7 +109,7 @@ def main() -> None:
             [f"median of the {len(random_top1)} random arcs", f"{result['random_median_test_top1']:.4f}"],
         ]),
     ]
-    print(results.write(results.default_path("enas_search_quickstart"), result, "ENAS quickstart search", body))
+    print(results.write(results.default_path(recipe_path.stem), result, f"ENAS search: {recipe_path.name}", body))
 
 
 if __name__ == "__main__":

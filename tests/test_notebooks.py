@@ -62,7 +62,7 @@ def printed(notebook) -> str:
 def test_the_notebooks_are_stored_without_outputs_and_install_jaxnets_first():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["enas_architecture.ipynb", "finetune_your_images.ipynb", "load_checkpoint.ipynb",
-                     "torchvision_weights.ipynb", "train_in_notebook.ipynb"]
+                     "sound.ipynb", "torchvision_weights.ipynb", "train_in_notebook.ipynb"]
     for name in names:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(notebook)
@@ -239,3 +239,35 @@ def test_a_listener_gets_every_report_with_speed_and_eta(tmp_path, monkeypatch):
     assert reports[1].metrics["images_per_second"] == pytest.approx(6400.0)
     assert plots.progress_line(reports[1]) == "step 300/1000 (30%), 6,400 img/s, ETA 0:00:07"
     assert reports[2].metrics == {"eval_top1": 0.75}
+
+
+def test_sound_notebook_trains_shows_spectrograms_and_its_onnx_file_agrees(tmp_path, monkeypatch):
+    """The notebook on a folder of 3 generated timbres (11 training clips each: one step an epoch), 2 epochs: it
+    trains with the audio quickstart's settings, draws the spectrogram grid and the confusion matrix, and its ONNX
+    file names the class jaxnets names for each test clip."""
+    import soundfile
+
+    from jaxnets.checkpoints import read_meta, resolve_step_dir
+    from jaxnets.sound import synth
+
+    rng = np.random.default_rng(0)
+    clips = tmp_path / "clips"
+    for split, count in (("train", 11), ("test", 2)):
+        for timbre in ("organ", "sine", "square"):
+            (clips / split / timbre).mkdir(parents=True)
+            for i in range(count):
+                soundfile.write(clips / split / timbre / f"{i}.wav", synth.note(timbre, rng), synth.SAMPLE_RATE)
+    workdir = tmp_path / "run"
+    notebook = run_notebook("sound.ipynb", monkeypatch, CLIPS=str(clips), WORKDIR=str(workdir), EPOCHS=2)
+    text = printed(notebook)
+    assert re.search(r"test top-1 [01]\.\d{4}", text) and re.search(r"\d+ mistakes in 6 test clips", text), text
+    assert figures(notebook) == 3  # the live curves, the spectrograms, the confusion matrix
+    lines = re.findall(r"^(\w+): (\w+) \(file\), (\w+) \(jaxnets\)$", text, flags=re.M)
+    assert len(lines) == 6 and all(file == ours for _, file, ours in lines), text
+    assert any("<audio" in output.get("data", {}).get("text/html", "") for output in notebook.cells[-1].outputs), (
+        "a clip to listen to")
+    # Its settings are the recipe's, but for the folder and the length.
+    recipe = load_recipe("audio_quickstart", dataset=f"audio_folder:{clips}", num_epochs=2)
+    saved = read_meta(resolve_step_dir(workdir))["config"]
+    different = {k for k, v in recipe.to_dict().items() if json.loads(json.dumps(v)) != saved[k]}
+    assert different <= {"image_size", "eval_crop", "cache", "shuffle_buffer", "train_split", "eval_split"}, different

@@ -31,7 +31,6 @@ from harness.rounds import interleave, timed
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))  # configs/, as under train.py
 from configs import audio_quickstart  # noqa: E402
-
 from jaxnets.data import dataset_info, train_iterator  # noqa: E402
 from jaxnets.data.audio_folder import decode  # noqa: E402
 from jaxnets.sound import synth  # noqa: E402
@@ -42,6 +41,19 @@ from jaxnets.sound.frontend import log_mel  # noqa: E402
 def _decode_rate(paths: list[str], rounds: int) -> tuple[float, list[float]]:
     seconds = interleave({"decode": timed(lambda: [decode(p, 16_000) for p in paths], per=len(paths))}, rounds)
     return 1.0 / seconds.median("decode"), [1.0 / s for s in seconds.values["decode"]]
+
+
+def _pipeline_rate(config, batch: int, batches: int, rounds: int) -> tuple[float, list[float]]:
+    iterator = train_iterator(config, batch)  # (its threads end with this call, before the data folder goes)
+    for _ in range(5):
+        next(iterator)  # tf.data's threads started, autotuned a little
+
+    def take():
+        for _ in range(batches):
+            next(iterator)
+
+    seconds = interleave({"pipeline": timed(take, per=batches * batch)}, rounds)
+    return 1.0 / seconds.median("pipeline"), [1.0 / s for s in seconds.values["pipeline"]]
 
 
 def main() -> None:
@@ -68,21 +80,11 @@ def main() -> None:
             rows.append({"stage": f"decode + resample to 16 kHz, {name}", "cores": 1, "clips_per_second": rate,
                          "clips_per_second_all": rates})
 
-        iterator = train_iterator(config, args.batch)
-        for _ in range(5):
-            next(iterator)  # tf.data's threads started, autotuned a little
-
-        def batches():
-            for _ in range(args.batches):
-                next(iterator)
-
-        seconds = interleave({"pipeline": timed(batches, per=args.batches * args.batch)}, args.rounds)
+        rate, rates = _pipeline_rate(config, args.batch, args.batches, args.rounds)
         cores = os.cpu_count()
         rows.append({"stage": "train pipeline (decode, resample, random crop, batch), timbres", "cores": cores,
-                     "clips_per_second": 1.0 / seconds.median("pipeline"),
-                     "clips_per_second_per_core": 1.0 / seconds.median("pipeline") / cores,
-                     "clips_per_second_all": [1.0 / s for s in seconds.values["pipeline"]]})
-        del iterator  # (its threads stop before the data folder goes)
+                     "clips_per_second": rate, "clips_per_second_per_core": rate / cores,
+                     "clips_per_second_all": rates})
 
     import librosa  # (the test extra's)
 

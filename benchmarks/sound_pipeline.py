@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=96, help="clips decoded per round")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=30, help="train pipeline batches per round")
+    parser.add_argument("--batches", type=int, default=100, help="train pipeline batches per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()

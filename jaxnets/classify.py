@@ -33,6 +33,9 @@ from jaxnets.export import serving_function
 class Classifier:
     def __init__(self, workdir):
         self.served = serving_function(workdir, fold=False)  # (folding saves nothing in JAX itself)
+        if self.served.input_name != "images":
+            raise UserError(f"{workdir} was trained on sound: classify takes image files; export the run "
+                            "(python -m jaxnets.export) and give the file clips, as docs/sound.md shows")
         self._probabilities = jax.jit(lambda images: jax.nn.softmax(self.served.logits(images)))
 
     @property

@@ -51,6 +51,7 @@ from jaxnets.data.datasets import check_data_config, dataset_spec
 from jaxnets.errors import UserError
 from jaxnets.models import layers
 from jaxnets.models.folding import fold_batch_norm, folding_error
+from jaxnets.sound.frontend import network_input
 
 FORMATS = ("stablehlo", "onnx", "savedmodel", "tflite")
 # Of the largest logit: the folded arithmetic's float32 round-off is ~1e-7 (1e-6 in a 224 px network), a misfold's
@@ -112,8 +113,6 @@ def served_model(model, variables, *, image_shape: tuple[int, int, int], mean, s
 def served_sound_model(model, variables, *, sound, class_names: tuple[str, ...], fold: bool = True) -> Served:
     """A model trained on sound as a function of float32 clips [N, sound.clip_samples]: the log-mel front end
     (jaxnets.sound.frontend) and the network, as the run's evaluation of one centre crop."""
-    from jaxnets.sound.frontend import network_input
-
     network = _inference(model, variables, sound.input_shape, fold)
 
     def logits(clips):

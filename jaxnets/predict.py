@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from jaxnets import data
+from jaxnets.sound.frontend import log_mel
 from jaxnets.tasks.inputs import NetworkInputs
 
 
@@ -52,8 +53,6 @@ def predict(model, variables, config, *, split: str | None = None, limit: int | 
         return inputs.evaluation_logits(functools.partial(model.apply, variables, train=False), batch)
 
     if inputs.sound is not None:
-        from jaxnets.sound.frontend import log_mel
-
         shown = jax.jit(lambda clips: log_mel(clips if clips.ndim == 2 else clips[:, 0], inputs.sound)[..., None])
     labels, logits, images = [], [], []
     seen = 0

@@ -83,8 +83,8 @@ def test_unknown_dataset_names_the_field_and_the_known_datasets():
     with pytest.raises(ValueError) as error:
         data.check_data_config(make_config("cifar11", "/nonexistent"))
     assert str(error.value) == (
-        "config.dataset: unknown dataset 'cifar11'; known: cifar10, cifar100, imagenet2012, digits, or "
-        "folder:/path/to/your/images"
+        "config.dataset: unknown dataset 'cifar11'; known: cifar10, cifar100, imagenet2012, timbres, digits, "
+        "folder:/path/to/your/images, or audio_folder:/path/to/your/clips"
     )
 
 

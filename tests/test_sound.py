@@ -6,6 +6,7 @@ One 12-step run on that folder (checkpoints every 4 steps, 8 CPU devices) is the
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from helpers import REPO, load_recipe
 
 import jaxnets
 from jaxnets.data import available_data, dataset_info, eval_iterator, train_iterator
-from jaxnets.data.audio_folder import decode
-from jaxnets.errors import ConfigError
+from jaxnets.data.audio_folder import decode, scan_audio_folder
+from jaxnets.errors import ConfigError, IncompatibleCheckpointError, UserError
 from jaxnets.export import serving_function, write
 from jaxnets.sound import synth
 from jaxnets.sound.config import resolve
@@ -142,10 +143,17 @@ def test_the_pipeline_gives_clips_of_the_configured_length(folder):
     again = next(train_iterator(config, 8))
     np.testing.assert_array_equal(batch["image"], again["image"])
     np.testing.assert_array_equal(batch["augment"], again["augment"])
+    uncached = sound_config(folder, cache=False)  # decoded after the shuffle, by the per-example stage
+    np.testing.assert_array_equal(next(train_iterator(uncached, 8))["image"], batch["image"])
     with config.unlocked():
         config.audio.eval_crops = 3
     evaluation = next(eval_iterator(config, 6))
     assert evaluation["image"].shape == (6, 3, 16_000) and evaluation["mask"].all()
+    # The first crop starts at the clip's start, the last ends at its end (clips of 0.6-1.4 s; some are padded).
+    first = decode(next(p for p, _ in scan_audio_folder(str(folder), "train", "test", 16_000).clips["test"]), 16_000)
+    if len(first) >= 16_000:
+        np.testing.assert_array_equal(evaluation["image"][0, 0], first[:16_000])
+        np.testing.assert_array_equal(evaluation["image"][0, -1], first[-16_000:])
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +209,26 @@ def test_the_exported_model_takes_clips_with_the_front_end_inside(format, refere
     np.testing.assert_allclose(np.asarray(got), expected, atol=5e-5 * np.abs(expected).max())
 
 
+def test_resume_on_another_front_end_is_refused_and_changes_nothing(folder, reference, tmp_path):
+    """ResNeXt pools over any input size, so a spectrogram of 32 mels fits the 40-mel run's parameters: the
+    resume is refused by the front end's fields, not by a shape."""
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints" / str(STEPS), tmp_path / "checkpoints" / str(STEPS))
+    config = sound_config(folder)
+    config.audio.n_mels = 32
+    with pytest.raises(IncompatibleCheckpointError, match=r"another model or input \(audio.n_mels: checkpoint 40, "
+                       r"config 32\): use another --workdir"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(STEPS)]
+
+
+def test_classify_refuses_a_run_on_sound_in_one_line(reference):
+    from jaxnets.classify import Classifier
+
+    with pytest.raises(UserError, match=r"was trained on sound: classify takes image files; export the run"):
+        Classifier(reference[0])
+
+
 # ---- bad inputs: one line each, before anything compiles --------------------------------------------------------
 
 
@@ -221,6 +249,7 @@ BAD_FOLDERS = {
                            r"test/c is a class that .*train lacks: every class needs training clips"),
     "empty class": (lambda root: (root / "train" / "c").mkdir(),
                     r"the class folder .*train/c has no clips"),
+    "missing split": (lambda root: shutil.rmtree(root / "test"), r"test is missing: a sound folder needs one folder"),
 }
 
 
@@ -241,6 +270,7 @@ def test_each_bad_folder_is_one_line_naming_the_file(case, tmp_path):
 @pytest.mark.parametrize("fields, message", [
     ({"audio.n_mels": 300}, r"config.audio.n_mels: expected at most n_fft // 2 \+ 1 = 257"),
     ({"audio.win_length": 1024}, r"config.audio.win_length: expected at most n_fft=512"),
+    ({"audio.n_fft": 401}, r"config.audio.n_fft: expected an even number of samples up to 8192"),
     ({"audio.fmax": 9000.0}, r"config.audio.fmax: expected None or Hz in \(fmin, sample_rate / 2 = 8000\]"),
     ({"audio.sample_rate": 0}, r"config.audio.sample_rate: expected an int in \[1000, 768000\]"),
     ({"image_size": 64}, r"config.image_size: .* is sound; its input size is config.audio's"),

@@ -35,12 +35,17 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has (not exported)
 
 from jaxnets.checkpoints import layout
+from jaxnets.data.datasets import dataset_spec
 from jaxnets.errors import IncompatibleCheckpointError, UnrestorableCheckpointsError, WorkdirError
 
 log = logging.getLogger("jaxnets")
 
 # Fields that change the parameters' structure: a checkpoint cannot continue under other values.
 MODEL_FIELDS = ("model", "model_overrides", "dataset")
+# config.audio's fields that make a sound dataset's network input (jaxnets.sound.frontend): a network trained on one
+# spectrogram cannot continue on another, even where the parameters' shapes allow it.
+SOUND_INPUT_FIELDS = tuple(f"audio.{name}" for name in (
+    "sample_rate", "clip_seconds", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "amin", "top_db"))
 # Fields that change the rest of the train state (optimizer slots, EMA, clipping and decay stages), named
 # in the message when the saved state's structure differs from the config's.
 STATE_FIELDS = ("task", "optimizer", "momentum", "ema_decay", "weight_decay", "weight_decay_mode",
@@ -295,9 +300,11 @@ def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, tar
     todo = (f"use another --workdir, or --config.init_from={step_dir} to start from its parameters; "
             "no checkpoint was moved or changed")
     differing = model_differences(saved_config, config)
+    if "audio" in saved_config and dataset_spec(config["dataset"]).family == "audio":  # (older runs: images)
+        differing += [k for k in model_differences(saved_config, config, ("audio",)) if k in SOUND_INPUT_FIELDS]
     if differing:
         details = "; ".join(f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}" for k in differing)
-        raise IncompatibleCheckpointError(f"{step_dir} was written for another model ({details}): {todo}")
+        raise IncompatibleCheckpointError(f"{step_dir} was written for another model or input ({details}): {todo}")
     structure = structure_differences(saved_structure, target)
     if structure:
         saved_json, config_json = _json(saved_config), _json(config)

@@ -86,14 +86,14 @@ def _class_folders(root: epath.Path, split: str) -> list[str]:
     if not split_dir.is_dir():
         raise ConfigError(f"config.dataset: {split_dir} is missing: a sound folder needs one folder per split, "
                           f"{root}/{split}/<class>/*.wav")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise ConfigError(f"config.dataset: {split_dir} has no class folders (expected {split_dir}/<class>/*.wav)")
     return classes
 
 
 def _check_clip(file: epath.Path, sample_rate: int) -> None:
-    import soundfile
+    import soundfile  # libsndfile, loaded where sound is read only
 
     if file.is_dir() or file.suffix.lower() not in AUDIO_SUFFIXES:
         raise ConfigError(f"config.dataset: {file} is not a sound clip ({', '.join(AUDIO_SUFFIXES)}): "
@@ -114,8 +114,8 @@ def _check_clip(file: epath.Path, sample_rate: int) -> None:
 
 def decode(path: str, sample_rate: int) -> np.ndarray:
     """The clip at `path` as float32 mono samples at `sample_rate`: decoded, mixed down, resampled (soxr HQ)."""
-    import soundfile
-    import soxr
+    import soundfile  # libsndfile and soxr, loaded where sound is read only
+    import soxr  # (as soundfile)
 
     with epath.Path(path).open("rb") as f:
         samples, rate = soundfile.read(f, dtype="float32", always_2d=True)

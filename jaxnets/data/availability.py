@@ -18,6 +18,7 @@ from jaxnets.data.audio_folder import AudioScan, scan_audio_folder
 from jaxnets.data.datasets import DataConfig, check_data_config
 from jaxnets.data.folder import scan_folder
 from jaxnets.errors import ConfigError, DatasetNotPreparedError
+from jaxnets.sound.synth import ensure_timbres
 
 # What TFDS writes into each prepared version, `<root>/<name>[/<config>]/<version>/dataset_info.json`
 # (tensorflow_datasets.core.constants.DATASET_INFO_FILENAME).
@@ -82,12 +83,14 @@ def sound_root(data: DataConfig) -> str:
     on first use)."""
     if data.spec.num_classes == 0:  # audio_folder:/path
         return data.spec.tfds_name
-    from jaxnets.sound.synth import ensure_timbres
-
     root = tfds_root(data.data_dir)
     if "://" in root:
         raise ConfigError(f"config.data_dir: {data.dataset} is generated into a local folder, not {root}")
-    return ensure_timbres(root)
+    try:
+        return ensure_timbres(root)
+    except OSError as e:
+        raise ConfigError(f"config.data_dir: cannot write the generated {data.dataset} into {root} "
+                          f"({e.strerror or e}): set config.data_dir to a writable folder") from None
 
 
 def scan_sound(data: DataConfig) -> AudioScan:

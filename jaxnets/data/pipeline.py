@@ -95,7 +95,7 @@ def _num_examples(builder: tfds.core.DatasetBuilder | _SoundFolder, split: Any) 
 
 
 def _read(builder: tfds.core.DatasetBuilder | _SoundFolder, data: DataConfig, split: Any) -> tf.data.Dataset:
-    if isinstance(builder, _SoundFolder):  # clips, decoded (a cache holds them decoded and resampled)
+    if isinstance(builder, _SoundFolder):  # clips: decoded where config.cache keeps them, else their paths
         return audio_stages.read(data, split)
     # ImageNet stays JPEG-encoded until the crop is known (decode_and_crop_jpeg), and your own images until
     # they are resized (a shuffle buffer or cache of full-size photos would not fit in memory); small fixed-size

@@ -11,7 +11,7 @@
     c.audio.gain_db = 6.0                                 # a random gain in [-6, 6] dB in training
 
 The fields are read only for a sound dataset (`audio_folder:/path`, or the generated `timbres`); the front end
-itself is `jaxnets.sound.frontend`.
+itself is `jaxnets.sound.frontend`. Imports neither TensorFlow nor JAX.
 """
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ import dataclasses
 import numbers
 from typing import Any
 
+import ml_collections
+from ml_collections.config_dict import FieldReference, placeholder
+
 # How far a file's sample rate may be from config.audio.sample_rate: beyond this ratio a resampled clip is mostly
 # made up (up) or mostly thrown away (down), which is a wrong file or a wrong rate, not a recording to train on.
 MAX_RESAMPLING_RATIO = 64
+MAX_FFT = 8192  # its windowed DFT matrices are n_fft x (n_fft / 2 + 1)
+MAX_EVAL_CROPS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +78,6 @@ def section_defaults() -> dict[str, Any]:
 
 def config_section():
     """`config.audio` with its defaults, typed (None-able where the default is None or top_db)."""
-    import ml_collections
-    from ml_collections.config_dict import FieldReference, placeholder
-
     section = ml_collections.ConfigDict()
     for name, default in section_defaults().items():
         section[name] = default
@@ -113,6 +115,10 @@ def resolve(section: Any) -> SoundConfig:
     for field in ("n_fft", "win_length", "hop_length", "n_mels", "eval_crops"):
         if not (_int(f[field]) and f[field] > 0):
             raise bad(field, "a positive int")
+    if f["n_fft"] % 2 or f["n_fft"] > MAX_FFT:
+        raise bad("n_fft", f"an even number of samples up to {MAX_FFT} (librosa's frames and bins assume even)")
+    if f["eval_crops"] > MAX_EVAL_CROPS:
+        raise bad("eval_crops", f"at most {MAX_EVAL_CROPS} crops a clip (each is a network evaluation)")
     if f["win_length"] > f["n_fft"]:
         raise bad("win_length", f"at most n_fft={f['n_fft']} (the window is centred in each FFT frame)")
     if f["n_mels"] > f["n_fft"] // 2 + 1:
@@ -134,6 +140,9 @@ def resolve(section: Any) -> SoundConfig:
     sound = SoundConfig(**{**f, "fmax": float(fmax), "fmin": float(f["fmin"]), "clip_seconds": float(f["clip_seconds"]),
                            "amin": float(f["amin"]), "gain_db": float(f["gain_db"]),
                            "top_db": None if f["top_db"] is None else float(f["top_db"])})
+    if sound.clip_samples < sound.win_length:
+        raise bad("clip_seconds", f"at least one window, {sound.win_length} samples at {rate} Hz "
+                  f"({sound.win_length / rate:g} s)")
     if sound.freq_mask_width > sound.n_mels:
         raise bad("freq_mask_width", f"at most n_mels={sound.n_mels}")
     if sound.time_mask_width > sound.num_frames:

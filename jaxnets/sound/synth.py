@@ -66,7 +66,7 @@ def note(timbre: str, rng: np.random.Generator) -> np.ndarray:
 
 def write_timbres(root) -> None:
     """Writes the whole set into `root` (created; existing files of the same names are replaced)."""
-    import soundfile  # (the sound extra of the data package)
+    import soundfile  # libsndfile, loaded where sound is read or written only
 
     rng = np.random.default_rng(20261204)
     for split, count in CLIPS_PER_CLASS.items():

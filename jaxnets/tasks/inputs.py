@@ -16,6 +16,7 @@ import jax
 
 from jaxnets.data import check_data_config
 from jaxnets.sound.config import SoundConfig
+from jaxnets.sound.frontend import network_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,16 +30,12 @@ class NetworkInputs:
     def training(self, batch: dict) -> jax.Array:
         if self.sound is None:
             return batch["image"]
-        from jaxnets.sound.frontend import network_input
-
         return network_input(batch["image"], self.sound, uniforms=batch.get("augment"))
 
     def evaluation(self, batch: dict) -> jax.Array:
         """The network's input for unaugmented batches of one crop per example."""
         if self.sound is None:
             return batch["image"]
-        from jaxnets.sound.frontend import network_input
-
         return network_input(batch["image"], self.sound)
 
     def evaluation_logits(self, apply: Callable[[jax.Array], jax.Array], batch: dict) -> jax.Array:

@@ -54,6 +54,7 @@ def final_config_fields(search_config, model) -> tuple[dict, dict]:
     fields.update({name: search_config[name] for name in _DATA_FIELDS if search_config[name] != base[name]})
     sound = {name: value for name, value in search_config[_SOUND_SECTION].items()
              if value != base[_SOUND_SECTION][name]}
+    sound.update(final.pop(_SOUND_SECTION, None) or {})  # the final training's own audio fields on top
     if sound:
         fields[_SOUND_SECTION] = sound
     fields.update(final)

@@ -14,7 +14,11 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    """A bad config value; the message names the field."""
+    """A bad config value; the message names the field. One line whatever the value shown in it (a section of a
+    config prints as several lines of YAML)."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()) if "\n" in str(message) else message)
 
 
 class DatasetNotPreparedError(UserError, FileNotFoundError):

@@ -52,9 +52,11 @@ def _set(config, path, value) -> bool:
     *parents, name = path
     node = config
     for parent in parents:
+        if parent not in node or not isinstance(node[parent], ml_collections.ConfigDict):
+            return False  # (the command line cannot set a field the recipe lacks)
         node = node[parent]
-        if not isinstance(node, ml_collections.ConfigDict):
-            return False
+    if name not in node:
+        return False
     try:
         with node.unlocked():
             node[name] = value

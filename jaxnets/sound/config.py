@@ -70,6 +70,9 @@ class SoundConfig:
         return 2 * (self.freq_masks + self.time_masks) + 1
 
 
+NULLABLE = ("fmax", "top_db")  # the fields that take None (fmax: sample_rate / 2; top_db: no floor)
+
+
 def section_defaults() -> dict[str, Any]:
     return {"sample_rate": 16_000, "clip_seconds": 1.0, "eval_crops": 1, "n_fft": 512, "win_length": 400,
             "hop_length": 160, "n_mels": 64, "fmin": 0.0, "fmax": None, "amin": 1e-10, "top_db": 80.0,

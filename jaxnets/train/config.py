@@ -15,12 +15,16 @@ are derived when the trainer is built (`jaxnets.train.build_trainer`), from the 
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from jaxnets.data import check_data_config
 from jaxnets.errors import ConfigError
+from jaxnets.sound.config import NULLABLE as SOUND_NULLABLE
 from jaxnets.sound.config import config_section as sound_config_section
 from jaxnets.train.task import get_task
 from jaxnets.train.validate import check_config
@@ -141,9 +145,10 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
     if config.task is None:
         raise ConfigError("config.task: no task; start the recipe from jaxnets.config.base_config(task)")
     task = get_task(config.task)
-    if task.config_section is not None and task.name not in config:
+    if task.config_section is not None and not isinstance(config.get(task.name), ml_collections.ConfigDict):
         raise ConfigError(f"config.{task.name}: missing, the {task.name!r} task's section: start the recipe "
                           f"from jaxnets.config.base_config({task.name!r})")
+    _check_types(config)
     resolved = config.copy_and_resolve_references()
     with resolved.unlocked():
         if task.prepare is not None:
@@ -161,6 +166,49 @@ def resolve_config(config, device_count: int | None = None) -> ml_collections.Co
         task.check(resolved, device_count)
     resolved.lock()
     return resolved
+
+
+_KINDS = {bool: "True or False", int: "an int", float: "a number", str: "a string", tuple: "a tuple",
+          ml_collections.ConfigDict: "a section of fields"}
+
+
+def _is_kind(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if kind is float:  # (NaN is no number a field can mean)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+    if kind is tuple:
+        return isinstance(value, (tuple, list))
+    if kind is ml_collections.ConfigDict:
+        return isinstance(value, (ml_collections.ConfigDict, dict))
+    return isinstance(value, kind)
+
+
+# Engine fields whose default is not None but which take None (the sections' own meaning of None).
+_NULLABLE = {f"audio.{name}" for name in SOUND_NULLABLE}
+# Sections whose fields are not the engine's: the model's own (checked by building the model).
+_FREE_SECTIONS = {"model_overrides"}
+
+
+def _check_types(config, defaults=None, prefix: str = "") -> None:
+    """Each engine field holds its default's kind (sections: their fields, in turn), None only where its default is
+    None: another kind (None set over a number, a string for a flag, NaN) would fail later as a TypeError far from
+    the field, or not at all. The task's section is the task's to check."""
+    defaults = engine_config() if defaults is None else defaults
+    for name in defaults.keys():
+        if name not in config:
+            continue  # (a section's missing field takes its default; a missing engine field was named before)
+        value, default, kind = config[name], defaults[name], defaults.get_type(name)
+        if value is None and (default is None or f"{prefix}{name}" in _NULLABLE):
+            continue
+        none = " or None" if default is None else ""
+        if not (kind in _KINDS and _is_kind(value, kind)) and kind in _KINDS:
+            shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            raise ConfigError(f"config.{prefix}{name}: expected {_KINDS[kind]}{none}, got {shown!r}")
+        if kind is ml_collections.ConfigDict and name not in _FREE_SECTIONS:
+            _check_types(value, default, f"{prefix}{name}.")
 
 
 def _scale_learning_rate(config) -> None:

@@ -14,7 +14,7 @@ def check_config(config, device_count: int) -> None:
         raise ConfigError(f"config.model: unknown model {config.model!r}; known: {', '.join(list_models())}")
     try:
         create_model(config.model, **config.model_overrides.to_dict())
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # (TypeError: a field the model does not have)
         raise ConfigError(f"config.model_overrides: {e}") from None
     if config.dtype not in COMPUTE_DTYPES:
         raise ConfigError(f"config.dtype: {config.dtype!r} is not one of {tuple(COMPUTE_DTYPES)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import math
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import time
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -398,7 +400,8 @@ def test_imagenet_eval_resizes_the_shorter_side_then_crops_the_centre():
     spec = data.DATASETS["imagenet2012"]
     yy, xx = np.mgrid[0:300, 0:400]
     jpeg = tf.io.encode_jpeg(np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8), quality=100)
-    decoded = tf.io.decode_jpeg(jpeg)
+    with Image.open(io.BytesIO(jpeg.numpy())) as image:  # decoded as PIL (torchvision, timm) decodes it
+        decoded = tf.constant(np.asarray(image.convert("RGB")))
     expected = tf.image.resize(decoded, [256, 341], antialias=True).numpy()[16:240, 58:282]  # 224 / 0.875 = 256
     expected = (expected / 255 - np.array(spec.mean)) / np.array(spec.std)
     got = preprocess.imagenet_eval(jpeg, spec, 224).numpy()

@@ -114,6 +114,15 @@ def broken(root, case: str):
     if case == "not png or jpeg":
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "train" / "dots" / "x.png", format="GIF")
         return f"{root / 'train' / 'dots' / 'x.png'} is a GIF image, not PNG or JPEG"
+    if case == "zero-byte image":
+        (root / "train" / "dots" / "empty.jpg").write_bytes(b"")
+        return f"{root / 'train' / 'dots' / 'empty.jpg'} is not a readable image"
+    if case == "symlink loop":
+        os.symlink(root / "train" / "dots" / "loop.png", root / "train" / "dots" / "loop.png")
+        return f"{root / 'train' / 'dots' / 'loop.png'} is not a readable image"
+    if case == "folder named as an image":
+        (root / "train" / "dots" / "album.jpg").mkdir()
+        return f"{root / 'train' / 'dots' / 'album.jpg'} is not a readable image"
     if case == "class in another split folder":
         (root / "val" / "extra").mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "extra" / "0.png")
@@ -123,7 +132,8 @@ def broken(root, case: str):
 
 @pytest.mark.parametrize("case", ["missing split", "empty class", "unreadable image", "truncated jpeg",
                                   "not png or jpeg", "mixed sizes", "class missing from training",
-                                  "class in another split folder"])
+                                  "class in another split folder", "zero-byte image", "symlink loop",
+                                  "folder named as an image"])
 def test_a_broken_folder_is_one_line_naming_the_file_or_folder(tmp_path, case):
     expected = broken(tmp_path / "images", case)
     with pytest.raises(ConfigError) as raised:
@@ -205,3 +215,53 @@ def test_a_broken_folder_stops_train_py_in_one_line_before_compiling(tmp_path):
     assert expected in result.stderr.strip().splitlines()[-1]
     assert "Compiling" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def unusual_images(rng) -> dict[str, tuple[Image.Image, dict, np.ndarray]]:
+    """name -> (image to save, save options, the RGB pixels a loader should give): the kinds of files photo folders
+    hold besides 8-bit RGB. The EXIF orientation is not applied (PIL's, torchvision's and timm's loaders do not)."""
+    def rgb():  # (each file its own pixels)
+        return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
+    grey16 = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    return {
+        "rgb.jpg": (rgb(), {"quality": 100, "subsampling": 0}, None),
+        "cmyk.jpg": (rgb().convert("CMYK"), {"quality": 100}, None),
+        "grey.jpg": (rgb().convert("L"), {"quality": 100}, None),
+        "exif-rotated.jpg": (rgb(), {"quality": 100, "subsampling": 0, "exif": exif}, None),
+        "palette.png": (rgb().convert("P"), {}, None),
+        "grey-alpha.png": (rgb().convert("LA"), {}, None),
+        "rgba.png": (rgb().convert("RGBA"), {}, None),
+        "grey16.png": (Image.fromarray(grey16), {}, np.repeat(np.round(grey16 / 257.0)[..., None], 3, -1)),
+    }
+
+
+def test_unusual_images_train_as_pil_decodes_them(tmp_path):
+    """CMYK and grey JPEGs, EXIF-rotated photos, palette, grey+alpha, RGBA and 16-bit PNGs mixed in one folder:
+    each is read as the RGB pixels PIL gives (16-bit: scaled to 8 bits), JPEGs to the exact pixel."""
+    rng = np.random.default_rng(0)
+    expected = []
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for file, (image, options, pixels) in unusual_images(rng).items():
+                path = tmp_path / split / name / file
+                image.save(path, **options)
+                if split == "test":
+                    with Image.open(path) as opened:
+                        expected.append(pixels if pixels is not None else np.asarray(opened.convert("RGB")))
+    config = folder_config(tmp_path, augment=False)
+    info = data.dataset_info(config)
+    assert info.num_eval_examples == len(expected) == 16 and info.image_shape == (8, 8, 3)
+    spec = data.dataset_spec(config.dataset)
+    read = []
+    for batch in data.eval_iterator(config, 16):
+        images = batch["image"][batch["mask"]] * np.asarray(spec.std) + np.asarray(spec.mean)
+        read += list(np.round(images * 255.0))
+    assert len(read) == 16
+    # Each file's pixels are read exactly once (the split's order is ImageFolder's shuffle).
+    distances = np.array([[np.abs(r - e).max() for e in expected] for r in read])
+    assert sorted(distances.argmin(axis=1)) == list(range(16))
+    assert distances.min(axis=1).max() <= 1.0, distances.min(axis=1)  # (16-bit: TF's rounding)

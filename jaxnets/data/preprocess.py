@@ -16,10 +16,19 @@ import tensorflow as tf
 from jaxnets.data.augmentation import ASPECT_RATIOS, Augmentation
 from jaxnets.data.datasets import EVAL_CROP_FRACTION, DatasetSpec
 
+# TensorFlow's JPEG decoder defaults to libjpeg's fast integer IDCT, which differs from PIL's (torchvision's and
+# timm's loaders) by up to 65 levels on fine detail; the accurate one decodes to PIL's pixels exactly
+# (tests/test_folder_dataset.py).
+JPEG_IDCT = "INTEGER_ACCURATE"
+
 
 def _decode(image: tf.Tensor, channels: int) -> tf.Tensor:
-    if image.dtype == tf.string:  # still encoded (read with tfds.decode.SkipDecoding)
-        image = tf.io.decode_image(image, channels=channels, expand_animations=False)
+    if image.dtype == tf.string:  # still encoded (read with tfds.decode.SkipDecoding): a JPEG or a PNG
+        image = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: tf.io.decode_jpeg(image, channels=channels, dct_method=JPEG_IDCT),
+            lambda: tf.io.decode_png(image, channels=channels),  # (16-bit PNGs scaled to 8 bits)
+        )
         image.set_shape([None, None, channels])
     return image
 
@@ -172,7 +181,7 @@ def imagenet_decode(image: tf.Tensor, spec: DatasetSpec, image_size: int, augmen
     height, width, _ = tf.unstack(size)
     if image.dtype == tf.string:  # decode only the crop: the JPEG fast path
         window = tf.stack([offset_y, offset_x, height, width])
-        image = tf.image.decode_and_crop_jpeg(image, window, channels=3)
+        image = tf.image.decode_and_crop_jpeg(image, window, channels=3, dct_method=JPEG_IDCT)
     else:
         image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)

@@ -258,6 +258,38 @@ def test_resume_with_a_train_state_of_another_structure_is_refused_and_changes_n
     assert file_digests(tmp_path / "run") == before, "checkpoints, metrics.jsonl and events are byte-identical"
 
 
+def test_resume_on_another_data_stream_is_refused_naming_it_and_changes_nothing(reference, tmp_path):
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")
+    before = file_digests(tmp_path)
+    config = tiny_config(seed=1, num_train_steps=41)
+    config.augmentation.flip = True
+    with pytest.raises(IncompatibleCheckpointError, match=r"40 was trained on another stream of batches or "
+                       r"augmentation \(augmentation.flip: checkpoint None, config True; seed: checkpoint 0, config "
+                       r"1\): resume with the checkpoint's values, or continue on the new stream with "
+                       r"--config.resume_other_data_stream=True"):
+        train_and_evaluate(config, str(tmp_path))
+    assert file_digests(tmp_path) == before
+
+
+def test_a_checkpoint_of_an_unrecorded_data_stream_resumes_only_when_told(reference, tmp_path, caplog):
+    """A checkpoint of a pipeline that recorded no stream version (before jaxnets recorded it; its batches may have
+    had other augmentation) is refused, and resumed with config.resume_other_data_stream, saying so."""
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints" / "40", tmp_path / "checkpoints" / "40")
+    meta_file = tmp_path / "checkpoints" / "40" / "config" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    del meta["data_stream_version"]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(IncompatibleCheckpointError, match=r"\(the input pipeline's data stream: checkpoint recorded "
+                       r"none, now version \d+\)"):
+        train_and_evaluate(tiny_config(num_train_steps=41), str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="jaxnets"):
+        train_and_evaluate(tiny_config(num_train_steps=41, resume_other_data_stream=True), str(tmp_path))
+    assert sorted(train_losses(tmp_path)) == [41]
+    assert any("resuming anyway (config.resume_other_data_stream)" in r.getMessage() for r in caplog.records)
+
+
 def test_resume_with_clipping_added_is_refused_naming_the_field(reference, tmp_path):
     workdir, _ = reference
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")

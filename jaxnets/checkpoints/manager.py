@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has (not exported)
 
 from jaxnets.checkpoints import layout
-from jaxnets.data.datasets import dataset_spec
+from jaxnets.data.datasets import DATA_STREAM_VERSION, STREAM_FIELDS, dataset_spec
 from jaxnets.errors import IncompatibleCheckpointError, UnrestorableCheckpointsError, WorkdirError
 
 log = logging.getLogger("jaxnets")
@@ -239,6 +239,7 @@ class Checkpoints:
                 continue
             _check_fits(step_dir, saved_config, config, saved_structure, target)
             _check_classes(step_dir, tuple(saved_meta["class_names"]), tuple(class_names))
+            _check_stream(step_dir, saved_meta.get("data_stream_version"), saved_config, config)
             args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)})
             try:
                 restored = self.manager.restore(step, args=args)[layout.STATE_ITEM]
@@ -281,6 +282,32 @@ class Checkpoints:
         if self.best is not None:
             self.best.wait_until_finished()
             self.best.close()
+
+
+def _check_stream(step_dir, saved_version, saved_config: dict, config: dict) -> None:
+    """A run resumes on the stream of batches and augmentation it had (the pipeline's version and the fields that
+    make the stream), unless config.resume_other_data_stream says to go on regardless (with a warning)."""
+    differing = [f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}"
+                 for k in model_differences(saved_config, config, STREAM_FIELDS)]
+    if "audio" in saved_config and dataset_spec(config["dataset"]).family == "audio":
+        differing += [f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}"
+                      for k in model_differences(saved_config, config, ("audio",))
+                      if k not in SOUND_INPUT_FIELDS and k != "audio.eval_crops"]
+    if saved_version != DATA_STREAM_VERSION:
+        written = "recorded none" if saved_version is None else f"version {saved_version}"
+        differing.insert(0, f"the input pipeline's data stream: checkpoint {written}, now version "
+                            f"{DATA_STREAM_VERSION}")
+    if not differing:
+        return
+    what = f"{step_dir} was trained on another stream of batches or augmentation ({'; '.join(differing)})"
+    if config.get("resume_other_data_stream"):
+        log.warning("%s: resuming anyway (config.resume_other_data_stream): from here the run sees other batches "
+                    "than an uninterrupted run would", what)
+        return
+    raise IncompatibleCheckpointError(
+        f"{what}: resume with the checkpoint's values, or continue on the new stream with "
+        f"--config.resume_other_data_stream=True, or use another --workdir (--config.init_from={step_dir} starts "
+        "from its parameters); no checkpoint was moved or changed")
 
 
 def _check_classes(step_dir, saved: tuple[str, ...], current: tuple[str, ...]) -> None:

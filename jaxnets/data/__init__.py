@@ -15,13 +15,22 @@ from importlib import resources
 from typing import Any
 
 from jaxnets.data.availability import available_data
-from jaxnets.data.datasets import DATASETS, DataConfig, DatasetInfo, DatasetSpec, check_data_config, dataset_spec
+from jaxnets.data.datasets import (
+    DATA_STREAM_VERSION,
+    DATASETS,
+    DataConfig,
+    DatasetInfo,
+    DatasetSpec,
+    check_data_config,
+    dataset_spec,
+)
 from jaxnets.errors import DatasetNotPreparedError
 
 _PIPELINE = ("train_iterator", "heldout_iterator", "eval_iterator", "eval_batches", "EvalBatches")
 
 __all__ = [
-    "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec", "available_data",
+    "DATA_STREAM_VERSION", "DATASETS", "DataConfig", "DatasetInfo", "DatasetNotPreparedError", "DatasetSpec",
+    "available_data",
     "check_data_config", "dataset_info", "dataset_spec", "imagenet_class_names", *_PIPELINE
 ]
 

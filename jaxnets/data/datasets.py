@@ -26,6 +26,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DIGITS_MEAN, DIGITS_STD = (0.3058,), (0.3761,)
 
 
+# The train stream's version: how a run's batches and their augmentation follow from its config
+# (jaxnets.data.pipeline). Checkpoints record it; raise it whenever the same config would give other batches or
+# other augmentation, so that a run is never resumed on a stream it did not have. 2: the first recorded (the
+# per-global-batch augmentation tables and the sound datasets); checkpoints before it recorded none.
+DATA_STREAM_VERSION = 2
+# The config fields that make a run's stream (for a sound dataset also config.audio's training fields).
+STREAM_FIELDS = ("seed", "train_split", "global_batch_size", "shuffle_buffer", "augment", "augmentation")
+
 # ImageNet's evaluation resizes the shorter side to image_size / 0.875 (256 for 224) and takes the central crop.
 EVAL_CROP_FRACTION = 0.875
 # How an evaluated image becomes image_size x image_size (`config.eval_crop`; a choice for image folders only):

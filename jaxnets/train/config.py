@@ -127,6 +127,9 @@ def engine_config() -> ml_collections.ConfigDict:
     # Start from pretrained params and BN statistics only: a workdir or step, or a PyTorch state dict of the same
     # architecture (.pth/.safetensors/.npz, torchvision's or timm's names); another class count: a fresh classifier.
     c.init_from = placeholder(str)
+    # A checkpoint resumes only on the stream of batches and augmentation it was trained on (the input pipeline's
+    # version, config.seed, the splits, the batch size, the augmentation); True: resume on the new one, with a warning.
+    c.resume_other_data_stream = False
 
     return c
 

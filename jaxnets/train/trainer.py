@@ -144,7 +144,8 @@ class Trainer:
     def checkpoint_meta(self) -> dict:
         """Saved beside every state: enough for a notebook to rebuild the model (`jaxnets.load_checkpoint`)."""
         return {"config": json.loads(self.config.to_json()), "num_classes": self.dataset.num_classes,
-                "image_shape": list(self.dataset.image_shape), "class_names": list(self.dataset.class_names)}
+                "image_shape": list(self.dataset.image_shape), "class_names": list(self.dataset.class_names),
+                "data_stream_version": data.DATA_STREAM_VERSION}
 
 
 def build_trainer(config, *, devices=None, dataset_info=None) -> Trainer:

@@ -15,36 +15,19 @@ docs/sound.md gives the time and accuracies measured.
 
 import ml_collections
 
-from configs import audio_quickstart
-from jaxnets.config import base_config
+from configs import audio_quickstart, enas_search_quickstart
 
 
 def get_config():
-    c = base_config("search")
-    c.model = "enas_macro_shared"
-    c.model_overrides.num_layers = 6
-    c.model_overrides.num_filters = 16
+    c = enas_search_quickstart.get_config()  # 6 layers of 16 filters, the released search's rules
     c.dataset = "timbres"
     c.audio = audio_quickstart.get_config().audio  # the same front end (copied into final_config.py)
-    c.global_batch_size = 32
-    c.eval_batch_size = 64
     c.num_epochs = 40
-    c.optimizer = "sgd"
-    c.nesterov = True
-    c.learning_rate = 0.05
-    c.schedule = "cosine"
-    c.weight_decay = 2.5e-4
-    c.weight_decay_mode = "l2_loss"
-    c.grad_clip_per_tensor = 5.0
     c.log_every_steps = 40
     c.eval_every_epochs = 5.0
     c.checkpoint_every_steps = 80
-
     c.search.controller_updates_per_epoch = 5
-    c.search.controller_arcs_per_update = 10
     c.search.controller_batch_size = 16
-    c.search.eval_arcs = 10
-    c.search.final_arcs = 20
 
     # Training the found arc from scratch: the audio quickstart's settings.
     c.search.final = ml_collections.ConfigDict(dict(

@@ -251,7 +251,7 @@ BAD_FOLDERS = {
                            r"test/c is a class that .*train lacks: every class needs training clips"),
     "empty class": (lambda root: (root / "train" / "c").mkdir(),
                     r"the class folder .*train/c has no clips"),
-    "missing split": (lambda root: shutil.rmtree(root / "test"), r"test is missing: a sound folder needs one folder"),
+    "missing split": (lambda root: shutil.rmtree(root / "test"), r"test is missing: a folder dataset needs one folder"),
 }
 
 

@@ -19,6 +19,7 @@ import random
 import numpy as np
 from etils import epath
 
+from jaxnets.data.folder import split_class_folders
 from jaxnets.errors import ConfigError
 from jaxnets.sound.config import MAX_RESAMPLING_RATIO
 
@@ -54,14 +55,7 @@ def scan_audio_folder(root: str, train_split: str, eval_split: str, sample_rate:
 @functools.lru_cache(maxsize=8)
 def _scan(root: str, train_split: str, eval_split: str, sample_rate: int) -> AudioScan:
     path = epath.Path(root)
-    if not path.is_dir():
-        raise ConfigError(f"config.dataset: {root} is not a folder (expected {root}/train/<class>/*.wav and "
-                          f"{root}/test/<class>/*.wav)")
-    classes_of = {split: _class_folders(path, split) for split in (train_split, eval_split)}
-    unknown = sorted(set(classes_of[eval_split]) - set(classes_of[train_split]))
-    if unknown:
-        raise ConfigError(f"config.dataset: {path / eval_split / unknown[0]} is a class that {path / train_split} "
-                          "lacks: every class needs training clips")
+    classes_of = split_class_folders(path, train_split, eval_split, pattern="*.wav", noun="clips", skip_hidden=True)
     labels = {name: i for i, name in enumerate(classes_of[train_split])}
     clips = {}
     for split, classes in classes_of.items():
@@ -79,17 +73,6 @@ def _scan(root: str, train_split: str, eval_split: str, sample_rate: int) -> Aud
         random.Random(split).shuffle(found)
         clips[split] = tuple(found)
     return AudioScan(class_names=tuple(classes_of[train_split]), clips=clips)
-
-
-def _class_folders(root: epath.Path, split: str) -> list[str]:
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise ConfigError(f"config.dataset: {split_dir} is missing: a sound folder needs one folder per split, "
-                          f"{root}/{split}/<class>/*.wav")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ConfigError(f"config.dataset: {split_dir} has no class folders (expected {split_dir}/<class>/*.wav)")
-    return classes
 
 
 def _check_clip(file: epath.Path, sample_rate: int) -> None:

@@ -51,14 +51,7 @@ def scan_folder(root: str, train_split: str, eval_split: str, resizing: bool) ->
 @functools.lru_cache(maxsize=8)
 def _scan(root: str, train_split: str, eval_split: str, resizing: bool) -> FolderScan:
     path = epath.Path(root)
-    if not path.is_dir():
-        raise ConfigError(f"config.dataset: {root} is not a folder (expected {root}/train/<class>/*.png and "
-                          f"{root}/test/<class>/*.png)")
-    classes_of = {split: _class_folders(path, split) for split in (train_split, eval_split)}
-    unknown = sorted(set(classes_of[eval_split]) - set(classes_of[train_split]))
-    if unknown:
-        raise ConfigError(f"config.dataset: {path / eval_split / unknown[0]} is a class that {path / train_split} "
-                          "lacks: every class needs training images")
+    classes_of = split_class_folders(path, train_split, eval_split, pattern="*.png|jpg", noun="images")
     sizes: dict[tuple[int, int], epath.Path] = {}
     for split, classes in classes_of.items():
         for name in classes:
@@ -81,15 +74,31 @@ def _scan(root: str, train_split: str, eval_split: str, resizing: bool) -> Folde
     return FolderScan(class_names=tuple(classes_of[train_split]), image_size=only_size)
 
 
-def _class_folders(root: epath.Path, split: str) -> list[str]:
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise ConfigError(f"config.dataset: {split_dir} is missing: a folder dataset needs one folder per split, "
-                          f"{root}/{split}/<class>/*.png|jpg")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise ConfigError(f"config.dataset: {split_dir} has no class folders (expected {split_dir}/<class>/*.png|jpg)")
-    return classes
+def split_class_folders(root: epath.Path, train_split: str, eval_split: str, *, pattern: str, noun: str,
+                        skip_hidden: bool = False) -> dict[str, list[str]]:
+    """{split: its sorted class folder names} for the two splits of a folder dataset (of images, or of sound clips:
+    jaxnets.data.audio_folder); ConfigError naming a root that is no folder, a missing split folder, a split without
+    class folders, or a class of `eval_split` that `train_split` lacks. `pattern` and `noun` say in the messages
+    what a class folder holds ("*.png|jpg", "images"); `skip_hidden`: folders named ".*" are no classes."""
+    if not root.is_dir():
+        raise ConfigError(f"config.dataset: {root} is not a folder (expected {root}/train/<class>/{pattern} and "
+                          f"{root}/test/<class>/{pattern})")
+    classes_of = {}
+    for split in (train_split, eval_split):
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise ConfigError(f"config.dataset: {split_dir} is missing: a folder dataset needs one folder per split, "
+                              f"{root}/{split}/<class>/{pattern}")
+        classes_of[split] = sorted(p.name for p in split_dir.iterdir()
+                                   if p.is_dir() and not (skip_hidden and p.name.startswith(".")))
+        if not classes_of[split]:
+            raise ConfigError(f"config.dataset: {split_dir} has no class folders (expected {split_dir}/<class>/"
+                              f"{pattern})")
+    unknown = sorted(set(classes_of[eval_split]) - set(classes_of[train_split]))
+    if unknown:
+        raise ConfigError(f"config.dataset: {root / eval_split / unknown[0]} is a class that {root / train_split} "
+                          f"lacks: every class needs training {noun}")
+    return classes_of
 
 
 def _image_size(image: epath.Path) -> tuple[int, int]:

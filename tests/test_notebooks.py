@@ -241,10 +241,10 @@ def test_a_listener_gets_every_report_with_speed_and_eta(tmp_path, monkeypatch):
     assert reports[2].metrics == {"eval_top1": 0.75}
 
 
-def test_sound_notebook_trains_shows_spectrograms_and_its_onnx_file_agrees(tmp_path, monkeypatch):
+def test_sound_notebook_trains_shows_spectrograms_and_its_file_agrees(tmp_path, monkeypatch):
     """The notebook on a folder of 3 generated timbres (11 training clips each: one step an epoch), 2 epochs: it
-    trains with the audio quickstart's settings, draws the spectrogram grid and the confusion matrix, and its ONNX
-    file names the class jaxnets names for each test clip."""
+    trains with the audio quickstart's settings, draws the spectrogram grid and the confusion matrix, and its
+    exported file (StableHLO here: test_sound.py runs the ONNX one) names the class jaxnets names for each test clip."""
     import soundfile
 
     from jaxnets.checkpoints import read_meta, resolve_step_dir
@@ -258,7 +258,8 @@ def test_sound_notebook_trains_shows_spectrograms_and_its_onnx_file_agrees(tmp_p
             for i in range(count):
                 soundfile.write(clips / split / timbre / f"{i}.wav", synth.note(timbre, rng), synth.SAMPLE_RATE)
     workdir = tmp_path / "run"
-    notebook = run_notebook("sound.ipynb", monkeypatch, CLIPS=str(clips), WORKDIR=str(workdir), EPOCHS=2)
+    notebook = run_notebook("sound.ipynb", monkeypatch, CLIPS=str(clips), WORKDIR=str(workdir), EPOCHS=2,
+                            EXPORT_FORMAT="stablehlo")
     text = printed(notebook)
     assert re.search(r"test top-1 [01]\.\d{4}", text) and re.search(r"\d+ mistakes in 6 test clips", text), text
     assert figures(notebook) == 3  # the live curves, the spectrograms, the confusion matrix

@@ -19,9 +19,10 @@ from configs import audio_quickstart, enas_search_quickstart
 
 
 def get_config():
+    quickstart = audio_quickstart.get_config()
     c = enas_search_quickstart.get_config()  # 6 layers of 16 filters, the released search's rules
     c.dataset = "timbres"
-    c.audio = audio_quickstart.get_config().audio  # the same front end (copied into final_config.py)
+    c.audio = quickstart.audio  # the same front end (copied into final_config.py)
     c.num_epochs = 40
     c.log_every_steps = 40
     c.eval_every_epochs = 5.0
@@ -29,11 +30,10 @@ def get_config():
     c.search.controller_updates_per_epoch = 5
     c.search.controller_batch_size = 16
 
-    # Training the found arc from scratch: the audio quickstart's settings.
-    c.search.final = ml_collections.ConfigDict(dict(
-        global_batch_size=32, eval_batch_size=96, num_epochs=30, optimizer="sgd", nesterov=True, learning_rate=0.05,
-        schedule="cosine", warmup_epochs=1.0, weight_decay=5e-4, weight_decay_mode="l2_loss",
-        log_every_steps=45, eval_every_epochs=10.0, checkpoint_every_steps=90,
-        model_overrides=dict(keep_prob=0.9),
-    ))
+    # Training the found arc from scratch: the audio quickstart's settings, and the ENAS child's dropout.
+    c.search.final = ml_collections.ConfigDict({name: quickstart[name] for name in (
+        "global_batch_size", "eval_batch_size", "num_epochs", "optimizer", "nesterov", "learning_rate", "schedule",
+        "warmup_epochs", "weight_decay", "weight_decay_mode", "log_every_steps", "eval_every_epochs",
+        "checkpoint_every_steps")})
+    c.search.final.model_overrides = dict(keep_prob=0.9)
     return c

@@ -284,15 +284,22 @@ class Checkpoints:
             self.best.close()
 
 
+def _described(saved_config: dict, config: dict, keys: list[str]) -> list[str]:
+    return [f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}" for k in keys]
+
+
+def _sound_differences(saved_config: dict, config: dict) -> list[str]:
+    """The config.audio fields that differ, for a run on sound (older checkpoints, of images, have no section)."""
+    if "audio" not in saved_config or dataset_spec(config["dataset"]).family != "audio":
+        return []
+    return model_differences(saved_config, config, ("audio",))
+
+
 def _check_stream(step_dir, saved_version, saved_config: dict, config: dict) -> None:
     """A run resumes on the stream of batches and augmentation it had (the pipeline's version and the fields that
     make the stream), unless config.resume_other_data_stream says to go on regardless (with a warning)."""
-    differing = [f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}"
-                 for k in model_differences(saved_config, config, STREAM_FIELDS)]
-    if "audio" in saved_config and dataset_spec(config["dataset"]).family == "audio":
-        differing += [f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}"
-                      for k in model_differences(saved_config, config, ("audio",))
-                      if k not in SOUND_INPUT_FIELDS and k != "audio.eval_crops"]
+    sound = [k for k in _sound_differences(saved_config, config) if k not in SOUND_INPUT_FIELDS + ("audio.eval_crops",)]
+    differing = _described(saved_config, config, model_differences(saved_config, config, STREAM_FIELDS) + sound)
     if saved_version != DATA_STREAM_VERSION:
         written = "recorded none" if saved_version is None else f"version {saved_version}"
         differing.insert(0, f"the input pipeline's data stream: checkpoint {written}, now version "
@@ -327,10 +334,9 @@ def _check_fits(step_dir, saved_config: dict, config: dict, saved_structure, tar
     todo = (f"use another --workdir, or --config.init_from={step_dir} to start from its parameters; "
             "no checkpoint was moved or changed")
     differing = model_differences(saved_config, config)
-    if "audio" in saved_config and dataset_spec(config["dataset"]).family == "audio":  # (older runs: images)
-        differing += [k for k in model_differences(saved_config, config, ("audio",)) if k in SOUND_INPUT_FIELDS]
+    differing += [k for k in _sound_differences(saved_config, config) if k in SOUND_INPUT_FIELDS]
     if differing:
-        details = "; ".join(f"{k}: checkpoint {_get(saved_config, k)!r}, config {_get(config, k)!r}" for k in differing)
+        details = "; ".join(_described(saved_config, config, differing))
         raise IncompatibleCheckpointError(f"{step_dir} was written for another model or input ({details}): {todo}")
     structure = structure_differences(saved_structure, target)
     if structure:

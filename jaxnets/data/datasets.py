@@ -16,6 +16,7 @@ from jaxnets.data.augmentation import resolve as resolve_augmentation
 from jaxnets.data.folder import folder_root
 from jaxnets.sound.config import SoundConfig
 from jaxnets.sound.config import resolve as resolve_sound
+from jaxnets.values import is_int
 
 # Per-channel statistics of the training pixels scaled to [0, 1] (std over all train pixels, not the
 # average per-image std that some CIFAR code quotes).
@@ -164,14 +165,14 @@ def _field(config: Any, name: str, default: Any) -> Any:
 
 _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data_dir": (lambda v: v is None or isinstance(v, str), "a path or None"),
-    "image_size": (lambda v: v is None or (_is_int(v) and v > 0), "a positive int"),
+    "image_size": (lambda v: v is None or (is_int(v) and v > 0), "a positive int"),
     "train_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'train' or 'train[:90%]'"),
     "eval_split": (lambda v: isinstance(v, str) and v.strip() != "", "a TFDS split such as 'test' or 'train[90%:]'"),
     "augment": (lambda v: isinstance(v, bool), "True or False"),
     "eval_crop": (lambda v: v in EVAL_CROPS, "'resize' (the whole image) or 'centre' (ImageNet's centre crop)"),
-    "shuffle_buffer": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "shuffle_buffer": (lambda v: is_int(v) and v > 0, "a positive int"),
     "cache": (lambda v: isinstance(v, bool), "True or False"),
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**31, "an int in [0, 2**31)"),
+    "seed": (lambda v: is_int(v) and 0 <= v < 2**31, "an int in [0, 2**31)"),
 }
 
 
@@ -179,10 +180,6 @@ def _required(config: Any, name: str) -> Any:
     if name not in config:
         raise ValueError(f"config.{name} is missing (jaxnets.train.base_config() has every field)")
     return config[name]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_data_config(config: Any) -> DataConfig:

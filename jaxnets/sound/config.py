@@ -17,11 +17,12 @@ itself is `jaxnets.sound.frontend`. Imports neither TensorFlow nor JAX.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any
 
 import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
+
+from jaxnets.values import is_int, is_real
 
 # How far a file's sample rate may be from config.audio.sample_rate: beyond this ratio a resampled clip is mostly
 # made up (up) or mostly thrown away (down), which is a wrong file or a wrong rate, not a recording to train on.
@@ -89,14 +90,6 @@ def config_section():
     return section
 
 
-def _int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # (NaN != NaN)
-
-
 def resolve(section: Any) -> SoundConfig:
     """`config.audio` (a mapping; absent fields take their defaults) -> SoundConfig; ValueError naming the first
     bad field."""
@@ -110,13 +103,13 @@ def resolve(section: Any) -> SoundConfig:
     def bad(field: str, expected: str):
         return ValueError(f"config.audio.{field}: expected {expected}, got {f[field]!r}")
 
-    if not (_int(f["sample_rate"]) and 1_000 <= f["sample_rate"] <= 768_000):
+    if not (is_int(f["sample_rate"]) and 1_000 <= f["sample_rate"] <= 768_000):
         raise bad("sample_rate", "an int in [1000, 768000] (Hz)")
     rate = f["sample_rate"]
-    if not (_real(f["clip_seconds"]) and 0 < f["clip_seconds"] <= 600):
+    if not (is_real(f["clip_seconds"]) and 0 < f["clip_seconds"] <= 600):
         raise bad("clip_seconds", "seconds in (0, 600]")
     for field in ("n_fft", "win_length", "hop_length", "n_mels", "eval_crops"):
-        if not (_int(f[field]) and f[field] > 0):
+        if not (is_int(f[field]) and f[field] > 0):
             raise bad(field, "a positive int")
     if f["n_fft"] % 2 or f["n_fft"] > MAX_FFT:
         raise bad("n_fft", f"an even number of samples up to {MAX_FFT} (librosa's frames and bins assume even)")
@@ -127,18 +120,18 @@ def resolve(section: Any) -> SoundConfig:
     if f["n_mels"] > f["n_fft"] // 2 + 1:
         raise bad("n_mels", f"at most n_fft // 2 + 1 = {f['n_fft'] // 2 + 1} (the FFT's frequency bins)")
     fmax = rate / 2 if f["fmax"] is None else f["fmax"]
-    if not (_real(f["fmin"]) and 0 <= f["fmin"] < rate / 2):
+    if not (is_real(f["fmin"]) and 0 <= f["fmin"] < rate / 2):
         raise bad("fmin", f"Hz in [0, sample_rate / 2 = {rate / 2:g})")
-    if not (_real(fmax) and f["fmin"] < fmax <= rate / 2):
+    if not (is_real(fmax) and f["fmin"] < fmax <= rate / 2):
         raise bad("fmax", f"None or Hz in (fmin, sample_rate / 2 = {rate / 2:g}]")
-    if not (_real(f["amin"]) and 0 < f["amin"] < 1):
+    if not (is_real(f["amin"]) and 0 < f["amin"] < 1):
         raise bad("amin", "a power floor in (0, 1), such as 1e-10 (librosa's)")
-    if f["top_db"] is not None and not (_real(f["top_db"]) and f["top_db"] > 0):
+    if f["top_db"] is not None and not (is_real(f["top_db"]) and f["top_db"] > 0):
         raise bad("top_db", "None (no floor) or a positive number of dB, such as 80 (librosa's)")
     for field in ("freq_masks", "freq_mask_width", "time_masks", "time_mask_width"):
-        if not (_int(f[field]) and f[field] >= 0):
+        if not (is_int(f[field]) and f[field] >= 0):
             raise bad(field, "an int >= 0 (0: none)")
-    if not (_real(f["gain_db"]) and 0 <= f["gain_db"] <= 40):
+    if not (is_real(f["gain_db"]) and 0 <= f["gain_db"] <= 40):
         raise bad("gain_db", "dB in [0, 40] (0: no random gain)")
     sound = SoundConfig(**{**f, "fmax": float(fmax), "fmin": float(f["fmin"]), "clip_seconds": float(f["clip_seconds"]),
                            "amin": float(f["amin"]), "gain_db": float(f["gain_db"]),

@@ -15,9 +15,6 @@ are derived when the trainer is built (`jaxnets.train.build_trainer`), from the 
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -28,6 +25,7 @@ from jaxnets.sound.config import NULLABLE as SOUND_NULLABLE
 from jaxnets.sound.config import config_section as sound_config_section
 from jaxnets.train.task import get_task
 from jaxnets.train.validate import check_config
+from jaxnets.values import is_int, is_real
 
 
 def engine_config() -> ml_collections.ConfigDict:
@@ -179,9 +177,9 @@ def _is_kind(value, kind) -> bool:
     if kind is bool:
         return isinstance(value, bool)
     if kind is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if kind is float:  # (NaN is no number a field can mean)
-        return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+        return is_int(value)
+    if kind is float:
+        return is_real(value)
     if kind is tuple:
         return isinstance(value, (tuple, list))
     if kind is ml_collections.ConfigDict:
@@ -207,7 +205,7 @@ def _check_types(config, defaults=None, prefix: str = "") -> None:
         if value is None and (default is None or f"{prefix}{name}" in _NULLABLE):
             continue
         none = " or None" if default is None else ""
-        if not (kind in _KINDS and _is_kind(value, kind)) and kind in _KINDS:
+        if kind in _KINDS and not _is_kind(value, kind):
             shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
             raise ConfigError(f"config.{prefix}{name}: expected {_KINDS[kind]}{none}, got {shown!r}")
         if kind is ml_collections.ConfigDict and name not in _FREE_SECTIONS:

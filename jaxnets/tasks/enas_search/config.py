@@ -6,8 +6,6 @@ a search holds out of the training data (`hold_out_validation`).
 
 from __future__ import annotations
 
-import numbers
-
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -17,6 +15,7 @@ from jaxnets.models import create_model
 from jaxnets.models.enas import default_arc, format_arc
 from jaxnets.tasks.enas_search.final import final_config
 from jaxnets.train import resolve_config
+from jaxnets.values import is_real
 
 # A search trains on the first SEARCH_TRAIN_PERCENT of the training split and holds out the rest for its
 # rewards: CIFAR's last 5,000 of 50,000 images, as the released search did, and the same share of any dataset.
@@ -79,10 +78,6 @@ _POSITIVE_FLOATS = ("controller_learning_rate", "controller_adam_eps")
 _FRACTIONS = ("controller_adam_b1", "controller_adam_b2", "controller_baseline_decay")
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value  # (NaN != NaN)
-
-
 def check_search_config(config, device_count: int) -> None:
     """Raises ConfigError naming the first bad field of a resolved search config."""
     search = config.search
@@ -107,19 +102,19 @@ def check_search_config(config, device_count: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"config.search.{field} must be a positive int, got {value!r}")
     for field in _POSITIVE_FLOATS:
-        if not (_is_real(search[field]) and search[field] > 0):
+        if not (is_real(search[field]) and search[field] > 0):
             raise ConfigError(f"config.search.{field} must be > 0, got {search[field]!r}")
     for field in _FRACTIONS:
-        if not (_is_real(search[field]) and 0.0 <= search[field] < 1.0):
+        if not (is_real(search[field]) and 0.0 <= search[field] < 1.0):
             raise ConfigError(f"config.search.{field} must be in [0, 1), got {search[field]!r}")
-    if not (_is_real(search.controller_skip_target) and 0.0 < search.controller_skip_target < 1.0):
+    if not (is_real(search.controller_skip_target) and 0.0 < search.controller_skip_target < 1.0):
         raise ConfigError(f"config.search.controller_skip_target must be in (0, 1), got "
                           f"{search.controller_skip_target!r}")
     for field in ("controller_entropy_weight", "controller_skip_weight"):
-        if not (_is_real(search[field]) and search[field] >= 0):
+        if not (is_real(search[field]) and search[field] >= 0):
             raise ConfigError(f"config.search.{field} must be >= 0, got {search[field]!r}")
     for field in ("controller_temperature", "controller_tanh_constant", "controller_grad_clip_norm"):
-        if search[field] is not None and not (_is_real(search[field]) and search[field] > 0):
+        if search[field] is not None and not (is_real(search[field]) and search[field] > 0):
             raise ConfigError(f"config.search.{field} must be None or > 0, got {search[field]!r}")
     if not isinstance(search.final, (ml_collections.ConfigDict, dict)):
         raise ConfigError(f"config.search.final must be a section of fields (those of final_config.py that differ "

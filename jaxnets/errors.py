@@ -1,6 +1,6 @@
 """The errors a user fixes: a config value, a dataset to prepare, a workdir, a checkpoint that does not fit
-the config or is not there, a run that diverged, a multi-host launch. `train.py` prints any of them as
-one line (no traceback) and exits 1.
+the config or is not there, storage that does not answer, a run that diverged, a multi-host launch. `train.py`
+prints any of them as one line (no traceback) and exits 1.
 
 Each also derives from the builtin it refines, so `except ValueError` around a config check keeps working.
 Nothing here imports jax or TensorFlow.
@@ -35,6 +35,10 @@ class IncompatibleCheckpointError(UserError, ValueError):
 
 class UnrestorableCheckpointsError(UserError, OSError):
     """The workdir has committed checkpoints and none of them can be restored; nothing was moved or changed."""
+
+
+class StorageUnavailableError(UserError, OSError):
+    """The storage holding the checkpoints failed to answer, through every retry; nothing was moved or changed."""
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):

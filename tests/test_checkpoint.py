@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from helpers import REPO, compiles_nothing, cpu_devices_env, load_recipe
 
-from jaxnets.checkpoints import init_source, initialise_from
+from jaxnets.checkpoints import init_source, initialise_from, retries
 from jaxnets.checkpoints import manager as ckpt
 from jaxnets.checkpoints.layout import read_meta
 from jaxnets.checkpoints.loading import restore_variables
-from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError, WorkdirError
+from jaxnets.errors import IncompatibleCheckpointError, NonFiniteLossError, StorageUnavailableError, WorkdirError
 from jaxnets.train import build_trainer, parallel, train_and_evaluate
 from jaxnets.train.signals import StopSignals
 
@@ -174,6 +174,71 @@ def test_broken_latest_checkpoint_is_skipped(reference, tmp_path, damage, caplog
     assert step == 36 and int(state.step) == 36
     assert "40" in caplog.text and ("skipping step 40" in caplog.text or "never finished" in caplog.text)
     assert committed_steps(tmp_path) == [32, 36], "the broken step is moved out of the way"
+
+
+def restore_from_copy(reference, tmp_path):
+    """restore_latest on a copy of the reference's checkpoints -> (step, state)."""
+    workdir, _ = reference
+    shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
+    trainer = build_trainer(tiny_config())
+    checkpoints = ckpt.Checkpoints(str(tmp_path), max_to_keep=3)
+    try:
+        return checkpoints.restore_latest(trainer.abstract_state(), trainer.checkpoint_meta()["config"])
+    finally:
+        checkpoints.close()
+
+
+class FlakyStorage:
+    """Raises `error` from the first `failures` calls of a layout reader, then reads."""
+
+    def __init__(self, monkeypatch, reader: str, error: Exception, failures: int):
+        self.calls, self.error, self.failures, self.read = 0, error, failures, getattr(ckpt.layout, reader)
+        monkeypatch.setattr(ckpt.layout, reader, self)
+        monkeypatch.setattr(retries, "RETRY_DELAYS", (0.0,) * len(retries.RETRY_DELAYS))
+
+    def __call__(self, *args):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return self.read(*args)
+
+
+@pytest.mark.parametrize("reader, error", [
+    ("read_meta", OSError("GET .../checkpoints/40/config/metadata: 503 Service Unavailable")),
+    ("is_finished", ConnectionResetError(104, "Connection reset by peer")),
+    ("state_structure", ValueError("UNAVAILABLE: HTTP response code: 429 with body: rate limited")),
+])
+def test_a_step_whose_storage_fails_for_a_moment_is_read_again_not_moved(reference, tmp_path, monkeypatch, caplog,
+                                                                          reader, error):
+    flaky = FlakyStorage(monkeypatch, reader, error, failures=len(retries.RETRY_DELAYS))  # the last try answers
+    step, _ = restore_from_copy(reference, tmp_path)
+    assert step == 40 and flaky.calls == len(retries.RETRY_DELAYS) + 1
+    assert committed_steps(tmp_path) == [32, 36, 40] and not (tmp_path / "checkpoints_broken").exists()
+    assert caplog.text.count("trying again") == len(retries.RETRY_DELAYS)
+
+
+def test_storage_that_keeps_failing_stops_the_resume_and_moves_nothing(reference, tmp_path, monkeypatch):
+    FlakyStorage(monkeypatch, "read_meta", OSError("503 Service Unavailable"), failures=100)
+    with pytest.raises(StorageUnavailableError) as refusal:
+        restore_from_copy(reference, tmp_path)
+    assert re.fullmatch(r"could not read the metadata of \S+/checkpoints/40 after 5 tries \(OSError: 503 Service "
+                        r"Unavailable\); the storage failed to answer, so nothing was moved or changed: run the same "
+                        r"command again once it answers", str(refusal.value)), str(refusal.value)
+    assert committed_steps(tmp_path) == [32, 36, 40] and not (tmp_path / "checkpoints_broken").exists()
+
+
+@pytest.mark.parametrize("error, storage_failure", [
+    (FileNotFoundError("checkpoints/40/config/metadata"), False),
+    (json.JSONDecodeError("Expecting value", "{not json", 1), False),
+    (ValueError("DATA_LOSS: Error reading local file: truncated"), False),
+    (KeyError("config"), False),
+    (OSError("Forbidden: gs://bucket/run"), True),  # gcsfs' 403
+    (PermissionError(13, "Permission denied"), True),
+    (TimeoutError("timed out"), True),
+    (ValueError("DEADLINE_EXCEEDED: reading gs://bucket/run/checkpoints/40/state/d/1"), True),
+])
+def test_storage_failures_are_told_from_broken_checkpoints(error, storage_failure):
+    assert retries.is_storage_failure(error) is storage_failure
 
 
 def test_a_workdir_none_of_whose_checkpoints_restores_is_refused_and_left_as_it_was(reference, tmp_path):

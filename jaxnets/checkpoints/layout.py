@@ -20,6 +20,7 @@ import os
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxnets.checkpoints.retries import is_not_found
 from jaxnets.errors import CheckpointNotFoundError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -44,8 +45,16 @@ def checkpoint_dir(workdir) -> epath.Path:
 
 
 def is_finished(step_dir) -> bool:
-    """True once orbax has written the step's commit marker (its last write)."""
-    return (epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE).exists()
+    """True once orbax has written the step's commit marker (its last write). Asked with stat, not exists: the
+    cloud clients' exists() answers False on any error, and a marker that failed to answer is not a missing one
+    (`retries.is_storage_failure`); that error is raised."""
+    try:
+        (epath.Path(step_dir) / ocp.path.atomicity.COMMIT_SUCCESS_FILE).stat()
+    except Exception as e:
+        if is_not_found(e):
+            return False
+        raise
+    return True
 
 
 def step_numbers(directory) -> list[int]:

@@ -5,10 +5,12 @@ and atomic (a temporary directory, a rename, the commit marker last). On disk th
 dict (`flax.serialization.to_state_dict`), so a notebook reads it without the optimizer.
 
 Resume takes the newest step, in this order:
-- a step that is unfinished (no commit marker) or unreadable (its metadata or arrays do not read, e.g. a
-  truncated file) is BROKEN: moved to `checkpoints_broken/` with a warning once an older step restores, and
+- a step that is unfinished (no commit marker) or unreadable (storage returned metadata or arrays that do not
+  read, e.g. a truncated file) is BROKEN: moved to `checkpoints_broken/` with a warning once an older step restores, and
   that step is taken. orbax's stale temporaries from a killed save are removed (its `cleanup_tmp_directories`),
   with a warning;
+- storage that fails to answer (an outage that outlives the clients' retries and ours, `retries.py`) breaks
+  nothing: the run stops with StorageUnavailableError and nothing is moved;
 - when committed steps exist and none of them restores, the run stops with UnrestorableCheckpointsError listing
   each step and why, and nothing is moved: starting again at step 0 would silently drop what the run had (a
   workdir whose only steps are unfinished saves had nothing: those are moved aside and the run starts afresh);
@@ -35,8 +37,14 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint._src.metadata import array_metadata_store  # the store orbax's default handler has (not exported)
 
 from jaxnets.checkpoints import layout
+from jaxnets.checkpoints.retries import read_with_retries
 from jaxnets.data.datasets import DATA_STREAM_VERSION, STREAM_FIELDS, dataset_spec
-from jaxnets.errors import IncompatibleCheckpointError, UnrestorableCheckpointsError, WorkdirError
+from jaxnets.errors import (
+    IncompatibleCheckpointError,
+    StorageUnavailableError,
+    UnrestorableCheckpointsError,
+    WorkdirError,
+)
 
 log = logging.getLogger("jaxnets")
 
@@ -225,16 +233,19 @@ class Checkpoints:
         """
         target = flax.serialization.to_state_dict(abstract_state)
         broken: list[tuple[int, str]] = []
-        for step in reversed(layout.step_numbers(self.directory)):
+        steps = read_with_retries(lambda: layout.step_numbers(self.directory), f"the steps in {self.directory}")
+        for step in reversed(steps):
             step_dir = self.directory / str(step)
-            if not layout.is_finished(step_dir):
+            if not read_with_retries(lambda d=step_dir: layout.is_finished(d), f"the commit marker of {step_dir}"):
                 broken.append((step, UNFINISHED))
                 continue
-            try:
-                saved_meta = layout.read_meta(step_dir)
+            try:  # storage that fails to answer raises StorageUnavailableError here: that step is not broken
+                saved_meta, saved_structure = read_with_retries(
+                    lambda d=step_dir: (layout.read_meta(d), layout.state_structure(d)), f"the metadata of {step_dir}")
                 saved_config = saved_meta["config"]
-                saved_structure = layout.state_structure(step_dir)
-            except Exception as e:  # noqa: BLE001  any unreadable metadata means a broken step
+            except StorageUnavailableError:
+                raise
+            except Exception as e:  # noqa: BLE001  metadata that storage returned and that does not parse: broken
                 broken.append((step, f"metadata unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue
             _check_fits(step_dir, saved_config, config, saved_structure, target)
@@ -242,7 +253,10 @@ class Checkpoints:
             _check_stream(step_dir, saved_meta.get("data_stream_version"), saved_config, config)
             args = ocp.args.Composite(**{layout.STATE_ITEM: ocp.args.StandardRestore(target)})
             try:
-                restored = self.manager.restore(step, args=args)[layout.STATE_ITEM]
+                restored = read_with_retries(lambda s=step, a=args: self.manager.restore(s, args=a)[layout.STATE_ITEM],
+                                             f"the arrays of {step_dir}")
+            except StorageUnavailableError:
+                raise
             except Exception as e:  # noqa: BLE001  the structure fits, so the data itself does not read
                 broken.append((step, f"state unreadable: {type(e).__name__}: {str(e)[:300]}"))
                 continue

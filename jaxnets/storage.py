@@ -1,0 +1,35 @@
+"""Cloud storage through the standard emulator variable: with `STORAGE_EMULATOR_HOST` set, every gs:// access goes
+to that server, as google-cloud-storage and gcsfs already do by themselves.
+
+Two clients need telling. Orbax writes arrays through tensorstore, which reads its own variable
+(`TENSORSTORE_GCS_HTTP_URL`) and asks the metadata server for credentials unless a test token is given; and
+epath hands gs:// to TensorFlow's GCS client whenever TensorFlow is installed, which knows no emulator, so gs://
+goes through gcsfs instead (`EPATH_USE_TF=false`). Both are read once, when first used: `use_storage_emulator` runs
+when jaxnets is imported, before any path is opened. Variables the user set are left as they are.
+"""
+
+import logging
+import os
+
+EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
+
+
+def emulator_url() -> str | None:
+    """The emulator's base URL (scheme added when the variable gives only host:port), or None without one."""
+    host = os.environ.get(EMULATOR_VARIABLE, "").strip().rstrip("/")
+    if not host:
+        return None
+    return host if "://" in host else f"http://{host}"
+
+
+def use_storage_emulator() -> None:
+    url = emulator_url()
+    if url is None:
+        return
+    os.environ[EMULATOR_VARIABLE] = url  # google-cloud-storage (TensorBoard events) needs the scheme spelled out
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # tensorstore: no metadata-server lookup
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    # gcsfs' zonal-bucket probe asks Google's control API, which no emulator serves: one warning per path.
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    logging.getLogger("gcsfs").setLevel(logging.WARNING)  # not a line per file read (its read-ahead cache, at INFO)

@@ -1,5 +1,6 @@
-"""Checkpoints: resume is bit-exact (after SIGKILL too), SIGTERM saves and exits 0, broken steps are
-skipped, a model change is refused, and a checkpoint written on 8 devices opens on 1.
+"""Checkpoints: resume is bit-exact (after SIGKILL too), broken steps are skipped, storage that fails to answer is
+read again, a model change is refused, and a checkpoint written on 8 devices opens on 1. (train.py through SIGKILL
+and SIGTERM: the quickstart through 5 SIGKILLs here, on gs:// in test_cloud_storage, on two hosts in test_multihost.)
 
 One uninterrupted 40-step run (checkpoints every 4 steps, 8 CPU devices) is the reference for all of them.
 """
@@ -101,13 +102,6 @@ def test_a_finished_run_started_again_says_so_and_returns_its_last_evaluation(re
     assert after == {k: v for k, v in before.items() if "events.out.tfevents" not in k.name}, "nothing changed"
 
 
-def run_train_py(workdir, *extra, **popen):
-    return subprocess.Popen(
-        [sys.executable, "train.py", *FLAGS, "--workdir", str(workdir), *extra], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen,
-    )
-
-
 def wait_for(predicate, process, timeout=120.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -116,36 +110,6 @@ def wait_for(predicate, process, timeout=120.0):
             raise AssertionError(f"train.py ended early: {stderr}")
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
-
-
-def test_sigkill_then_restart_is_bit_exact(reference, tmp_path):
-    workdir, _ = reference
-    process = run_train_py(tmp_path)
-    wait_for(lambda: (tmp_path / "checkpoints" / str(EVERY) / "commit_success.txt").exists(), process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = max(committed_steps(tmp_path))
-    assert killed_at < STEPS, "killed before the end"
-    train_and_evaluate(tiny_config(), str(tmp_path))  # the restart, in-process (same numbers as train.py)
-    expected, resumed = train_losses(workdir), train_losses(tmp_path)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    assert resumed == expected, f"killed after step {killed_at}: the resumed run must match bit for bit"
-
-
-def test_sigterm_saves_that_step_and_exits_0(tmp_path):
-    process = run_train_py(tmp_path, "--config.num_train_steps=100000")  # the whole quickstart: 840 steps
-    wait_for(lambda: len(train_losses(tmp_path)) >= 3 if (tmp_path / "metrics.jsonl").exists() else False, process)
-    start = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    returncode = process.wait(timeout=30)
-    latency = time.monotonic() - start
-    stderr = process.stderr.read()
-    assert returncode == 0, stderr[-3000:]
-    last_logged = max(train_losses(tmp_path))
-    assert max(committed_steps(tmp_path)) == last_logged < 840, "the step it stopped at is saved"
-    assert "SIGTERM" in stderr
-    assert stderr.count("resolved config") == 1 and "\nlearning_rate: 0.1\n" in stderr, "printed once at start"
-    print(f"SIGTERM to exit: {latency:.2f} s, stopped at step {last_logged}")
 
 
 def truncate_largest_array_file(step_dir: pathlib.Path):

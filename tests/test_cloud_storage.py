@@ -91,7 +91,9 @@ def test_the_quickstart_on_gs_through_faults_kills_and_resumes_equals_a_local_ru
     log.close()
     second = (tmp_path / "second.log").read_text()
     assert f"at step {killed_at}" in second and "SIGTERM" in second
+    assert second.count("resolved config") == 1 and "\nlearning_rate: 0.1\n" in second, "printed once at start"
     stopped_at = max(committed_steps(emulator, "run"))
+    assert re.findall(r"saved step (\d+), stopping", second) == [str(stopped_at)], "the step it stopped at is saved"
     assert killed_at < stopped_at < SHORT["num_train_steps"]
 
     process, log = launch("third")

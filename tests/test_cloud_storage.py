@@ -15,23 +15,37 @@ import pytest
 from helpers import REPO, load_recipe
 from storage_emulator import FAULTS, StorageEmulator
 
+import jaxnets
 from jaxnets.train import train_and_evaluate
 
 # Few saves (each is ~100 requests, and a fault costs a client's backoff of 1-2 s): at 24 and 48, and at the SIGTERM.
 SHORT = {"num_train_steps": 48, "log_every_steps": 8, "eval_every_epochs": 100.0, "checkpoint_every_steps": 24}
 FLAGS = ["--config", "configs/quickstart.py", *(f"--config.{k}={v}" for k, v in SHORT.items())]
 
-# In one process: the report of the gs:// run, then its checkpoint and the local run's, opened as a notebook would.
+# In one process, as a notebook would: the report of the gs:// run, then its checkpoint, printed as a digest.
 REPORT_AND_LOAD = """
 import sys
-import jax, numpy as np
+sys.path.append("tests")
 import jaxnets
 from jaxnets.report import write_report
+from test_cloud_storage import digest
 print(sorted(p.name for p in write_report("gs://bucket/run")))
-_, on_gcs, _ = jaxnets.load_checkpoint("gs://bucket/run")
-_, local, _ = jaxnets.load_checkpoint(sys.argv[1])
-print(jax.tree.all(jax.tree.map(np.array_equal, on_gcs, local)))
+print(digest(jaxnets.load_checkpoint("gs://bucket/run")[1]))
 """
+
+
+def digest(variables) -> str:
+    """sha256 over every array of a variables tree, with its path, shape and dtype."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    sha = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        leaf = np.asarray(leaf)
+        sha.update(f"{jax.tree_util.keystr(path)} {leaf.shape} {leaf.dtype}".encode() + leaf.tobytes())
+    return sha.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +75,6 @@ def test_the_quickstart_on_gs_through_faults_kills_and_resumes_equals_a_local_ru
     """train, SIGKILL, resume, SIGTERM, resume to the end, report, load: with 10% of the storage requests failing,
     the losses are the local run's, bit for bit, nothing is moved to checkpoints_broken/, and the checkpoint
     opens with the local run's parameters."""
-    train_and_evaluate(load_recipe("quickstart", **SHORT), str(tmp_path / "local"))  # the reference, undisturbed
     emulator.proxy.fault_rate = 0.1
     env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator.url}
 
@@ -101,19 +114,24 @@ def test_the_quickstart_on_gs_through_faults_kills_and_resumes_equals_a_local_ru
     log.close()
     assert f"at step {stopped_at}" in (tmp_path / "third.log").read_text()
 
+    # The report and the checkpoint read from gs:// (mostly waiting out the clients' backoffs), while this process
+    # trains the same run undisturbed on a local disk: the reference.
+    reader = subprocess.Popen([sys.executable, "-c", REPORT_AND_LOAD], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    train_and_evaluate(load_recipe("quickstart", **SHORT), str(tmp_path / "local"))
     expected = losses((tmp_path / "local" / "metrics.jsonl").read_text())
     got = losses(emulator.read("bucket", "run/metrics.jsonl").decode())
     assert sorted(got) == list(range(8, 49, 8)) and got == expected, (killed_at, stopped_at)
     names = emulator.names("bucket", "run/")
     assert not [n for n in names if "checkpoints_broken" in n]
     assert [n for n in names if "events.out.tfevents" in n], "TensorBoard wrote its events there"
-    assert all(emulator.proxy.faults[kind] >= 5 for kind in FAULTS), emulator.proxy.faults
 
-    result = subprocess.run([sys.executable, "-c", REPORT_AND_LOAD, str(tmp_path / "local")], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report, same = result.stdout.splitlines()[-2:]
-    assert report == str(["confusion_matrix.png", "curves.png", "predictions.png"]) and same == "True"
+    stdout, stderr = reader.communicate(timeout=300)
+    assert reader.returncode == 0, stderr[-3000:]
+    report, on_gcs = stdout.splitlines()[-2:]
+    assert report == str(["confusion_matrix.png", "curves.png", "predictions.png"])
+    assert on_gcs == digest(jaxnets.load_checkpoint(tmp_path / "local")[1]), "the local run's parameters"
     assert {"run/curves.png", "run/predictions.png"} <= set(emulator.names("bucket", "run/"))
+    assert all(emulator.proxy.faults[kind] >= 5 for kind in FAULTS), emulator.proxy.faults
     print(f"{emulator.proxy.requests} storage requests, faults injected: {dict(emulator.proxy.faults)}; "
           f"SIGKILL after step {killed_at}, SIGTERM at step {stopped_at}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
@@ -128,6 +129,42 @@ def broken(root, case: str):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "val" / "extra" / "0.png")
         return f"the class 'extra' is in another split folder of {root} but not in {root / 'train'}"
     raise AssertionError(case)
+
+
+# The folder check in a process of its own, printing the one line of its ConfigError.
+CHECK_FOLDER = """
+import sys
+from jaxnets import data
+from jaxnets.config import base_config
+from jaxnets.errors import ConfigError
+config = base_config()
+config.dataset = "folder:" + sys.argv[1]
+try:
+    data.dataset_info(config)
+except ConfigError as e:
+    print(e)
+"""
+
+
+def without_permission_overrides():
+    """In the child before exec: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so that the
+    program, even as root, is refused what the permission bits refuse (root reads a chmod-000 file otherwise)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH (linux/capability.h)
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_an_image_without_read_permission_is_one_line_naming_it(tmp_path):
+    images = make_folder(tmp_path / "images", train_per_class=2, test_per_class=1, size=8)
+    locked = images / "train" / "dots" / "1.png"
+    locked.chmod(0)
+    result = subprocess.run([sys.executable, "-c", CHECK_FOLDER, str(images)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, preexec_fn=without_permission_overrides)
+    locked.chmod(0o644)  # (for pytest's clean-up)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == (f"config.dataset: {locked} is not a readable image (PermissionError: [Errno 13] "
+                                     f"Permission denied: '{locked}'); remove it or replace it"), result.stdout
 
 
 @pytest.mark.parametrize("case", ["missing split", "empty class", "unreadable image", "truncated jpeg",

@@ -30,11 +30,14 @@ RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 _TRANSIENT_WORDS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "Too Many Requests",
                     "Service Unavailable", "Connection reset", "Connection refused", "timed out")
 _TRANSIENT_CODES = {408, 429, 500, 502, 503, 504}
-# Exception classes of the HTTP stacks (named, not imported: gcsfs, aiohttp and requests are present only with
-# cloud storage) whose errors are failures to answer.
+# Exception classes of the storage clients (named, not imported: present only with cloud storage) whose errors are
+# failures to answer: aiohttp and requests (gcsfs, google-cloud-storage), google-api-core, and TensorFlow's GCS
+# client (epath's for gs:// when TensorFlow is installed and no emulator is set).
 _TRANSIENT_CLASSES = {"ClientError", "ClientOSError", "ServerDisconnectedError", "ClientConnectionError",
                       "ClientPayloadError", "TransportError", "RetryError", "ChunkedEncodingError",
-                      "ServiceUnavailable", "TooManyRequests", "InternalServerError", "GatewayTimeout"}
+                      "ServiceUnavailable", "TooManyRequests", "InternalServerError", "GatewayTimeout",
+                      "UnavailableError", "DeadlineExceededError", "ResourceExhaustedError", "AbortedError",
+                      "PermissionDeniedError"}
 
 
 def _chain(error: BaseException):

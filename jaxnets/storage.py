@@ -33,3 +33,28 @@ def use_storage_emulator() -> None:
     # gcsfs' zonal-bucket probe asks Google's control API, which no emulator serves: one warning per path.
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
     logging.getLogger("gcsfs").setLevel(logging.WARNING)  # not a line per file read (its read-ahead cache, at INFO)
+
+
+def retry_first_event_upload() -> None:
+    """tensorboardX writes a gs:// event file by uploading it whole at each flush, on the condition that the object
+    still has the generation it last wrote, which makes google-cloud-storage retry the upload; the first upload it
+    sends unconditioned, hence unretried: one 503 there loses the events or ends the run. Generation 0 ("only if
+    absent") makes the first conditional too. Through tensorboardX's own registry of writers by URL scheme."""
+    from tensorboardX import record_writer
+
+    class RetriedUploads(record_writer.GCSRecordWriter):
+        closed = False
+
+        def flush(self):
+            self.blob.upload_from_string(data=self.buffer.getvalue(), if_generation_match=self.blob.generation or 0)
+
+        def close(self):  # once: tensorboardX's __del__ closes again, uploading the whole file once more at exit
+            if not self.closed:
+                self.closed = True
+                self.flush()
+
+    class RetriedUploadsFactory(record_writer.GCSRecordWriterFactory):
+        def open(self, path):
+            return RetriedUploads(path)
+
+    record_writer.register_writer_factory("gs", RetriedUploadsFactory())

@@ -39,7 +39,8 @@ def _binary() -> pathlib.Path:
 
 class FaultyProxy(http.server.ThreadingHTTPServer):
     """Forwards to `upstream` (host, port); answers a share `fault_rate` of requests (drawn from `seed`) with one
-    of FAULTS. `faults` counts what it injected, `requests` all it received."""
+    of FAULTS, and the next request matching each entry of `planned` with its fault. `faults` counts what it
+    injected, `requests` (and `log`) all it received."""
 
     daemon_threads = True
 
@@ -50,6 +51,7 @@ class FaultyProxy(http.server.ThreadingHTTPServer):
         self.faults: collections.Counter = collections.Counter()
         self.requests = 0
         self.log: list[str] = []
+        self.planned: list[tuple[str, str]] = []  # (a substring of "METHOD /path?query", fault): for the next match
 
     @property
     def url(self) -> str:
@@ -59,6 +61,11 @@ class FaultyProxy(http.server.ThreadingHTTPServer):
         with self._lock:
             self.requests += 1
             self.log.append(path)
+            planned = next((plan for plan in self.planned if plan[0] in path), None)
+            if planned is not None:
+                self.planned.remove(planned)
+                self.faults[planned[1]] += 1
+                return planned[1]
             if self._rng.random() >= self.fault_rate:
                 return None
             fault = self._rng.choice(FAULTS)

@@ -16,7 +16,7 @@ from helpers import REPO, load_recipe
 from storage_emulator import FAULTS, StorageEmulator
 
 import jaxnets
-from jaxnets.train import train_and_evaluate
+from jaxnets.train import reporting, train_and_evaluate
 
 # Few saves (each is ~100 requests, and a fault costs a client's backoff of 1-2 s): at 24 and 48, and at the SIGTERM.
 SHORT = {"num_train_steps": 48, "log_every_steps": 8, "eval_every_epochs": 100.0, "checkpoint_every_steps": 24}
@@ -135,3 +135,17 @@ def test_the_quickstart_on_gs_through_faults_kills_and_resumes_equals_a_local_ru
     assert all(emulator.proxy.faults[kind] >= 5 for kind in FAULTS), emulator.proxy.faults
     print(f"{emulator.proxy.requests} storage requests, faults injected: {dict(emulator.proxy.faults)}; "
           f"SIGKILL after step {killed_at}, SIGTERM at step {stopped_at}")
+
+
+def test_a_failed_first_upload_of_tensorboard_events_is_retried(emulator, monkeypatch):
+    """tensorboardX sends an event file's first upload without a precondition, which google-cloud-storage does not
+    retry; jaxnets makes it conditional ("only if absent"), so a 503 there is retried like the later ones."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+    monkeypatch.setattr(emulator.proxy, "fault_rate", 0.0)
+    emulator.proxy.planned.append(("POST /upload/", "503"))  # the first upload of the event file
+    writer = reporting._summary_writer()("gs://bucket/tensorboard", flush_secs=30)
+    writer.add_scalar("train/loss", 1.5, 1)
+    writer.close()
+    assert not emulator.proxy.planned, "the planned 503 was served"
+    (name,) = [n for n in emulator.names("bucket", "tensorboard/") if "events.out.tfevents" in n]
+    assert b"train/loss" in emulator.read("bucket", name)

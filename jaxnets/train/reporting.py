@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from jaxnets.checkpoints.layout import absolute, is_local
+from jaxnets.storage import retry_first_event_upload
 
 log = logging.getLogger("jaxnets")
 
@@ -40,13 +41,14 @@ def _summary_writer():
     for the thread that builds the run, as train.py and notebooks do: an `import torch` racing it elsewhere fails.)"""
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter  # (here, not at the top: see above)
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "not installed"
-    try:
-        from tensorboardX import SummaryWriter  # (here, not at the top: see above)
-    finally:
-        if sys.modules.get("torch", False) is None:  # (not a torch that another thread imported meanwhile)
-            del sys.modules["torch"]
+    else:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX takes as "not installed"
+        try:
+            from tensorboardX import SummaryWriter  # (here, not at the top: see above)
+        finally:
+            if sys.modules.get("torch", False) is None:  # (not a torch that another thread imported meanwhile)
+                del sys.modules["torch"]
+    retry_first_event_upload()
     return SummaryWriter
 
 

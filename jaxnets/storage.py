@@ -40,7 +40,7 @@ def retry_first_event_upload() -> None:
     still has the generation it last wrote, which makes google-cloud-storage retry the upload; the first upload it
     sends unconditioned, hence unretried: one 503 there loses the events or ends the run. Generation 0 ("only if
     absent") makes the first conditional too. Through tensorboardX's own registry of writers by URL scheme."""
-    from tensorboardX import record_writer
+    from tensorboardX import record_writer  # (here: storage.py is imported with jaxnets, tensorboardX only by a run)
 
     class RetriedUploads(record_writer.GCSRecordWriter):
         closed = False

@@ -6,6 +6,9 @@ Two clients need telling. Orbax writes arrays through tensorstore, which reads i
 epath hands gs:// to TensorFlow's GCS client whenever TensorFlow is installed, which knows no emulator, so gs://
 goes through gcsfs instead (`EPATH_USE_TF=false`). Both are read once, when first used: `use_storage_emulator` runs
 when jaxnets is imported, before any path is opened. Variables the user set are left as they are.
+
+Also here, for any gs:// workdir, emulated or not: TensorBoard's event files are uploaded with retries from the first
+upload on (`retry_first_event_upload`, registered when a run opens its TensorBoard writer).
 """
 
 import logging

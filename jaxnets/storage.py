@@ -11,6 +11,7 @@ Also here, for any gs:// workdir, emulated or not: TensorBoard's event files are
 upload on (`retry_first_event_upload`, registered when a run opens its TensorBoard writer).
 """
 
+import functools
 import logging
 import os
 
@@ -38,6 +39,7 @@ def use_storage_emulator() -> None:
     logging.getLogger("gcsfs").setLevel(logging.WARNING)  # not a line per file read (its read-ahead cache, at INFO)
 
 
+@functools.cache  # (once a process: a registry entry, whichever run opens a writer first)
 def retry_first_event_upload() -> None:
     """tensorboardX writes a gs:// event file by uploading it whole at each flush, on the condition that the object
     still has the generation it last wrote, which makes google-cloud-storage retry the upload; the first upload it

@@ -84,6 +84,16 @@ def recording_train_iterator(read, record):
     return train_iterator
 
 
+def variables_digest(variables) -> str:
+    """sha256 over every array of a tree with its path, shape and dtype: equal trees, equal digests (one process's
+    parameters against another's)."""
+    sha = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        leaf = np.asarray(leaf)
+        sha.update(f"{jax.tree_util.keystr(path)} {leaf.shape} {leaf.dtype}".encode() + leaf.tobytes())
+    return sha.hexdigest()
+
+
 def optim_config(**fields) -> ml_collections.ConfigDict:
     """Every field at its default but a constant lr of 0.1 over 200 epochs, no weight decay and torch's RMSProp
     epsilon, then `fields`; untyped, so a test can set a value of the wrong type to check its message."""

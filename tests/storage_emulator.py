@@ -40,7 +40,7 @@ def _binary() -> pathlib.Path:
 class FaultyProxy(http.server.ThreadingHTTPServer):
     """Forwards to `upstream` (host, port); answers a share `fault_rate` of requests (drawn from `seed`) with one
     of FAULTS, and the next request matching each entry of `planned` with its fault. `faults` counts what it
-    injected, `requests` (and `log`) all it received."""
+    injected, `requests` all it received."""
 
     daemon_threads = True
 
@@ -50,7 +50,6 @@ class FaultyProxy(http.server.ThreadingHTTPServer):
         self._rng, self._lock = random.Random(seed), threading.Lock()
         self.faults: collections.Counter = collections.Counter()
         self.requests = 0
-        self.log: list[str] = []
         self.planned: list[tuple[str, str]] = []  # (a substring of "METHOD /path?query", fault): for the next match
 
     @property
@@ -60,7 +59,6 @@ class FaultyProxy(http.server.ThreadingHTTPServer):
     def draw(self, path: str) -> str | None:
         with self._lock:
             self.requests += 1
-            self.log.append(path)
             planned = next((plan for plan in self.planned if plan[0] in path), None)
             if planned is not None:
                 self.planned.remove(planned)

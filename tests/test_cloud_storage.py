@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, load_recipe
+from helpers import REPO, load_recipe, variables_digest
 from storage_emulator import FAULTS, StorageEmulator
 
 import jaxnets
@@ -27,25 +27,11 @@ REPORT_AND_LOAD = """
 import sys
 sys.path.append("tests")
 import jaxnets
+from helpers import variables_digest
 from jaxnets.report import write_report
-from test_cloud_storage import digest
 print(sorted(p.name for p in write_report("gs://bucket/run")))
-print(digest(jaxnets.load_checkpoint("gs://bucket/run")[1]))
+print(variables_digest(jaxnets.load_checkpoint("gs://bucket/run")[1]))
 """
-
-
-def digest(variables) -> str:
-    """sha256 over every array of a variables tree, with its path, shape and dtype."""
-    import hashlib
-
-    import jax
-    import numpy as np
-
-    sha = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        leaf = np.asarray(leaf)
-        sha.update(f"{jax.tree_util.keystr(path)} {leaf.shape} {leaf.dtype}".encode() + leaf.tobytes())
-    return sha.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +116,7 @@ def test_the_quickstart_on_gs_through_faults_kills_and_resumes_equals_a_local_ru
     assert reader.returncode == 0, stderr[-3000:]
     report, on_gcs = stdout.splitlines()[-2:]
     assert report == str(["confusion_matrix.png", "curves.png", "predictions.png"])
-    assert on_gcs == digest(jaxnets.load_checkpoint(tmp_path / "local")[1]), "the local run's parameters"
+    assert on_gcs == variables_digest(jaxnets.load_checkpoint(tmp_path / "local")[1]), "the local run's parameters"
     assert {"run/curves.png", "run/predictions.png"} <= set(emulator.names("bucket", "run/"))
     assert all(emulator.proxy.faults[kind] >= 5 for kind in FAULTS), emulator.proxy.faults
     print(f"{emulator.proxy.requests} storage requests, faults injected: {dict(emulator.proxy.faults)}; "

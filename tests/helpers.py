@@ -9,10 +9,13 @@ import io
 import logging
 import os
 import pathlib
+import shutil
+from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 
 from jaxnets.config import base_config
@@ -140,3 +143,21 @@ def grating_folder(root, degrees: list[int], train_per_class: int, test_per_clas
                 pixels = 127.5 + 60 * (wave + rng.normal(0, 1.5, wave.shape))
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """The directory <session's temp>/name, made by `build(directory)` once for the whole session, however many
+    pytest-xdist workers ask for it (xdist's recipe for a once-only fixture: the first to take the lock builds it,
+    the others wait and find it done). For work a module fixture would repeat on each worker that runs one of the
+    module's tests (with --dist worksteal, often two or three). What is built must not be changed by the tests."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # this session's directory, shared by its workers
+    directory, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # what a failed build left (its worker reported it)
+            directory.mkdir()
+            build(directory)
+            done.touch()
+    return directory

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_recipe
+from helpers import built_once, load_recipe
 from PIL import Image
 
 import jaxnets
@@ -34,19 +34,20 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{family: workdir} of the runs above (one device, evaluated once at the end)."""
-    root = tmp_path_factory.mktemp("runs")
-    workdirs = {}
+def train_each_family(root) -> None:
     for family, fields in FAMILIES.items():
         config = load_recipe("quickstart", eval_every_epochs=100.0, steps_per_dispatch=1, **{
             k: v for k, v in fields.items() if k != "model_overrides"})
         if "model_overrides" in fields:
             config.model_overrides = fields["model_overrides"]
-        workdirs[family] = root / family
-        train_and_evaluate(config, str(workdirs[family]), devices=jax.devices()[:1])
-    return workdirs
+        train_and_evaluate(config, str(root / family), devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, worker_id):
+    """{family: workdir} of the runs above (one device, evaluated once at the end), trained once for the session."""
+    root = built_once(tmp_path_factory, worker_id, "export_runs", train_each_family)
+    return {family: root / family for family in FAMILIES}
 
 
 def reference_logits(workdir, images: np.ndarray) -> np.ndarray:

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from filelock import FileLock
-from helpers import REPO, cpu_devices_env, load_recipe
+from helpers import REPO, built_once, cpu_devices_env, load_recipe
 
 import jaxnets
 from jaxnets.checkpoints import read_meta, resolve_step_dir
@@ -51,21 +50,19 @@ def jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def search_with_logged_compiles(directory) -> None:
+    process = train_py(directory / "run", env={"JAX_LOG_COMPILES": "1"})
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    (directory / "stderr.log").write_text(stderr)
+
+
 @pytest.fixture(scope="session")
 def search(tmp_path_factory, worker_id):
     """A whole short search through train.py, logging every compilation: (workdir, stderr). Run once for the
-    session: the pytest-xdist workers share it through a lock (xdist's recipe for a once-only fixture)."""
-    root = tmp_path_factory.getbasetemp()
-    if worker_id != "master":
-        root = root.parent  # this session's directory, shared by its workers
-    workdir, log = root / "nas_search", root / "nas_search.log"
-    with FileLock(str(root / "nas_search.lock")):
-        if not log.exists():
-            process = train_py(workdir, env={"JAX_LOG_COMPILES": "1"})
-            _, stderr = process.communicate(timeout=600)
-            assert process.returncode == 0, stderr[-3000:]
-            log.write_text(stderr)
-    return workdir, log.read_text()
+    session, whichever workers run these tests."""
+    directory = built_once(tmp_path_factory, worker_id, "nas_search", search_with_logged_compiles)
+    return directory / "run", (directory / "stderr.log").read_text()
 
 
 def test_each_step_function_compiles_once_in_a_whole_search(search):

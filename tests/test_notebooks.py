@@ -16,7 +16,7 @@ import jax
 import nbformat
 import numpy as np
 import pytest
-from helpers import FAST_COMPILE, REPO, load_recipe
+from helpers import FAST_COMPILE, REPO, built_once, load_recipe
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -25,15 +25,18 @@ from jaxnets.train import train_and_evaluate
 NOTEBOOKS = REPO / "colab"
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-    """The README quickstart's recipe for 1 epoch on 8 CPU devices (conftest's XLA_FLAGS), evaluated at the end."""
-    workdir = tmp_path_factory.mktemp("quickstart") / "run"
+def train_the_quickstart_one_epoch(directory) -> None:
     config = load_recipe("quickstart")
     config.num_epochs, config.eval_every_epochs, config.warmup_epochs = 1, 1.0, 0.0
     assert jax.device_count() == 8
-    train_and_evaluate(config, str(workdir))
-    return workdir
+    train_and_evaluate(config, str(directory / "run"))
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, worker_id):
+    """The README quickstart's recipe for 1 epoch on 8 CPU devices (conftest's XLA_FLAGS), evaluated at the end;
+    trained once for the session."""
+    return built_once(tmp_path_factory, worker_id, "notebooks_quickstart", train_the_quickstart_one_epoch) / "run"
 
 
 def run_notebook(name: str, monkeypatch, **parameters) -> nbformat.NotebookNode:

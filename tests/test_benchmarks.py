@@ -19,8 +19,9 @@ def read_results(json_path):
     return report
 
 
-def run_tiny(script, json_path, models):
-    command = [sys.executable, f"benchmarks/{script}", "--tiny", "--models", ",".join(models), "--json", str(json_path)]
+def run_tiny(script, json_path, models, *extra):
+    command = [sys.executable, f"benchmarks/{script}", "--tiny", "--models", ",".join(models), "--json", str(json_path),
+               *extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return read_results(json_path)
@@ -78,3 +79,20 @@ def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     assert len(only_round["bare_step_measurements"]) == 6 and math.isfinite(report["ratio_loop_over_bare"])
     assert report["steps_per_dispatch"] == 10 and report["checkpoint_every_steps"] == 210  # the recipe's
     assert report["log_every_steps"] == 20 and report["bare_steps"] == 20
+
+
+def test_profile_of_a_step_classifies_both_frameworks_work(tmp_path):
+    """benchmarks/profile_step.py on a tiny ENAS child: each framework's profiler sees its convolutions (jaxnets'
+    oneDNN calls by direction), BatchNorm and the optimizer's update; every jaxnets thunk is an instruction of the
+    compiled step (the profile and the program agree on names)."""
+    report = run_tiny("profile_step.py", tmp_path / "profile.json", ["enas_macro"], "--steps", "1")
+    profiles = report["models"]["enas_macro"]
+    jax_ms, torch_ms = profiles["jaxnets"]["seconds_per_step"], profiles["pytorch"]["seconds_per_step"]
+    for kind in ("conv forward", "  of which dX", "  of which dW", "BatchNorm forward", "BatchNorm backward",
+                 "optimizer update"):
+        assert jax_ms[kind] > 0, (kind, jax_ms)
+    for kind in ("conv forward", "conv backward (dX + dW)", "BatchNorm forward", "BatchNorm backward",
+                 "optimizer update"):
+        assert torch_ms[kind] > 0, (kind, torch_ms)
+    assert profiles["jaxnets"]["instructions_not_in_the_program"] == []
+    assert "| **step, wall clock** |" in (tmp_path / "profile.md").read_text()

@@ -1,0 +1,221 @@
+"""Where a training step's time goes, jaxnets beside PyTorch, by kind of work: each framework's own profiler on
+the step benchmarks/cpu.py times (harness/runners.py: same inputs, SGD with momentum, BatchNorm statistics updated).
+
+    python benchmarks/profile_step.py [--models resnext50_32x4d,mobilenet_v2] [--steps 5] [--json PATH] [--tiny]
+
+jaxnets: `jax.profiler.trace` of `--steps` compiled steps (its Perfetto JSON): the time of each XLA:CPU thunk,
+classified by the instruction of the compiled program it runs (its span's `hlo_op`, looked up in
+`compiled.as_text()`): oneDNN convolutions by FFI
+target (forward, backward-data, backward-weights), then by the source `op_name` XLA keeps: instructions outside
+the differentiated function are the optimizer's update; inside, by the Flax module path (a `bn`/`norm` module:
+BatchNorm; `relu`: activations) and by the pass (`transpose(...)`: backward). PyTorch: `torch.profiler` over the
+same steps, each op's self time classified alike (under `Optimizer.step`: the update).
+Per step, in ms; "share" is of the framework's profiled total. The profiled totals are op time: XLA runs
+independent thunks side by side on the cores (so its total may exceed the step's wall clock), PyTorch one op at a
+time with the cores inside the op; the wall-clock step is given beside them. The rows say where to look, the
+ratios of cpu.py say how fast.
+
+Set ONEDNN_MAX_CPU_ISA=AVX2 to profile both frameworks as on an AVX2 CPU (oneDNN honours it on both sides).
+Writes --json (default benchmarks/results/profile_step.json) and the markdown next to it. Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+import time
+
+import jax
+import torch
+from cpu import NUM_CLASSES, ModelSpec, model_spec
+from harness import environment, results
+from harness.runners import JaxRunner, TorchRunner, random_batch
+
+from jaxnets.models import create_model
+
+DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2")
+CATEGORIES = ("conv forward", "conv backward (dX + dW)", "  of which dX", "  of which dW", "BatchNorm forward",
+              "BatchNorm backward", "activations", "optimizer update", "copies and layout", "other forward",
+              "other backward")
+FFI_CONV = {"jaxnets_onednn_conv_forward": "conv forward", "jaxnets_onednn_conv_input_gradient": "  of which dX",
+            "jaxnets_onednn_conv_kernel_gradient": "  of which dW"}
+LAYOUT_OPS = {"copy", "transpose", "bitcast", "slice", "concatenate", "pad", "dynamic-slice",
+              "dynamic-update-slice", "copy-start", "copy-done"}
+
+
+# --- jaxnets --------------------------------------------------------------------------------------------------
+
+
+def instruction_categories(hlo_text: str) -> dict[str, str | None]:
+    """{instruction name: category} for every instruction of the compiled module (names are unique in it);
+    None for the thunks that only run others (a while loop, a call, a conditional), whose work is counted in
+    the thunks of their bodies."""
+    categories = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s+(?:ROOT )?%(\S+) = .*? ([a-z\-]+)\(", line)
+        if match is None:
+            continue
+        name, opcode = match.groups()
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        categories[name] = None if opcode in ("while", "call", "conditional") else jax_category(
+            opcode, target.group(1) if target else None, op_name.group(1) if op_name else "")
+    return categories
+
+
+def jax_category(opcode: str, target: str | None, op_name: str) -> str:
+    backward = "transpose(" in op_name
+    if target in FFI_CONV:
+        return FFI_CONV[target]
+    if opcode == "convolution":
+        return "conv backward (dX + dW)" if backward else "conv forward"
+    if opcode in LAYOUT_OPS and not re.search(r"/(bn|norm)", op_name):
+        return "copies and layout"
+    if "jvp(" not in op_name:
+        return "optimizer update" if op_name else "copies and layout"
+    modules = op_name.split("/")
+    if any(re.search(r"(^|_)bn\d*$|norm", m, re.IGNORECASE) for m in modules):
+        return "BatchNorm backward" if backward else "BatchNorm forward"
+    if re.search(r"relu", op_name):
+        return "activations"
+    return "other backward" if backward else "other forward"
+
+
+def profile_jaxnets(spec: ModelSpec, steps: int) -> dict:
+    images, labels = random_batch(spec.batch, spec.size, NUM_CLASSES)
+    runner = JaxRunner(create_model(spec.name, num_classes=NUM_CLASSES, **spec.overrides), images, labels,
+                       forward=False)
+    categories = instruction_categories(runner.train_step.as_text())
+    runner.train(2)  # warm-up
+    start = time.perf_counter()
+    runner.train(steps)
+    wall = (time.perf_counter() - start) / steps
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            runner.train(steps)
+        (path,) = glob.glob(f"{log_dir}/**/perfetto_trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    seconds, unknown = collections.defaultdict(float), set()
+    for event in events:  # a thunk's span names its instruction; the runtime's own spans name none
+        instruction = event.get("args", {}).get("hlo_op")
+        if event.get("ph") != "X" or instruction is None or event["args"].get("hlo_module") != "jit_step":
+            continue
+        if instruction not in categories:
+            unknown.add(instruction)
+        elif categories[instruction] is not None:
+            seconds[categories[instruction]] += event.get("dur", 0) / 1e6
+    return summarise(seconds, steps, wall, extra={"instructions_not_in_the_program": sorted(unknown)})
+
+
+# --- PyTorch --------------------------------------------------------------------------------------------------
+
+
+def torch_category(op: str, under_optimizer: bool) -> str | None:
+    if under_optimizer:
+        return "optimizer update"
+    if op in ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
+              "aten::_mkldnn_convolution"):
+        return "conv forward"
+    if "convolution_backward" in op:
+        return "conv backward (dX + dW)"
+    if "batch_norm" in op:
+        return "BatchNorm backward" if "backward" in op else "BatchNorm forward"
+    if re.search(r"relu|threshold|hardtanh|clamp", op):
+        return "activations"
+    if op in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::to", "aten::_to_copy", "aten::empty_like",
+              "aten::as_strided", "aten::view", "aten::reshape", "aten::t", "aten::transpose", "aten::permute"):
+        return "copies and layout"
+    if op.startswith("autograd::") or op.startswith("Optimizer.") or op.startswith("ProfilerStep"):
+        return None  # wrappers: their children's self times are counted
+    return "other backward" if "backward" in op.lower() or "Backward" in op else "other forward"
+
+
+def profile_pytorch(spec: ModelSpec, steps: int) -> dict:
+    images, labels = random_batch(spec.batch, spec.size, NUM_CLASSES)
+    torch.manual_seed(0)
+    runner = TorchRunner(spec.twin[0](), images, labels)
+    runner.train(2)
+    start = time.perf_counter()
+    runner.train(steps)
+    wall = (time.perf_counter() - start) / steps
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        runner.train(steps)
+    seconds = collections.defaultdict(float)
+    for event in profiler.events():
+        parent, under_optimizer = event.cpu_parent, event.name.startswith("Optimizer.step")
+        while parent is not None and not under_optimizer:
+            under_optimizer, parent = parent.name.startswith("Optimizer.step"), parent.cpu_parent
+        category = torch_category(event.name, under_optimizer)
+        if category is not None:
+            seconds[category] += event.self_cpu_time_total / 1e6
+    return summarise(seconds, steps, wall)
+
+
+def summarise(seconds: dict[str, float], steps: int, wall: float, extra: dict | None = None) -> dict:
+    if "  of which dX" in seconds or "  of which dW" in seconds:
+        seconds["conv backward (dX + dW)"] += seconds.get("  of which dX", 0.0) + seconds.get("  of which dW", 0.0)
+    total = sum(v for k, v in seconds.items() if not k.startswith("  "))
+    return {"wall_seconds_per_step": wall, "profiled_seconds_per_step": total / steps,
+            "seconds_per_step": {k: seconds.get(k, 0.0) / steps for k in CATEGORIES}, **(extra or {})}
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+
+def table_rows(profiles: dict[str, dict]) -> list[list[str]]:
+    jax_profile, torch_profile = profiles["jaxnets"], profiles.get("pytorch")
+    rows = []
+    for category in CATEGORIES:
+        ms = jax_profile["seconds_per_step"][category] * 1e3
+        row = [category, f"{ms:.1f}", f"{ms / (jax_profile['profiled_seconds_per_step'] * 1e3):.0%}"]
+        if torch_profile is not None and category.startswith("  "):  # (PyTorch's one backward call does both)
+            row += ["-", "-", "-"]
+        elif torch_profile is not None:
+            torch_ms = torch_profile["seconds_per_step"][category] * 1e3
+            row += [f"{torch_ms:.1f}", f"{torch_ms / (torch_profile['profiled_seconds_per_step'] * 1e3):.0%}"]
+            row.append(f"{torch_ms / ms:.2f}x" if ms > 0.05 and torch_ms > 0.05 else "-")
+        rows.append(row)
+    for label, key in (("profiled total", "profiled_seconds_per_step"), ("step, wall clock", "wall_seconds_per_step")):
+        row = [f"**{label}**", f"{jax_profile[key] * 1e3:.1f}", ""]
+        if torch_profile is not None:
+            row += [f"{torch_profile[key] * 1e3:.1f}", "", f"{torch_profile[key] / jax_profile[key]:.2f}x"]
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, every code path (for the test)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    json_path = args.json or results.default_path("profile_step", args.tiny)
+
+    report = {"environment": environment.capture(), "steps": args.steps, "models": {}}
+    command = f"python benchmarks/profile_step.py --models {args.models} --steps {args.steps}" + (
+        " --tiny" if args.tiny else "")
+    body = [f"Milliseconds per training step by kind of work (`{command}`; see the script's docstring for how each is classified). "
+            "ratio = PyTorch ms / jaxnets ms (> 1: jaxnets spends less).", ""]
+    for name in args.models.split(","):
+        spec = model_spec(name, args.tiny)  # the sizes and the twin of benchmarks/cpu.py
+        profiles = {"jaxnets": profile_jaxnets(spec, args.steps)}
+        if spec.twin is not None:
+            profiles["pytorch"] = profile_pytorch(spec, args.steps)
+        report["models"][name] = {"image_size": spec.size, "batch": spec.batch, **profiles}
+        headers = ["kind of work", "jaxnets ms", "share"] + (["PyTorch ms", "share", "ratio"] if "pytorch" in
+                                                                profiles else [])
+        body += [f"### {name} ({spec.size}x{spec.size}, batch {spec.batch})", "",
+                 *results.table(headers, table_rows(profiles)), ""]
+    print(results.write(json_path, report, "Where a training step's time goes", body))
+
+
+if __name__ == "__main__":
+    main()

@@ -202,8 +202,8 @@ def main() -> None:
     report = {"environment": environment.capture(), "steps": args.steps, "models": {}}
     command = f"python benchmarks/profile_step.py --models {args.models} --steps {args.steps}" + (
         " --tiny" if args.tiny else "")
-    body = [f"Milliseconds per training step by kind of work (`{command}`; see the script's docstring for how each is classified). "
-            "ratio = PyTorch ms / jaxnets ms (> 1: jaxnets spends less).", ""]
+    body = [f"Milliseconds per training step by kind of work (`{command}`; see the script's docstring for how each "
+            "is classified). ratio = PyTorch ms / jaxnets ms (> 1: jaxnets spends less).", ""]
     for name in args.models.split(","):
         spec = model_spec(name, args.tiny)  # the sizes and the twin of benchmarks/cpu.py
         profiles = {"jaxnets": profile_jaxnets(spec, args.steps)}

@@ -149,7 +149,8 @@ def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[pat
     """The directory <session's temp>/name, made by `build(directory)` once for the whole session, however many
     pytest-xdist workers ask for it (xdist's recipe for a once-only fixture: the first to take the lock builds it,
     the others wait and find it done). For work a module fixture would repeat on each worker that runs one of the
-    module's tests (with --dist worksteal, often two or three). What is built must not be changed by the tests."""
+    module's tests (with --dist worksteal, often two or three). The tests share it: they may add files to it (a
+    report's pictures), never change what is there."""
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         root = root.parent  # this session's directory, shared by its workers

@@ -5,15 +5,15 @@ the step benchmarks/cpu.py times (harness/runners.py: same inputs, SGD with mome
 
 jaxnets: `jax.profiler.trace` of `--steps` compiled steps (its Perfetto JSON): the time of each XLA:CPU thunk,
 classified by the instruction of the compiled program it runs (its span's `hlo_op`, looked up in
-`compiled.as_text()`): oneDNN convolutions by FFI
-target (forward, backward-data, backward-weights), then by the source `op_name` XLA keeps: instructions outside
-the differentiated function are the optimizer's update; inside, by the Flax module path (a `bn`/`norm` module:
-BatchNorm; `relu`: activations) and by the pass (`transpose(...)`: backward). PyTorch: `torch.profiler` over the
-same steps, each op's self time classified alike (under `Optimizer.step`: the update).
-Per step, in ms; "share" is of the framework's profiled total. The profiled totals are op time: XLA runs
-independent thunks side by side on the cores (so its total may exceed the step's wall clock), PyTorch one op at a
-time with the cores inside the op; the wall-clock step is given beside them. The rows say where to look, the
-ratios of cpu.py say how fast.
+`compiled.as_text()`): oneDNN convolutions by FFI target (forward, backward-data, backward-weights), then by the
+source `op_name` XLA keeps: instructions outside the differentiated function are the optimizer's update; inside,
+by the Flax module path (a `bn`/`norm` module: BatchNorm; `relu`: activations) and by the pass (`transpose(...)`:
+backward). PyTorch: `torch.profiler` over the same steps, each op's self time classified alike (under
+`Optimizer.step`: the update).
+Per step, in ms; "share" is of the framework's profiled total. The profiled totals are op time, not the step's
+wall clock (given beside them): XLA runs independent thunks side by side on the cores, PyTorch one op at a time
+with the cores inside the op, and its profiler's own cost lands in each op's self time (either total may exceed
+the wall clock). Compare shares within a framework: the rows say where to look, cpu.py's ratios how fast.
 
 Set ONEDNN_MAX_CPU_ISA=AVX2 to profile both frameworks as on an AVX2 CPU (oneDNN honours it on both sides).
 Writes --json (default benchmarks/results/profile_step.json) and the markdown next to it. Imports no TensorFlow.

@@ -32,11 +32,8 @@ import time
 
 import jax
 import torch
-from cpu import NUM_CLASSES, ModelSpec, model_spec
+from cpu import ModelSpec, build_runner, model_spec
 from harness import environment, results
-from harness.runners import JaxRunner, TorchRunner, random_batch
-
-from jaxnets.models import create_model
 
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2")
 CATEGORIES = ("conv forward", "conv backward (dX + dW)", "  of which dX", "  of which dW", "BatchNorm forward",
@@ -86,15 +83,18 @@ def jax_category(opcode: str, target: str | None, op_name: str) -> str:
     return "other backward" if backward else "other forward"
 
 
-def profile_jaxnets(spec: ModelSpec, steps: int) -> dict:
-    images, labels = random_batch(spec.batch, spec.size, NUM_CLASSES)
-    runner = JaxRunner(create_model(spec.name, num_classes=NUM_CLASSES, **spec.overrides), images, labels,
-                       forward=False)
-    categories = instruction_categories(runner.train_step.as_text())
-    runner.train(2)  # warm-up
+def wall_seconds_per_step(runner, steps: int) -> float:
+    """After two warm-up steps, the wall seconds of one of `steps` steps (outside any profiler)."""
+    runner.train(2)
     start = time.perf_counter()
     runner.train(steps)
-    wall = (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps
+
+
+def profile_jaxnets(spec: ModelSpec, steps: int) -> dict:
+    runner = build_runner("jaxnets", spec, forward=False)
+    categories = instruction_categories(runner.train_step.as_text())
+    wall = wall_seconds_per_step(runner, steps)
     with tempfile.TemporaryDirectory() as log_dir:
         with jax.profiler.trace(log_dir, create_perfetto_trace=True):
             runner.train(steps)
@@ -138,13 +138,8 @@ def torch_category(op: str, under_optimizer: bool) -> str | None:
 
 
 def profile_pytorch(spec: ModelSpec, steps: int) -> dict:
-    images, labels = random_batch(spec.batch, spec.size, NUM_CLASSES)
-    torch.manual_seed(0)
-    runner = TorchRunner(spec.twin[0](), images, labels)
-    runner.train(2)
-    start = time.perf_counter()
-    runner.train(steps)
-    wall = (time.perf_counter() - start) / steps
+    runner = build_runner("pytorch", spec, forward=False)
+    wall = wall_seconds_per_step(runner, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         runner.train(steps)
     seconds = collections.defaultdict(float)
@@ -159,11 +154,11 @@ def profile_pytorch(spec: ModelSpec, steps: int) -> dict:
 
 
 def summarise(seconds: dict[str, float], steps: int, wall: float, extra: dict | None = None) -> dict:
-    if "  of which dX" in seconds or "  of which dW" in seconds:
-        seconds["conv backward (dX + dW)"] += seconds.get("  of which dX", 0.0) + seconds.get("  of which dW", 0.0)
+    seconds = collections.defaultdict(float, seconds)
+    seconds["conv backward (dX + dW)"] += seconds["  of which dX"] + seconds["  of which dW"]  # (jaxnets' split)
     total = sum(v for k, v in seconds.items() if not k.startswith("  "))
     return {"wall_seconds_per_step": wall, "profiled_seconds_per_step": total / steps,
-            "seconds_per_step": {k: seconds.get(k, 0.0) / steps for k in CATEGORIES}, **(extra or {})}
+            "seconds_per_step": {k: seconds[k] / steps for k in CATEGORIES}, **(extra or {})}
 
 
 # --- report ---------------------------------------------------------------------------------------------------

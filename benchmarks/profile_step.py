@@ -28,12 +28,12 @@ import gzip
 import json
 import re
 import tempfile
-import time
 
 import jax
 import torch
 from cpu import ModelSpec, build_runner, model_spec
 from harness import environment, results
+from harness.rounds import timed
 
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2")
 CATEGORIES = ("conv forward", "conv backward (dX + dW)", "  of which dX", "  of which dW", "BatchNorm forward",
@@ -86,9 +86,7 @@ def jax_category(opcode: str, target: str | None, op_name: str) -> str:
 def wall_seconds_per_step(runner, steps: int) -> float:
     """After two warm-up steps, the wall seconds of one of `steps` steps (outside any profiler)."""
     runner.train(2)
-    start = time.perf_counter()
-    runner.train(steps)
-    return (time.perf_counter() - start) / steps
+    return timed(lambda: runner.train(steps), per=steps)()
 
 
 def profile_jaxnets(spec: ModelSpec, steps: int) -> dict:

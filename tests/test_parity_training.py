@@ -145,15 +145,16 @@ def test_batch_norm_keeps_flax_batch_norms_variables():
 
 
 def test_batch_norms_backward_keeps_no_centred_copy_of_its_input():
-    """The gradient of conv -> BN -> ReLU -> conv keeps the BN's input and not also `x - mean` (which normalising as
-    `(x - mean) * mul + bias` made autodiff keep): XLA's scratch for it is one such tensor below that formula's,
-    which is otherwise the same computation."""
+    """The gradient of 1x1 conv (a matmul) -> BN -> ReLU -> 1x1 conv keeps the BN's input and not also `x - mean`
+    (which normalising as `(x - mean) * mul + bias` made autodiff keep): XLA's scratch for it is one such tensor
+    below that formula's, which is otherwise the same computation."""
 
     class Centred(BatchNorm):  # the formula BatchNorm used before, on the same variables
         @nn.compact
         def __call__(self, x):
             axes = tuple(range(x.ndim - 1))
-            mean, var = x.mean(axes), jnp.maximum(0.0, jnp.square(x).mean(axes) - jnp.square(x.mean(axes)))
+            mean = x.mean(axes)
+            var = jnp.maximum(0.0, jnp.square(x).mean(axes) - jnp.square(mean))
             scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
             bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
             mul = jax.lax.rsqrt(var + self.epsilon) * scale

@@ -11,6 +11,7 @@
 // primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -70,6 +71,13 @@ struct ConvShape {
     if (groups == 1) return {{o, c, kh, kw}, type, memory::format_tag::any};
     return {{groups, out_g, in_g, kh, kw}, type, memory::format_tag::any};
   }
+  // The stride-1 convolution whose backward-data is this one's forward: input and output swapped, padded so that
+  // its output is this one's input (see ForwardPlan). Its kernel is this one's, flipped in space, in and out
+  // channels swapped (FlipKernel).
+  ConvShape Transposed() const {
+    return {n, oh, ow, o, h, w, c, kh, kw, 1, groups,
+            kh - 1 - pad_top, kw - 1 - pad_left, kh - 1 - pad_bottom, kw - 1 - pad_right, type};
+  }
   memory::dims Strides() const { return {stride, stride}; }
   memory::dims PadBegin() const { return {pad_top, pad_left}; }
   memory::dims PadEnd() const { return {pad_bottom, pad_right}; }
@@ -93,6 +101,7 @@ struct Plan {
   memory::desc scratchpad_desc;
   bool kernel_reordered = false;
   dnnl::reorder kernel_reorder;
+  bool as_transposed_input_gradient = false;  // forward only: run as Transposed()'s input gradient instead
 };
 
 template <typename Build>
@@ -123,19 +132,42 @@ Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chos
   return plan;
 }
 
-std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
-  return CachedPlan(s.Key("fwd"), [&] {
-    auto pd = ForwardDesc(s);
-    return MakePlan(s, dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
-  });
-}
-
 std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
   return CachedPlan(s.Key("dx"), [&] {
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
         s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
     return MakePlan(s, dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
+  });
+}
+
+bool IsGemm(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_str()).find("gemm") != std::string::npos; }
+
+// Where oneDNN has no direct kernel for a forward convolution, it computes it as an im2col + gemm, several times
+// slower: oneDNN 3.2 does so on AVX2 for grouped convolutions with 4 channels per group (ResNeXt's first stage,
+// 2.6x slower than PyTorch's oneDNN 3.12), while its backward-data kernel for the same groups is direct. A
+// stride-1 convolution is the backward-data of its transpose, so such a forward runs as that where the
+// transpose's backward-data gets a direct kernel (and padding below the kernel's size keeps it a convolution).
+bool RunsBetterTransposed(const ConvShape& s, const dnnl::convolution_forward::primitive_desc& pd) {
+  if (s.stride != 1 || !IsGemm(pd)) return false;
+  for (int64_t pad : {s.pad_top, s.pad_bottom}) if (pad < 0 || pad >= s.kh) return false;
+  for (int64_t pad : {s.pad_left, s.pad_right}) if (pad < 0 || pad >= s.kw) return false;
+  const ConvShape t = s.Transposed();
+  dnnl::convolution_backward_data::primitive_desc transposed(
+      Engine(), dnnl::algorithm::convolution_direct, t.Input(), t.KernelAny(), t.Output(), t.Strides(),
+      t.PadBegin(), t.PadEnd(), ForwardDesc(t), UserScratchpad());
+  return !IsGemm(transposed);
+}
+
+std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
+  return CachedPlan(s.Key("fwd"), [&] {
+    auto pd = ForwardDesc(s);
+    if (RunsBetterTransposed(s, pd)) {
+      Plan plan;
+      plan.as_transposed_input_gradient = true;
+      return plan;
+    }
+    return MakePlan(s, dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
 }
 
@@ -150,7 +182,7 @@ std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
 
 // Per-thread buffers for the reordered kernel and the scratchpad, grown as needed and reused.
 struct Buffers {
-  std::vector<uint8_t> kernel, scratchpad;
+  std::vector<uint8_t> kernel, scratchpad, flipped_kernel;
   static void* Sized(std::vector<uint8_t>& v, size_t bytes) {
     if (v.size() < bytes) v.resize(bytes);
     return v.data();
@@ -209,15 +241,46 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   return chosen;
 }
 
+// dx = the input gradient of convolution `s` given dy, with its HWIO kernel.
+void RunInputGradient(const ConvShape& s, void* dy, void* kernel, void* dx) {
+  auto plan = InputGradientPlan(s);
+  Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
+              {DNNL_ARG_WEIGHTS, KernelFor(*plan, s, kernel)},
+              {DNNL_ARG_DIFF_SRC, memory(s.Input(), Engine(), dx)}});
+}
+
+// `s`'s HWIO kernel as s.Transposed()'s HWIO kernel, into a per-thread buffer: flipped in space, and within each
+// group its in and out channels swapped. Kernels are small (a grouped 3x3 of 128 channels: 4,608 values).
+void* FlipKernel(const ConvShape& s, const void* hwio) {
+  const int64_t in_g = s.c / s.groups, out_g = s.o / s.groups;
+  const size_t size = memory::data_type_size(s.type);
+  const auto* from = static_cast<const uint8_t*>(hwio);
+  auto* to = static_cast<uint8_t*>(Buffers::Sized(buffers.flipped_kernel, s.kh * s.kw * in_g * s.o * size));
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j)
+      for (int64_t g = 0; g < s.groups; ++g)
+        for (int64_t co = 0; co < out_g; ++co)      // an output channel of `s`: an input channel of the transpose
+          for (int64_t ci = 0; ci < in_g; ++ci) {   // an input channel of `s`: an output channel of the transpose
+            const int64_t at = (((s.kh - 1 - i) * s.kw + (s.kw - 1 - j)) * in_g + ci) * s.o + g * out_g + co;
+            const int64_t into = ((i * s.kw + j) * out_g + co) * s.c + g * in_g + ci;
+            std::memcpy(to + into * size, from + at * size, size);
+          }
+  return to;
+}
+
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
                        int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom, int64_t pad_right) {
   auto s = Shape(x, kernel, *y, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   try {
     auto plan = ForwardPlan(*s);
-    Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
-                {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
-                {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});
+    if (plan->as_transposed_input_gradient) {
+      RunInputGradient(s->Transposed(), x.untyped_data(), FlipKernel(*s, kernel.untyped_data()), y->untyped_data());
+    } else {
+      Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
+                  {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
+                  {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});
+    }
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution forward: ") + e.what());
   }
@@ -230,10 +293,7 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
   auto s = Shape(*dx, kernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   try {
-    auto plan = InputGradientPlan(*s);
-    Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
-                {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
-                {DNNL_ARG_DIFF_SRC, memory(s->Input(), Engine(), dx->untyped_data())}});
+    RunInputGradient(*s, dy.untyped_data(), kernel.untyped_data(), dx->untyped_data());
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution input gradient: ") + e.what());
   }

@@ -2,6 +2,7 @@
 picks one per platform and kind of convolution, overridable by a context or the environment."""
 
 import functools
+import os
 import platform
 import sys
 
@@ -279,6 +280,48 @@ ONEDNN_WHEEL_EXISTS = sys.platform == "linux" and platform.machine() == "x86_64"
 def test_onednn_extension_is_built_where_its_wheel_exists():
     """`pip install -e .` builds the extension here; a silent fallback would make every CPU run slower."""
     assert onednn.available() and onednn.version() == "3.2.0"
+
+
+# Run under ONEDNN_MAX_CPU_ISA=AVX2, where oneDNN 3.2 has no direct forward kernel for 4 channels per group: each
+# forward must equal XLA's; all but the last run as their transpose's backward-data (the last one's padding is as
+# wide as its kernel: its transpose would need a negative one). Prints the largest error.
+AVX2_GROUPED_FORWARDS = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.ops import onednn
+worst = 0.0
+# (input height, width, in channels, out channels, kernel height, width, padding, groups)
+for h, w, cin, cout, kh, kw, pad, groups in [(9, 9, 32, 32, 3, 3, 1, 8), (7, 10, 16, 32, 3, 3, 1, 4),
+                                             (9, 9, 32, 32, 5, 5, 2, 8), (8, 8, 8, 16, 3, 3, 0, 4),
+                                             (6, 6, 8, 8, 1, 3, 0, 4), (6, 6, 8, 8, 3, 1, 1, 4)]:
+    rng = np.random.default_rng(h * cin + kh)
+    x = jnp.asarray(rng.standard_normal((2, h, w, cin), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((kh, kw, cin // groups, cout), dtype=np.float32))
+    got = jax.jit(lambda x, k: onednn.conv2d(x, k, padding=pad, groups=groups))(x, k)
+    want = jax.lax.conv_general_dilated(x, k, (1, 1), [(pad, pad), (pad, pad)], feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    worst = max(worst, float(jnp.max(jnp.abs(got - want))))
+print("worst", worst)
+"""
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gradient():
+    """On AVX2 oneDNN 3.2 computes a grouped forward with few channels per group as an im2col + gemm (ResNeXt's
+    first stage: 2.6x slower than PyTorch): jaxnets runs it as the input gradient of the transposed convolution,
+    the kernel flipped in space and its channels swapped per group. Checked where that path runs: in a process
+    whose oneDNN is held to AVX2 (the kernels differ from this machine's own)."""
+    import subprocess
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", AVX2_GROUPED_FORWARDS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    convolutions = [line for line in done.stdout.splitlines() if ",exec," in line and ",convolution," in line]
+    kinds = [line.split(",")[5] for line in convolutions]
+    assert kinds == ["backward_data"] * 5 + ["forward_training"], convolutions
+    assert not any("gemm" in line for line in convolutions[:5]), convolutions
+    worst = float(done.stdout.split("worst ")[-1])
+    assert worst < 1e-4, f"transposed forward differs from XLA's by {worst}"
 
 
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)

@@ -270,22 +270,9 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   return chosen;
 }
 
-// A call's output lies in the scratch XLA:CPU allocates afresh for each execution of a program, whose pages fault
-// in 4 KiB at a time as they are first written (CIFAR ResNeXt-50's train step: 562,000 faults, 0.8 s of kernel
-// time). Asking for transparent huge pages on the whole 2 MiB pages inside an output before oneDNN writes it
-// halved them there (297,000, 0.62 s; the step 2-3% faster). It changes how the kernel backs that memory, never
-// its contents, and only inside the output's own bytes.
-void AdviseHugePages(void* data, size_t bytes) {
-  constexpr uintptr_t kHugePage = 2 << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
-}
-
 // dx = the input gradient of convolution `s` given dy, with its HWIO kernel.
 void RunInputGradient(const ConvShape& s, void* dy, void* kernel, void* dx) {
   auto plan = InputGradientPlan(s);
-  AdviseHugePages(dx, s.Input().get_size());
   Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
               {DNNL_ARG_WEIGHTS, KernelFor(*plan, s, kernel)},
               {DNNL_ARG_DIFF_SRC, memory(s.Input(), Engine(), dx)}});
@@ -319,7 +306,6 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi:
     if (plan->as_transposed_input_gradient) {
       RunInputGradient(s->Transposed(), x.untyped_data(), FlipKernel(*s, kernel.untyped_data()), y->untyped_data());
     } else {
-      AdviseHugePages(y->untyped_data(), s->Output().get_size());
       Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
                   {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
                   {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});

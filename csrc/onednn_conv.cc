@@ -7,6 +7,7 @@
 // Layouts are JAX's: activations NHWC, kernels HWIO ([kh, kw, in/groups, out]), described to oneDNN by
 // strides, so nothing is transposed in XLA. Kernels are handed to oneDNN's own preferred layout by a
 // reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower).
+// A forward that oneDNN could only compute as a gemm runs as its transpose's backward-data (RunsBetterTransposed).
 // Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
 // primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
@@ -18,7 +19,6 @@
 #include <new>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include <sys/mman.h>
 
@@ -145,7 +145,9 @@ std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
   });
 }
 
-bool IsGemm(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_str()).find("gemm") != std::string::npos; }
+bool IsGemm(const dnnl::primitive_desc_base& pd) {
+  return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
+}
 
 // Where oneDNN has no direct kernel for a forward convolution, it computes it as an im2col + gemm, several times
 // slower: oneDNN 3.2 does so on AVX2 for grouped convolutions with 4 channels per group (ResNeXt's first stage,
@@ -154,8 +156,12 @@ bool IsGemm(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_in
 // transpose's backward-data gets a direct kernel (and padding below the kernel's size keeps it a convolution).
 bool RunsBetterTransposed(const ConvShape& s, const dnnl::convolution_forward::primitive_desc& pd) {
   if (s.stride != 1 || !IsGemm(pd)) return false;
-  for (int64_t pad : {s.pad_top, s.pad_bottom}) if (pad < 0 || pad >= s.kh) return false;
-  for (int64_t pad : {s.pad_left, s.pad_right}) if (pad < 0 || pad >= s.kw) return false;
+  for (int64_t pad : {s.pad_top, s.pad_bottom}) {
+    if (pad < 0 || pad >= s.kh) return false;
+  }
+  for (int64_t pad : {s.pad_left, s.pad_right}) {
+    if (pad < 0 || pad >= s.kw) return false;
+  }
   const ConvShape t = s.Transposed();
   dnnl::convolution_backward_data::primitive_desc transposed(
       Engine(), dnnl::algorithm::convolution_direct, t.Input(), t.KernelAny(), t.Output(), t.Strides(),

@@ -4,6 +4,7 @@ picks one per platform and kind of convolution, overridable by a context or the 
 import functools
 import os
 import platform
+import subprocess
 import sys
 
 import jax
@@ -308,10 +309,8 @@ print("worst", worst)
 def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gradient():
     """On AVX2 oneDNN 3.2 computes a grouped forward with few channels per group as an im2col + gemm (ResNeXt's
     first stage: 2.6x slower than PyTorch): jaxnets runs it as the input gradient of the transposed convolution,
-    the kernel flipped in space and its channels swapped per group. Checked where that path runs: in a process
-    whose oneDNN is held to AVX2 (the kernels differ from this machine's own)."""
-    import subprocess
-
+    the kernel flipped in space and its channels swapped per group. Checked in a process whose oneDNN is held to
+    AVX2, so that the path runs on AVX-512 machines too (their forward has a direct kernel)."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", AVX2_GROUPED_FORWARDS], env=env, capture_output=True, text=True,
                           timeout=300)

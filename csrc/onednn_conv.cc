@@ -7,7 +7,8 @@
 // Layouts are JAX's: activations NHWC, kernels HWIO ([kh, kw, in/groups, out]), described to oneDNN by
 // strides, so nothing is transposed in XLA. Kernels are handed to oneDNN's own preferred layout by a
 // reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower).
-// A forward that oneDNN could only compute as a gemm runs as its transpose's backward-data (RunsBetterTransposed).
+// A stride-1 forward that oneDNN could only compute as a gemm runs as its transpose's backward-data where that has
+// a direct kernel (RunsBetterTransposed).
 // Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
 // primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
@@ -136,17 +137,25 @@ Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chos
   return plan;
 }
 
+dnnl::convolution_backward_data::primitive_desc InputGradientDesc(const ConvShape& s) {
+  return {Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
+          s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad()};
+}
+
 std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
   return CachedPlan(s.Key("dx"), [&] {
-    dnnl::convolution_backward_data::primitive_desc pd(
-        Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
-        s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
+    auto pd = InputGradientDesc(s);
     return MakePlan(s, dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
 }
 
 bool IsGemm(const dnnl::primitive_desc_base& pd) {
   return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
+}
+
+// A JIT kernel of oneDNN's own: neither an im2col + gemm nor the reference loops.
+bool IsDirect(const dnnl::primitive_desc_base& pd) {
+  return !IsGemm(pd) && std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
 }
 
 // Where oneDNN has no direct kernel for a forward convolution, it computes it as an im2col + gemm, several times
@@ -162,11 +171,11 @@ bool RunsBetterTransposed(const ConvShape& s, const dnnl::convolution_forward::p
   for (int64_t pad : {s.pad_left, s.pad_right}) {
     if (pad < 0 || pad >= s.kw) return false;
   }
-  const ConvShape t = s.Transposed();
-  dnnl::convolution_backward_data::primitive_desc transposed(
-      Engine(), dnnl::algorithm::convolution_direct, t.Input(), t.KernelAny(), t.Output(), t.Strides(),
-      t.PadBegin(), t.PadEnd(), ForwardDesc(t), UserScratchpad());
-  return !IsGemm(transposed);
+  try {
+    return IsDirect(InputGradientDesc(s.Transposed()));
+  } catch (const dnnl::error&) {  // no backward-data for the transpose: the forward stays as oneDNN has it
+    return false;
+  }
 }
 
 std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
@@ -197,26 +206,46 @@ std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
 // 2048, and ResNeXt-50's eval forward (64 px, AVX2) took 174-181 ms a call instead of 184-189.
 class AlignedBuffer {
  public:
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { Release(); }
+
   void* Sized(size_t bytes) {
-    if (bytes > capacity_) {
-      constexpr size_t kPage = 4096, kHugePage = 2 << 20;
-      const size_t align = bytes >= kHugePage ? kHugePage : kPage;
-      const size_t rounded = (bytes + align - 1) / align * align;
-      void* data = std::aligned_alloc(align, rounded);
+    if (bytes <= capacity_) return data_;
+    Release();
+    if (bytes >= kHugePage) {
+      // Mapped by itself, never from malloc's heap: the huge-page advice must not outlive the buffer on memory
+      // that malloc hands out again (huge-page faults there can stall on compaction).
+      const size_t rounded = RoundUp(bytes, kHugePage);
+      void* data = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (data == MAP_FAILED) throw std::bad_alloc();
+      madvise(data, rounded, MADV_HUGEPAGE);  // a hint: errors ignored
+      data_ = data, capacity_ = rounded, mapped_ = true;
+    } else {
+      const size_t rounded = RoundUp(bytes, kPage);
+      void* data = std::aligned_alloc(kPage, rounded);
       if (data == nullptr) throw std::bad_alloc();
-      if (align == kHugePage) madvise(data, rounded, MADV_HUGEPAGE);
-      data_.reset(static_cast<uint8_t*>(data));
-      capacity_ = rounded;
+      data_ = data, capacity_ = rounded, mapped_ = false;
     }
-    return data_.get();
+    return data_;
   }
 
  private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::unique_ptr<uint8_t, Free> data_;
+  static constexpr size_t kPage = 4096, kHugePage = 2 << 20;
+  static size_t RoundUp(size_t bytes, size_t to) { return (bytes + to - 1) / to * to; }
+  void Release() {
+    if (mapped_) {
+      munmap(data_, capacity_);
+    } else {
+      std::free(data_);  // nullptr when nothing was allocated yet
+    }
+    data_ = nullptr, capacity_ = 0, mapped_ = false;
+  }
+
+  void* data_ = nullptr;
   size_t capacity_ = 0;
+  bool mapped_ = false;
 };
 
 // Per-thread buffers for the reordered (or flipped) kernel and the scratchpad.

@@ -106,7 +106,8 @@ struct Plan {
   memory::desc scratchpad_desc;
   bool kernel_reordered = false;
   dnnl::reorder kernel_reorder;
-  bool as_transposed_input_gradient = false;  // forward only: run as Transposed()'s input gradient instead
+  // Forward only: where set, the forward runs as this input-gradient plan of Transposed() (and nothing above is).
+  std::shared_ptr<const Plan> transposed_input_gradient;
 };
 
 template <typename Build>
@@ -183,7 +184,7 @@ std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
     auto pd = ForwardDesc(s);
     if (RunsBetterTransposed(s, pd)) {
       Plan plan;
-      plan.as_transposed_input_gradient = true;
+      plan.transposed_input_gradient = InputGradientPlan(s.Transposed());
       return plan;
     }
     return MakePlan(s, dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
@@ -305,12 +306,11 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   return chosen;
 }
 
-// dx = the input gradient of convolution `s` given dy, with its HWIO kernel.
-void RunInputGradient(const ConvShape& s, void* dy, void* kernel, void* dx) {
-  auto plan = InputGradientPlan(s);
-  Run(*plan, {{DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
-              {DNNL_ARG_WEIGHTS, KernelFor(*plan, s, kernel)},
-              {DNNL_ARG_DIFF_SRC, memory(s.Input(), Engine(), dx)}});
+// dx = the input gradient of convolution `s` given dy, with its HWIO kernel, by `plan` (InputGradientPlan(s)).
+void RunInputGradient(const Plan& plan, const ConvShape& s, void* dy, void* kernel, void* dx) {
+  Run(plan, {{DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
+             {DNNL_ARG_WEIGHTS, KernelFor(plan, s, kernel)},
+             {DNNL_ARG_DIFF_SRC, memory(s.Input(), Engine(), dx)}});
 }
 
 // `s`'s HWIO kernel as s.Transposed()'s HWIO kernel, into a per-thread buffer: flipped in space, and within each
@@ -338,8 +338,9 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi:
   if (s.has_error()) return s.error();
   try {
     auto plan = ForwardPlan(*s);
-    if (plan->as_transposed_input_gradient) {
-      RunInputGradient(s->Transposed(), x.untyped_data(), FlipKernel(*s, kernel.untyped_data()), y->untyped_data());
+    if (plan->transposed_input_gradient) {
+      RunInputGradient(*plan->transposed_input_gradient, s->Transposed(), x.untyped_data(),
+                       FlipKernel(*s, kernel.untyped_data()), y->untyped_data());
     } else {
       Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
                   {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
@@ -357,7 +358,7 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
   auto s = Shape(*dx, kernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   try {
-    RunInputGradient(*s, dy.untyped_data(), kernel.untyped_data(), dx->untyped_data());
+    RunInputGradient(*InputGradientPlan(*s), *s, dy.untyped_data(), kernel.untyped_data(), dx->untyped_data());
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution input gradient: ") + e.what());
   }

@@ -11,14 +11,16 @@ ImageNet models (224) at 64x64 in batches of 32, CIFAR models (32) at 32x32 in b
 - peak memory of the train step per framework, each in its own child process (`--memory-probe`,
   harness/memory.py), so the two frameworks' peaks never mix.
 PyTorch runs the model's twin (`model_entry(name).reference.twin`, from tests/torch_twins) in channels_last
-with its default thread count; a model whose entry names no twin gets jaxnets figures only. Rounds are
-interleaved (jaxnets train, PyTorch train, jaxnets forward, PyTorch forward, then the next round), one step
-per call; medians are reported, ratio = jaxnets images/s / PyTorch images/s (> 1: jaxnets is faster).
+with its default thread count; a model whose entry names no twin gets jaxnets figures only. Each framework runs
+in a worker process of its own (harness/workers.py: in one process the two change each other's speed), timed
+there call by call; rounds are interleaved (jaxnets train, PyTorch train, jaxnets forward, PyTorch forward,
+then the next round), one step per call; medians are reported, ratio = jaxnets images/s / PyTorch images/s
+(> 1: jaxnets is faster).
 
 Also an op-level conv table (ms per call, median; ratio = PyTorch ms / jaxnets ms, > 1: jaxnets faster)
 through `jaxnets.models.layers.conv2d` (its default lowering) and `torch.nn.functional.conv2d` in
-channels_last, and the ENAS shared-weight search step (arc a traced argument) beside the fixed child
-built from the same arc (ratio traced / fixed seconds; target <= 1.5).
+channels_last, again one worker process per framework, and the ENAS shared-weight search step (arc a traced
+argument) beside the fixed child built from the same arc (ratio traced / fixed seconds; target <= 1.5).
 
 Writes --json (default benchmarks/results/cpu.json, --tiny: cpu_tiny.json) and the markdown next to it
 (same name, .md), and prints the markdown. Imports no TensorFlow. --tiny runs every code path on tiny
@@ -42,6 +44,7 @@ from harness import environment, results
 from harness.memory import in_child, peak_rss, report_to_parent, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner, TorchRunner, random_batch, twin
+from harness.workers import Worker, serve
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
@@ -96,7 +99,19 @@ def memory_probe(name: str, framework: str, tiny: bool) -> dict:
     return {"compile_seconds": getattr(runner, "compile_seconds", None), **peak_rss(runner.train, MEMORY_STEPS)}
 
 
-def _framework_summary(runner, batch: int, train_times: list[float], forward_times: list[float]) -> dict:
+def model_worker(name: str, framework: str, tiny: bool) -> None:
+    """In a worker process (harness/workers.py): the model's train step and forward for `framework`, warmed up
+    (first-call allocations, oneDNN primitives), served to the parent as "train" and "forward"."""
+    runner = build_runner(framework, model_spec(name, tiny))
+    runner.train()
+    runner.forward()
+    info = {"pid": os.getpid(), "compile_seconds": getattr(runner, "compile_seconds", None),
+            "forward_compile_seconds": getattr(runner, "forward_compile_seconds", None)}
+    serve({"train": runner.train, "forward": runner.forward}, info)
+
+
+def _framework_summary(framework: str, info: dict, batch: int, train_times: list[float],
+                       forward_times: list[float]) -> dict:
     train, forward = statistics.median(train_times), statistics.median(forward_times)
     summary = {
         "train_images_per_s": batch / train,
@@ -105,28 +120,31 @@ def _framework_summary(runner, batch: int, train_times: list[float], forward_tim
         "forward_seconds": forward,
         "train_seconds_all": train_times,
         "forward_seconds_all": forward_times,
+        "worker_pid": info["pid"],
     }
-    if isinstance(runner, JaxRunner):
-        summary["compile_seconds"] = runner.compile_seconds
-        summary["compile_measured_in"] = "this process"
-        summary["forward_compile_seconds"] = runner.forward_compile_seconds
+    if framework == "jaxnets":
+        summary["compile_seconds"] = info["compile_seconds"]
+        summary["compile_measured_in"] = "its worker process"
+        summary["forward_compile_seconds"] = info["forward_compile_seconds"]
     return summary
 
 
 def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
     frameworks = FRAMEWORKS if spec.twin is not None else ("jaxnets",)
-    # Memory first, in children, while this process holds no model (the children may need all the RAM).
-    memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw] + (["--tiny"] if tiny else []))
+    tiny_flag = ["--tiny"] if tiny else []
+    # Memory first, in children, while no worker holds a model (the children may need all the RAM).
+    memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw, *tiny_flag])
               for fw in frameworks}
-    runners = {}
-    for fw in frameworks:
-        runners[fw] = build_runner(fw, spec)
-        runners[fw].train()  # warm-up: first-call allocations, oneDNN primitive creation
-        runners[fw].forward()
-        release_memory()
-    calls = {f"{fw} train": timed(runners[fw].train) for fw in frameworks}  # jaxnets, PyTorch, ...
-    calls.update({f"{fw} forward": timed(runners[fw].forward) for fw in frameworks})
-    times = interleave(calls, rounds)
+    workers = {}
+    try:
+        for fw in frameworks:
+            workers[fw] = Worker([os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag])
+        calls = {f"{fw} train": workers[fw].timed("train") for fw in frameworks}  # jaxnets, PyTorch, ...
+        calls.update({f"{fw} forward": workers[fw].timed("forward") for fw in frameworks})
+        times = interleave(calls, rounds)
+    finally:
+        for worker in workers.values():
+            worker.close()
     row = {
         "model": spec.name,
         "jaxnets_model": spec.name,
@@ -135,14 +153,15 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
         "image_size": spec.size,
         "batch": spec.batch,
         "rounds": rounds,
+        "processes": "one worker process per framework",
     }
     for fw in FRAMEWORKS:
         row[fw] = None
         if fw in frameworks:
-            row[fw] = _framework_summary(runners[fw], spec.batch, times.values[f"{fw} train"],
+            row[fw] = _framework_summary(fw, workers[fw].info, spec.batch, times.values[f"{fw} train"],
                                          times.values[f"{fw} forward"])
             row[fw]["memory"] = memory[fw]
-    # The probe compiled the train step first, in a fresh process, and this process loaded it from the
+    # The probe compiled the train step first, in a fresh process, and the worker loaded it from the
     # compilation cache (see `share_compilations`): its compile time is the probe's.
     if memory["jaxnets"].get("compile_seconds") is not None:
         row["jaxnets"]["compile_seconds_here"] = row["jaxnets"]["compile_seconds"]
@@ -154,9 +173,6 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
         row["forward_ratio"] = times.speedup("jaxnets forward", "pytorch forward")
     else:
         row["note"] = "its registry entry names no PyTorch twin: jaxnets only"
-    del runners, calls
-    release_memory()
-    jax.clear_caches()
     return row
 
 
@@ -234,39 +250,68 @@ def _torch_conv_fn(op: ConvOp, mode: str, x, w, g):
     return everything
 
 
-def measure_op(op: ConvOp, mode: str, rounds: int) -> dict:
+def _op_arrays(op: ConvOp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The op's input (NHWC), kernel (HWIO) and output gradient, the same draw in every worker."""
     rng = np.random.default_rng(0)
     out_size = (op.size + 2 * op.padding - op.kernel) // op.stride + 1
-    x = rng.standard_normal((op.batch, op.size, op.size, op.cin), dtype=np.float32)  # NHWC
-    k = rng.standard_normal((op.kernel, op.kernel, op.cin // op.groups, op.cout), dtype=np.float32) * 0.1  # HWIO
+    x = rng.standard_normal((op.batch, op.size, op.size, op.cin), dtype=np.float32)
+    k = rng.standard_normal((op.kernel, op.kernel, op.cin // op.groups, op.cout), dtype=np.float32) * 0.1
     g = rng.standard_normal((op.batch, out_size, out_size, op.cout), dtype=np.float32)
+    return x, k, g
 
-    jx, jk, jg = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
-    jax_fn = _jax_conv_fn(op, mode).lower(jx, jk, jg).compile()
-    run_jax = lambda: jax.block_until_ready(jax_fn(jx, jk, jg))
+
+def _op_call(framework: str, op: ConvOp, mode: str) -> Callable[[], None]:
+    x, k, g = _op_arrays(op)
+    if framework == "jaxnets":
+        jx, jk, jg = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
+        compiled = _jax_conv_fn(op, mode).lower(jx, jk, jg).compile()
+        return lambda: jax.block_until_ready(compiled(jx, jk, jg))
     # The same arrays, seen by PyTorch as NCHW tensors in channels_last memory (weights too, as
     # `module.to(memory_format=torch.channels_last)` does).
     tx = torch.from_numpy(x).permute(0, 3, 1, 2)
     tw = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1))).contiguous(memory_format=torch.channels_last)
     tg = torch.from_numpy(g).permute(0, 3, 1, 2)
-    run_torch = _torch_conv_fn(op, mode, tx, tw, tg)
-    run_jax()  # warm-up
-    run_torch()
-    times = interleave({"jaxnets": timed(run_jax), "pytorch": timed(run_torch)}, rounds)
-    jax_ms, torch_ms = times.median("jaxnets") * 1e3, times.median("pytorch") * 1e3
-    return {
-        "op": op.name,
-        "mode": mode,
-        "input_nhwc": [op.batch, op.size, op.size, op.cin],
-        "kernel_hwio": list(k.shape),
-        "stride": op.stride,
-        "padding": op.padding,
-        "groups": op.groups,
-        "jaxnets_ms": jax_ms,
-        "pytorch_ms": torch_ms,
-        "ratio": times.speedup("jaxnets", "pytorch"),
-        "rounds": rounds,
-    }
+    return _torch_conv_fn(op, mode, tx, tw, tg)
+
+
+def _op_name(index: int, mode: str) -> str:
+    return f"{index} {mode}"
+
+
+def op_worker(framework: str, tiny: bool) -> None:
+    """In a worker process: every conv op and mode of `conv_ops` for `framework`, warmed up, served by name."""
+    calls = {_op_name(i, mode): _op_call(framework, op, mode) for i, op in enumerate(conv_ops(tiny))
+             for mode in op.modes}
+    for call in calls.values():
+        call()
+    serve(calls, {})
+
+
+def measure_ops(rounds: int, tiny: bool) -> list[dict]:
+    arguments = [os.path.abspath(__file__), "--op-worker"]
+    rows = []
+    with Worker([*arguments, "jaxnets", *(["--tiny"] if tiny else [])]) as jaxnets, \
+            Worker([*arguments, "pytorch", *(["--tiny"] if tiny else [])]) as pytorch:
+        for i, op in enumerate(conv_ops(tiny)):
+            for mode in op.modes:
+                name = _op_name(i, mode)
+                times = interleave({"jaxnets": jaxnets.timed(name), "pytorch": pytorch.timed(name)}, rounds)
+                rows.append(row := {
+                    "op": op.name,
+                    "mode": mode,
+                    "input_nhwc": [op.batch, op.size, op.size, op.cin],
+                    "kernel_hwio": [op.kernel, op.kernel, op.cin // op.groups, op.cout],
+                    "stride": op.stride,
+                    "padding": op.padding,
+                    "groups": op.groups,
+                    "jaxnets_ms": times.median("jaxnets") * 1e3,
+                    "pytorch_ms": times.median("pytorch") * 1e3,
+                    "ratio": times.speedup("jaxnets", "pytorch"),
+                    "rounds": rounds,
+                })
+                print(f"{op.name} {mode}: jaxnets {row['jaxnets_ms']:.2f} ms, pytorch {row['pytorch_ms']:.2f} ms",
+                      flush=True)
+    return rows
 
 
 def measure_enas_search(rounds: int, tiny: bool) -> dict:
@@ -326,7 +371,8 @@ def _memory_cell(row: dict, fw: str) -> str:
 
 
 def markdown_body(report: dict) -> list[str]:
-    lines = [f"Float32, median of {report['rounds']} interleaved rounds; ratio > 1 means jaxnets is faster."]
+    lines = [f"Float32, median of {report['rounds']} interleaved rounds, each framework in a worker process of its own "
+             "(models and conv ops); ratio > 1 means jaxnets is faster."]
     if report["models"]:
         rows = []
         for r in report["models"]:
@@ -398,10 +444,18 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="default benchmarks/results/cpu.json (--tiny: cpu_tiny.json)")
     parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes, for the test")
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
+    parser.add_argument("--op-worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.memory_probe:
         report_to_parent(memory_probe(*args.memory_probe, args.tiny))
+        return
+    if args.model_worker:
+        model_worker(*args.model_worker, args.tiny)
+        return
+    if args.op_worker:
+        op_worker(args.op_worker, args.tiny)
         return
 
     models = args.models.split(",") if args.models else ["mobilenet_v2", "enas_macro"] if args.tiny \
@@ -431,12 +485,7 @@ def main() -> None:
                   f"{r['jaxnets']['train_images_per_s']:.1f}, ratio {results.num(r['train_ratio'], '.2f', 'x')}; "
                   f"fwd ratio {results.num(r['forward_ratio'], '.2f', 'x')}", flush=True)
     if "ops" in parts:
-        for op in conv_ops(args.tiny):
-            for mode in op.modes:
-                report["ops"].append(o := measure_op(op, mode, op_rounds))
-                print(f"{op.name} {mode}: jaxnets {o['jaxnets_ms']:.2f} ms, pytorch {o['pytorch_ms']:.2f} ms",
-                      flush=True)
-        jax.clear_caches()
+        report["ops"] = measure_ops(op_rounds, args.tiny)
     if "enas_search" in parts:
         report["enas_search"] = e = measure_enas_search(rounds, args.tiny)
         print(f"enas search: ratio traced / fixed {e['ratio_traced_over_fixed']:.2f}x", flush=True)

@@ -1,0 +1,80 @@
+"""Each framework in a process of its own, its calls timed on request from the benchmark's process.
+
+A user runs one framework per process, and two frameworks in one process change each other's speed. Measured
+on the 2-core Xeon (AVX-512), float32, batch 32 at 64x64: PyTorch's ResNeXt-50 train step took 0.54-0.56 s in
+a process of its own and 0.64-0.68 s once a single jaxnets step had run beside it; with ONEDNN_MAX_CPU_ISA=AVX2,
+jaxnets' ResNeXt-29 step took 14.8-15.4 s alone and 15.6-16.5 s next to PyTorch's. (Likely cause: in one process
+jaxnets' oneDNN binds to the libgomp PyTorch ships instead of the system's, and one OpenMP runtime then serves
+PyTorch's team and the teams jaxnets' convolutions start on XLA's threads: more threads than cores, so each
+spins less before sleeping.)
+
+A worker builds its framework's calls, warms them up, reports what it was asked to (compile times), then runs
+one call per request and answers its wall seconds. The parent interleaves the requests across the workers
+(`harness.rounds.interleave`), so one framework computes at a time while the other waits on its pipe, and the
+machine's drift over minutes falls on both alike. Nothing is freed between a worker's calls: a framework reuses
+its own heap from one step to the next, as in a training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+PREFIX = "BENCHMARK_WORKER "
+
+
+def serve(calls: dict[str, Callable[[], Any]], info: dict) -> None:
+    """In the worker: reports `info`, then runs the call named by each line of stdin and answers its wall
+    seconds, until stdin closes. An error ends the worker (its traceback on stderr)."""
+    _reply({"ready": info})
+    for line in sys.stdin:
+        call = calls[line.strip()]
+        start = time.perf_counter()
+        call()
+        _reply({"seconds": time.perf_counter() - start})
+
+
+def _reply(message: dict) -> None:
+    print(PREFIX + json.dumps(message), flush=True)  # other lines on stdout (a library's prints) are skipped
+
+
+class Worker:
+    """`python ARGUMENTS` as a worker that `serve`s; `info` is what it reported once ready. Its stderr is ours."""
+
+    def __init__(self, arguments: list[str]):
+        self.arguments = arguments
+        self.process = subprocess.Popen([sys.executable, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        self.info = self._read()["ready"]
+
+    def timed(self, name: str) -> Callable[[], float]:
+        """A call that has the worker run `name` once and returns its wall seconds there."""
+
+        def call() -> float:
+            self.process.stdin.write(name + "\n")
+            self.process.stdin.flush()
+            return self._read()["seconds"]
+
+        return call
+
+    def _read(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith(PREFIX):
+                return json.loads(line[len(PREFIX):])
+        raise RuntimeError(f"benchmark worker {' '.join(self.arguments[1:])} exited with status "
+                           f"{self.process.wait()} (its error is above)")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

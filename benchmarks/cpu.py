@@ -51,6 +51,7 @@ from jaxnets.models.enas import random_arc
 
 NUM_CLASSES = 10
 MEMORY_STEPS = 3
+WARM_UP_CALLS = 2  # per model worker, of its train step and of its forward, before the timed rounds
 FRAMEWORKS = ("jaxnets", "pytorch")
 # The models results/cpu.md reports; --models takes any registered model.
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "cifar_resnext50", "resnext29_8x64d", "cifar_mobilenet_v2",
@@ -101,10 +102,12 @@ def memory_probe(name: str, framework: str, tiny: bool) -> dict:
 
 def model_worker(name: str, framework: str, tiny: bool) -> None:
     """In a worker process (harness/workers.py): the model's train step and forward for `framework`, warmed up
-    (first-call allocations, oneDNN primitives), served to the parent as "train" and "forward"."""
+    (first-call allocations, oneDNN primitives; the first timed rounds of a fresh process ran slower), served
+    to the parent as "train" and "forward"."""
     runner = build_runner(framework, model_spec(name, tiny))
-    runner.train()
-    runner.forward()
+    for _ in range(1 if tiny else WARM_UP_CALLS):
+        runner.train()
+        runner.forward()
     info = {"pid": os.getpid(), "compile_seconds": getattr(runner, "compile_seconds", None),
             "forward_compile_seconds": getattr(runner, "forward_compile_seconds", None)}
     serve({"train": runner.train, "forward": runner.forward}, info)

@@ -9,7 +9,7 @@ classified by the instruction of the compiled program it runs (its span's `hlo_o
 source `op_name` XLA keeps: instructions outside the differentiated function are the optimizer's update; inside,
 by the Flax module path (a `bn`/`norm` module: BatchNorm; `relu`: activations) and by the pass (`transpose(...)`:
 backward). PyTorch: `torch.profiler` over the same steps, each op's self time classified alike (under
-`Optimizer.step`: the update).
+`Optimizer.step`: the update). Each framework is profiled in a child process of its own.
 Per step, in ms; "share" is of the framework's profiled total. The profiled totals are op time, not the step's
 wall clock (given beside them): XLA runs independent thunks side by side on the cores, PyTorch one op at a time
 with the cores inside the op, and its profiler's own cost lands in each op's self time (either total may exceed
@@ -26,6 +26,7 @@ import collections
 import glob
 import gzip
 import json
+import os
 import re
 import tempfile
 
@@ -33,6 +34,7 @@ import jax
 import torch
 from cpu import ModelSpec, build_runner, model_spec
 from harness import environment, results
+from harness.memory import in_child, report_to_parent
 from harness.rounds import timed
 
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2")
@@ -151,6 +153,16 @@ def profile_pytorch(spec: ModelSpec, steps: int) -> dict:
     return summarise(seconds, steps, wall)
 
 
+def profile_in_child(name: str, framework: str, steps: int, tiny: bool) -> dict:
+    """`framework`'s profile of the model's step in a process of its own (as cpu.py times it: in one process the
+    two frameworks change each other's speed, harness/workers.py)."""
+    profile = in_child([os.path.abspath(__file__), "--profile-child", name, framework, "--steps", str(steps),
+                        *(["--tiny"] if tiny else [])])
+    if "error" in profile:
+        raise RuntimeError(f"profiling {name} in {framework} failed: {profile['error']}")
+    return profile
+
+
 def summarise(seconds: dict[str, float], steps: int, wall: float, extra: dict | None = None) -> dict:
     seconds = collections.defaultdict(float, seconds)
     seconds["conv backward (dX + dW)"] += seconds["  of which dX"] + seconds["  of which dW"]  # (jaxnets' split)
@@ -189,7 +201,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="toy sizes, every code path (for the test)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--profile-child", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_child:
+        name, framework = args.profile_child
+        profile = profile_jaxnets if framework == "jaxnets" else profile_pytorch
+        report_to_parent(profile(model_spec(name, args.tiny), args.steps))
+        return
     json_path = args.json or results.default_path("profile_step", args.tiny)
 
     report = {"environment": environment.capture(), "steps": args.steps, "models": {}}
@@ -199,9 +217,8 @@ def main() -> None:
             "is classified). ratio = PyTorch ms / jaxnets ms (> 1: jaxnets spends less).", ""]
     for name in args.models.split(","):
         spec = model_spec(name, args.tiny)  # the sizes and the twin of benchmarks/cpu.py
-        profiles = {"jaxnets": profile_jaxnets(spec, args.steps)}
-        if spec.twin is not None:
-            profiles["pytorch"] = profile_pytorch(spec, args.steps)
+        frameworks = ("jaxnets", "pytorch") if spec.twin is not None else ("jaxnets",)
+        profiles = {fw: profile_in_child(name, fw, args.steps, args.tiny) for fw in frameworks}
         report["models"][name] = {"image_size": spec.size, "batch": spec.batch, **profiles}
         headers = ["kind of work", "jaxnets ms", "share"] + (["PyTorch ms", "share", "ratio"] if "pytorch" in
                                                                 profiles else [])

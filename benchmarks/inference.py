@@ -14,7 +14,8 @@ convolutions) in a child process, so that this one imports no TensorFlow, run by
 (one image a call, as the file is made) and by an onnxruntime CPU session, each with PyTorch's thread count. Same
 weights in jaxnets and the files (a fixed draw); the twin keeps its own initialisation (a forward's speed does
 not depend on the weights' values).
-Rounds interleave every contender; ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
+Each contender runs in a worker process of its own (harness/workers.py: in one process frameworks change each
+other's speed); rounds interleave their calls; ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
 
 Writes --json (default benchmarks/results/inference.json; --tiny: inference_tiny.json) and the markdown beside
 it. --tiny runs every code path on toy shapes, for the test.
@@ -35,8 +36,9 @@ import jax
 import numpy as np
 import torch
 from harness import REPO, environment, results
-from harness.rounds import freeze_loaded_objects, interleave, timed
+from harness.rounds import freeze_loaded_objects, interleave
 from harness.runners import host_variables, twin
+from harness.workers import Worker, serve
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
@@ -139,28 +141,53 @@ def onnxruntime_forward(path: str):
     return run
 
 
-def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
-    size = 8 if tiny else model_entry(name).reference.image_size
-    overrides = model_overrides(name, tiny)
+def _inputs(size: int) -> dict[str, dict[int, np.ndarray]]:
+    """The same draw in every worker: uint8 pixels (the exported files' input), and the float32 images they make
+    after the normalisation, NHWC (jaxnets) and NCHW (PyTorch), per batch size."""
     rng = np.random.default_rng(0)
     pixels = {batch: rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for batch in (1, THROUGHPUT_BATCH)}
     nhwc = {batch: ((p / 255.0 - 0.45) / 0.225).astype(np.float32) for batch, p in pixels.items()}
     nchw = {batch: np.ascontiguousarray(x.transpose(0, 3, 1, 2)) for batch, x in nhwc.items()}
+    return {"pixels": pixels, "nhwc": nhwc, "nchw": nchw}
+
+
+def contender_worker(name: str, contender: str, exported: str, tiny: bool) -> None:
+    """In a worker process: `contender`'s forward of the model, warmed up, served as "1" and "32" (images a call)."""
+    size = 8 if tiny else model_entry(name).reference.image_size
+    overrides = model_overrides(name, tiny)
+    inputs = _inputs(size)
+    run, images = {
+        "jaxnets": lambda: (jax_forward(name, overrides, size), inputs["nhwc"]),
+        "pytorch": lambda: (torch_forward(name, overrides), inputs["nchw"]),
+        "litert": lambda: (litert_forward(exported), inputs["pixels"]),
+        "onnxruntime": lambda: (onnxruntime_forward(exported), inputs["pixels"]),
+    }[contender]()
+    calls = {str(batch): functools.partial(run, images[batch]) for batch in (1, THROUGHPUT_BATCH)}
+    for call in calls.values():
+        call()
+    serve(calls, {})
+
+
+def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
+    size = 8 if tiny else model_entry(name).reference.image_size
+    overrides = model_overrides(name, tiny)
     exported = export_files(name, overrides, size, directory)
-    runners = {"jaxnets": (jax_forward(name, overrides, size), nhwc), "pytorch": (torch_forward(name, overrides), nchw),
-               "litert": (litert_forward(exported), pixels), "onnxruntime": (onnxruntime_forward(exported), pixels)}
-    calls = {}
-    for framework, (run, inputs) in runners.items():
-        if run is None:
-            continue
-        for batch in (1, THROUGHPUT_BATCH):
-            calls[f"{framework} {batch}"] = timed(functools.partial(run, inputs[batch]), per=batch)
-    measured = interleave(calls, rounds)
-    row = {"model": name, "image_size": size, "overrides": overrides}
-    for framework in runners:
-        if f"{framework} 1" in calls:
-            row[framework] = {"latency_ms": 1000 * measured.median(f"{framework} 1"),
-                              "images_per_s": 1 / measured.median(f"{framework} {THROUGHPUT_BATCH}")}
+    contenders = ["jaxnets", *(["pytorch"] if twin(name, NUM_CLASSES, **overrides) else []), "litert", "onnxruntime"]
+    workers = {}
+    try:
+        for contender in contenders:
+            workers[contender] = Worker([os.path.abspath(__file__), "--worker", name, contender, exported,
+                                         *(["--tiny"] if tiny else [])])
+        calls = {f"{contender} {batch}": (lambda w=workers[contender], b=batch: w.timed(str(b))() / b)
+                 for contender in contenders for batch in (1, THROUGHPUT_BATCH)}
+        measured = interleave(calls, rounds)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    row = {"model": name, "image_size": size, "overrides": overrides, "processes": "one worker process per contender"}
+    for contender in contenders:
+        row[contender] = {"latency_ms": 1000 * measured.median(f"{contender} 1"),
+                          "images_per_s": 1 / measured.median(f"{contender} {THROUGHPUT_BATCH}")}
     for other in OTHERS:
         if other in row:
             row[f"latency_ratio_{other}"] = row[other]["latency_ms"] / row["jaxnets"]["latency_ms"]
@@ -180,7 +207,8 @@ def markdown_body(report: dict) -> list[str]:
         tables += [f"{what}:", "", *results.table(
             ["model", *(f"{name} {unit}" for name in names.values()),
              *(f"vs {names[other]}" for other in OTHERS)], rows), ""]
-    return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds. Ratios: jaxnets faster when > 1.",
+    return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds, each contender in a worker "
+            "process of its own. Ratios: jaxnets faster when > 1.",
             "", *tables[:-1]]
 
 
@@ -190,7 +218,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --tiny 1)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/inference.json)")
     parser.add_argument("--tiny", action="store_true", help="every code path on toy shapes (for the test)")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "CONTENDER", "EXPORTED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        contender_worker(*args.worker, args.tiny)
+        return
     models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
     unknown = sorted(set(models) - set(list_models()))
     if unknown:

@@ -44,7 +44,7 @@ from harness import environment, results
 from harness.memory import in_child, peak_rss, report_to_parent, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner, TorchRunner, random_batch, twin
-from harness.workers import Worker, serve
+from harness.workers import serve, workers
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
@@ -138,16 +138,11 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
     # Memory first, in children, while no worker holds a model (the children may need all the RAM).
     memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw, *tiny_flag])
               for fw in frameworks}
-    workers = {}
-    try:
-        for fw in frameworks:
-            workers[fw] = Worker([os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag])
-        calls = {f"{fw} train": workers[fw].timed("train") for fw in frameworks}  # jaxnets, PyTorch, ...
-        calls.update({f"{fw} forward": workers[fw].timed("forward") for fw in frameworks})
+    with workers({fw: [os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag]
+                  for fw in frameworks}) as started:
+        calls = {f"{fw} train": started[fw].timed("train") for fw in frameworks}  # jaxnets, PyTorch, ...
+        calls.update({f"{fw} forward": started[fw].timed("forward") for fw in frameworks})
         times = interleave(calls, rounds)
-    finally:
-        for worker in workers.values():
-            worker.close()
     row = {
         "model": spec.name,
         "jaxnets_model": spec.name,
@@ -161,7 +156,7 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
     for fw in FRAMEWORKS:
         row[fw] = None
         if fw in frameworks:
-            row[fw] = _framework_summary(fw, workers[fw].info, spec.batch, times.values[f"{fw} train"],
+            row[fw] = _framework_summary(fw, started[fw].info, spec.batch, times.values[f"{fw} train"],
                                          times.values[f"{fw} forward"])
             row[fw]["memory"] = memory[fw]
     # The probe compiled the train step first, in a fresh process, and the worker loaded it from the
@@ -293,12 +288,11 @@ def op_worker(framework: str, tiny: bool) -> None:
 def measure_ops(rounds: int, tiny: bool) -> list[dict]:
     arguments = [os.path.abspath(__file__), "--op-worker"]
     rows = []
-    with Worker([*arguments, "jaxnets", *(["--tiny"] if tiny else [])]) as jaxnets, \
-            Worker([*arguments, "pytorch", *(["--tiny"] if tiny else [])]) as pytorch:
+    with workers({fw: [*arguments, fw, *(["--tiny"] if tiny else [])] for fw in FRAMEWORKS}) as started:
         for i, op in enumerate(conv_ops(tiny)):
             for mode in op.modes:
                 name = _op_name(i, mode)
-                times = interleave({"jaxnets": jaxnets.timed(name), "pytorch": pytorch.timed(name)}, rounds)
+                times = interleave({fw: started[fw].timed(name) for fw in FRAMEWORKS}, rounds)
                 rows.append(row := {
                     "op": op.name,
                     "mode": mode,

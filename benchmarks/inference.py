@@ -38,7 +38,7 @@ import torch
 from harness import REPO, environment, results
 from harness.rounds import freeze_loaded_objects, interleave
 from harness.runners import host_variables, twin
-from harness.workers import Worker, serve
+from harness.workers import serve, workers
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
@@ -151,9 +151,13 @@ def _inputs(size: int) -> dict[str, dict[int, np.ndarray]]:
     return {"pixels": pixels, "nhwc": nhwc, "nchw": nchw}
 
 
+def image_size(name: str, tiny: bool) -> int:
+    return 8 if tiny else model_entry(name).reference.image_size
+
+
 def contender_worker(name: str, contender: str, exported: str, tiny: bool) -> None:
     """In a worker process: `contender`'s forward of the model, warmed up, served as "1" and "32" (images a call)."""
-    size = 8 if tiny else model_entry(name).reference.image_size
+    size = image_size(name, tiny)
     overrides = model_overrides(name, tiny)
     inputs = _inputs(size)
     run, images = {
@@ -169,21 +173,15 @@ def contender_worker(name: str, contender: str, exported: str, tiny: bool) -> No
 
 
 def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
-    size = 8 if tiny else model_entry(name).reference.image_size
+    size = image_size(name, tiny)
     overrides = model_overrides(name, tiny)
     exported = export_files(name, overrides, size, directory)
     contenders = ["jaxnets", *(["pytorch"] if twin(name, NUM_CLASSES, **overrides) else []), "litert", "onnxruntime"]
-    workers = {}
-    try:
-        for contender in contenders:
-            workers[contender] = Worker([os.path.abspath(__file__), "--worker", name, contender, exported,
-                                         *(["--tiny"] if tiny else [])])
-        calls = {f"{contender} {batch}": (lambda w=workers[contender], b=batch: w.timed(str(b))() / b)
+    with workers({contender: [os.path.abspath(__file__), "--worker", name, contender, exported,
+                              *(["--tiny"] if tiny else [])] for contender in contenders}) as started:
+        calls = {f"{contender} {batch}": (lambda w=started[contender], b=batch: w.timed(str(b))() / b)
                  for contender in contenders for batch in (1, THROUGHPUT_BATCH)}
         measured = interleave(calls, rounds)
-    finally:
-        for worker in workers.values():
-            worker.close()
     row = {"model": name, "image_size": size, "overrides": overrides, "processes": "one worker process per contender"}
     for contender in contenders:
         row[contender] = {"latency_ms": 1000 * measured.median(f"{contender} 1"),

@@ -17,6 +17,7 @@ its own heap from one step to the next, as in a training loop.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -78,3 +79,10 @@ class Worker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def workers(arguments: dict[str, list[str]]):
+    """A `Worker` per name, started in order; all closed on leaving, also when one of them failed to start."""
+    with contextlib.ExitStack() as stack:
+        yield {name: stack.enter_context(Worker(args)) for name, args in arguments.items()}

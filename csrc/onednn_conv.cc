@@ -6,20 +6,24 @@
 //
 // Layouts are JAX's: activations NHWC, kernels HWIO ([kh, kw, in/groups, out]), described to oneDNN by
 // strides, so nothing is transposed in XLA. Kernels are handed to oneDNN's own preferred layout by a
-// reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower).
+// reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower), or by a copy
+// where that layout only blocks the output channels (BlockCopy).
 // A stride-1 forward that oneDNN could only compute as a gemm runs as its transpose's backward-data where that has
 // a direct kernel (RunsBetterTransposed).
 // Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
 // primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include <sys/mman.h>
 
@@ -99,13 +103,77 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
           s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), UserScratchpad()};
 }
 
+// Where oneDNN wants a kernel blocked along its output channels only, in blocks of at least 128 bytes (AVX-512's
+// 1x1 and brgemm forwards: Acdb48a, Acdb64a; grouped: aBdec32b), the reorder from HWIO - whose output channels
+// are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder (jit:uni) moved a ResNeXt-50
+// kernel into Acdb48a or Acdb64a at 4-9 GB/s from memory; these copies, in the source's order on OpenMP's threads,
+// at 13-16 GB/s (benchmarks/README.md). oneDNN moves smaller blocks (AVX2's Acdb24a, Acdb16a) as fast or faster.
+struct BlockCopy {
+  int blocked_dim;  // the kernel desc's output-channel dimension: 0, or 1 when grouped ([groups, out/g, ...])
+  int64_t block;
+  memory::dims dims, from_strides, to_strides;  // in elements; to_strides count whole blocks along blocked_dim
+  std::vector<int> outer;  // the other dimensions, outermost first in the source (HWIO)
+  size_t element_size;
+};
+
+std::optional<BlockCopy> BlockCopyInto(const memory::desc& hwio, const memory::desc& to) {
+  if (to.get_format_kind() != memory::format_kind::blocked || to.get_inner_nblks() != 1) return std::nullopt;
+  const int blocked_dim = static_cast<int>(to.get_inner_idxs()[0]);
+  const int64_t block = to.get_inner_blks()[0];
+  const size_t element_size = memory::data_type_size(to.get_data_type());
+  const memory::dims dims = to.get_dims(), padded = to.get_padded_dims(), from_strides = hwio.get_strides();
+  if (from_strides[blocked_dim] != 1 || block * element_size < 128 || to.get_submemory_offset() != 0) {
+    return std::nullopt;
+  }
+  size_t padded_size = element_size;
+  std::vector<int> outer;
+  for (int d = 0; d < static_cast<int>(dims.size()); ++d) {
+    padded_size *= padded[d];
+    if (d == blocked_dim) continue;
+    if (padded[d] != dims[d]) return std::nullopt;
+    outer.push_back(d);
+  }
+  if (padded[blocked_dim] % block || to.get_size() != padded_size) return std::nullopt;  // no extra buffers
+  std::sort(outer.begin(), outer.end(), [&](int a, int b) { return from_strides[a] > from_strides[b]; });
+  return BlockCopy{blocked_dim, block, dims, from_strides, to.get_strides(), std::move(outer), element_size};
+}
+
+// Each block's channels at one position of the other dimensions is one run: read in HWIO's order (the blocks
+// innermost), written to their blocks; the padding past the last channel is zeroed, as oneDNN's reorder does.
+void CopyBlocks(const BlockCopy& copy, const void* hwio, void* blocked) {
+  const auto* from = static_cast<const uint8_t*>(hwio);
+  auto* to = static_cast<uint8_t*>(blocked);
+  const int64_t channels = copy.dims[copy.blocked_dim];
+  const int64_t blocks = (channels + copy.block - 1) / copy.block;
+  int64_t runs = blocks;
+  for (int d : copy.outer) runs *= copy.dims[d];
+#pragma omp parallel for schedule(static)
+  for (int64_t run = 0; run < runs; ++run) {
+    const int64_t block = run % blocks;
+    int64_t rest = run / blocks;
+    int64_t at = block * copy.block, into = block * copy.to_strides[copy.blocked_dim];
+    for (auto d = copy.outer.rbegin(); d != copy.outer.rend(); ++d) {
+      const int64_t index = rest % copy.dims[*d];
+      rest /= copy.dims[*d];
+      at += index * copy.from_strides[*d];
+      into += index * copy.to_strides[*d];
+    }
+    const int64_t valid = std::min(copy.block, channels - block * copy.block);
+    std::memcpy(to + into * copy.element_size, from + at * copy.element_size, valid * copy.element_size);
+    if (valid < copy.block) {
+      std::memset(to + (into + valid) * copy.element_size, 0, (copy.block - valid) * copy.element_size);
+    }
+  }
+}
+
 // What one call needs, built once per shape: the primitive and the kernel's reorder to or from HWIO.
 struct Plan {
   dnnl::primitive conv;
   memory::desc kernel_desc;  // the layout oneDNN chose for the kernel (or its gradient)
   memory::desc scratchpad_desc;
   bool kernel_reordered = false;
-  dnnl::reorder kernel_reorder;
+  dnnl::reorder kernel_reorder;          // unless the kernel is copied instead:
+  std::optional<BlockCopy> kernel_copy;  // HWIO into kernel_desc by runs, where BlockCopyInto finds that it can
   // Forward only: where set, the forward runs as this input-gradient plan of Transposed() (and nothing above is).
   std::shared_ptr<const Plan> transposed_input_gradient;
 };
@@ -133,7 +201,10 @@ Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chos
     plan.kernel_reordered = true;
     const memory::desc& from = kernel_is_result ? chosen : s.KernelHWIO();
     const memory::desc& to = kernel_is_result ? s.KernelHWIO() : chosen;
-    plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+    if (!kernel_is_result) plan.kernel_copy = BlockCopyInto(s.KernelHWIO(), chosen);
+    if (!plan.kernel_copy) {
+      plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+    }
   }
   return plan;
 }
@@ -300,6 +371,10 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   memory user(s.KernelHWIO(), Engine(), hwio);
   if (!plan.kernel_reordered) return user;
   memory chosen(plan.kernel_desc, Engine(), buffers.kernel.Sized(plan.kernel_desc.get_size()));
+  if (plan.kernel_copy) {
+    CopyBlocks(*plan.kernel_copy, hwio, chosen.get_data_handle());
+    return chosen;
+  }
   dnnl::stream& stream = Stream();
   plan.kernel_reorder.execute(stream, user, chosen);
   stream.wait();

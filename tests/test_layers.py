@@ -4,6 +4,7 @@ picks one per platform and kind of convolution, overridable by a context or the 
 import functools
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -322,6 +323,59 @@ def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gra
     assert not any("gemm" in line for line in convolutions[:5]), convolutions
     worst = float(done.stdout.split("worst ")[-1])
     assert worst < 1e-4, f"transposed forward differs from XLA's by {worst}"
+
+
+# Forward convolutions whose output channels no kernel block divides (so that the blocks' padding is exercised), 1x1,
+# dense 3x3 and grouped: each must equal XLA's. Prints the largest error.
+PADDED_BLOCK_FORWARDS = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.ops import onednn
+worst = 0.0
+# (input size, in channels, out channels, kernel, padding, groups)
+for size, cin, cout, k, pad, groups in [(4, 64, 1000, 1, 0, 1), (5, 32, 200, 3, 1, 1), (2, 1024, 1000, 3, 1, 8),
+                                        (3, 256, 480, 3, 1, 4), (2, 96, 1024, 1, 0, 1)]:
+    rng = np.random.default_rng(cout + groups)
+    x = jnp.asarray(rng.standard_normal((2, size, size, cin), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32) / np.sqrt(k * k * cin))
+    got = jax.jit(lambda x, w: onednn.conv2d(x, w, padding=pad, groups=groups))(x, kernel)
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(pad, pad)] * 2, feature_group_count=groups,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    worst = max(worst, float(jnp.max(jnp.abs(got - want))))
+print("worst", worst)
+"""
+
+# A oneDNN kernel layout that blocks only the output channels (`a` of [out, in, h, w]; `b` of [groups, out/g, ...])
+# in blocks of at least 32 float32 values: csrc/onednn_conv.cc copies HWIO kernels into it without oneDNN's reorder.
+OUTPUT_CHANNEL_BLOCKS = re.compile(r"^(?:[A-Z][a-z]+|a[A-Z][a-z]+)(\d+)([ab])$")
+
+
+def copied_by_blocks(layout: str) -> bool:
+    match = OUTPUT_CHANNEL_BLOCKS.match(layout)
+    return bool(match) and int(match[1]) >= 32 and (match[2] == "a") == (not layout.startswith("a"))
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+@pytest.mark.parametrize("isa", ["native", "AVX2"])
+def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(isa):
+    """Where oneDNN wants a forward kernel blocked only along its output channels in blocks of >= 128 bytes
+    (AVX-512's 1x1 and brgemm forwards; AVX2's grouped brgemm), the HWIO kernel is copied run by run, its padding
+    zeroed: the results equal XLA's, and oneDNN runs no reorder into such a layout (its own moved ResNeXt-50's
+    kernels 2-3x slower: benchmarks/README.md). At least one of the convolutions takes that path on either ISA."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
+    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu",
+           **({"ONEDNN_MAX_CPU_ISA": "AVX2"} if isa == "AVX2" else {})}
+    done = subprocess.run([sys.executable, "-c", PADDED_BLOCK_FORWARDS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
+    kernel_layouts = [re.search(r"wei_f32:\w*:blocked:(\w+):", line)[1]
+                      for line in executed if ",convolution," in line]
+    reordered_into = [re.search(r"dst_f32:\w*:blocked:(\w+):", line)[1] for line in executed if ",reorder," in line]
+    assert len(kernel_layouts) == 5, executed
+    assert any(copied_by_blocks(layout) for layout in kernel_layouts), kernel_layouts
+    assert not [layout for layout in reordered_into if copied_by_blocks(layout)], reordered_into
+    worst = float(done.stdout.split("worst ")[-1])
+    assert worst < 1e-4, f"a forward with a copied kernel differs from XLA's by {worst}"
 
 
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)

@@ -52,6 +52,13 @@ from jaxnets.models.enas import random_arc
 NUM_CLASSES = 10
 MEMORY_STEPS = 3
 WARM_UP_CALLS = 2  # per model worker, of its train step and of its forward, before the timed rounds
+# Each timed call runs right after an untimed one of the same kind in the same worker, as a step follows a step in
+# training. Timed straight after the other framework's call, a step faults its scratch into the pages the other
+# process has just returned to the kernel, which this VM zeroes far more slowly (free-page reporting to the
+# host, likely): the ENAS child's jaxnets step (3 GB of scratch, 733,000 page faults) took 6.4-6.7 s alone with
+# 1.2 s of kernel time, and 11-16 s with 11-16 s of kernel time (half its samples in clear_page_erms) alternating
+# with PyTorch's; after one untimed step of its own, 7.2-7.8 s (benchmarks/README.md).
+SETTLING = 1
 FRAMEWORKS = ("jaxnets", "pytorch")
 # The models results/cpu.md reports; --models takes any registered model.
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "cifar_resnext50", "resnext29_8x64d", "cifar_mobilenet_v2",
@@ -140,8 +147,8 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
               for fw in frameworks}
     with workers({fw: [os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag]
                   for fw in frameworks}) as started:
-        calls = {f"{fw} train": started[fw].timed("train") for fw in frameworks}  # jaxnets, PyTorch, ...
-        calls.update({f"{fw} forward": started[fw].timed("forward") for fw in frameworks})
+        calls = {f"{fw} {kind}": started[fw].timed(kind, untimed_before=SETTLING)
+                 for kind in ("train", "forward") for fw in frameworks}  # jaxnets train, PyTorch train, ...
         times = interleave(calls, rounds)
     row = {
         "model": spec.name,
@@ -152,6 +159,7 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
         "batch": spec.batch,
         "rounds": rounds,
         "processes": "one worker process per framework",
+        "untimed_calls_before_each": SETTLING,
     }
     for fw in FRAMEWORKS:
         row[fw] = None
@@ -368,8 +376,11 @@ def _memory_cell(row: dict, fw: str) -> str:
 
 
 def markdown_body(report: dict) -> list[str]:
+    settling = {r.get("untimed_calls_before_each", 0) for r in report["models"]}
     lines = [f"Float32, median of {report['rounds']} interleaved rounds, each framework in a worker process of its own "
-             "(models and conv ops); ratio > 1 means jaxnets is faster."]
+             "(models and conv ops); ratio > 1 means jaxnets is faster."
+             + (" Each timed model call follows an untimed call of the same kind in its worker (cpu.py: SETTLING)."
+                if settling - {0} else "")]
     if report["models"]:
         rows = []
         for r in report["models"]:

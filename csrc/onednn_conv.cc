@@ -104,8 +104,8 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
 }
 
 // Where oneDNN wants a kernel blocked along its output channels only, in blocks of at least 128 bytes (AVX-512's
-// 1x1 and brgemm forwards: Acdb48a, Acdb64a; grouped: aBdec32b), the reorder from HWIO - whose output channels
-// are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder (jit:uni) moved a ResNeXt-50
+// 1x1 and brgemm forwards: Acdb48a, Acdb64a, grouped aBdec64b; AVX2's grouped aBdec32b), the reorder from HWIO -
+// whose output channels are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder (jit:uni) moved a ResNeXt-50
 // kernel into Acdb48a or Acdb64a at 4-9 GB/s from memory; these copies, in the source's order on OpenMP's threads,
 // at 13-16 GB/s (benchmarks/README.md). oneDNN moves smaller blocks (AVX2's Acdb24a, Acdb16a) as fast or faster.
 struct BlockCopy {

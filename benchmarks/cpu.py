@@ -376,11 +376,11 @@ def _memory_cell(row: dict, fw: str) -> str:
 
 
 def markdown_body(report: dict) -> list[str]:
-    settling = {r.get("untimed_calls_before_each", 0) for r in report["models"]}
+    settled = any(r.get("untimed_calls_before_each") for r in report["models"])
     lines = [f"Float32, median of {report['rounds']} interleaved rounds, each framework in a worker process of its own "
              "(models and conv ops); ratio > 1 means jaxnets is faster."
              + (" Each timed model call follows an untimed call of the same kind in its worker (cpu.py: SETTLING)."
-                if settling - {0} else "")]
+                if settled else "")]
     if report["models"]:
         rows = []
         for r in report["models"]:

@@ -105,9 +105,10 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
 
 // Where oneDNN wants a kernel blocked along its output channels only, in blocks of at least 128 bytes (AVX-512's
 // 1x1 and brgemm forwards: Acdb48a, Acdb64a, grouped aBdec64b; AVX2's grouped aBdec32b), the reorder from HWIO -
-// whose output channels are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder (jit:uni) moved a ResNeXt-50
-// kernel into Acdb48a or Acdb64a at 4-9 GB/s from memory; these copies, in the source's order on OpenMP's threads,
-// at 13-16 GB/s (benchmarks/README.md). oneDNN moves smaller blocks (AVX2's Acdb24a, Acdb16a) as fast or faster.
+// whose output channels are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder
+// (jit:uni) moved a ResNeXt-50 kernel into Acdb48a or Acdb64a at 4-9 GB/s from memory; these copies, in the
+// source's order on OpenMP's threads, at 13-16 GB/s (benchmarks/README.md). oneDNN moves smaller blocks (AVX2's
+// Acdb24a, Acdb16a) as fast or faster.
 struct BlockCopy {
   int blocked_dim;  // the kernel desc's output-channel dimension: 0, or 1 when grouped ([groups, out/g, ...])
   int64_t block;
@@ -201,7 +202,7 @@ Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chos
     plan.kernel_reordered = true;
     const memory::desc& from = kernel_is_result ? chosen : s.KernelHWIO();
     const memory::desc& to = kernel_is_result ? s.KernelHWIO() : chosen;
-    if (!kernel_is_result) plan.kernel_copy = BlockCopyInto(s.KernelHWIO(), chosen);
+    if (!kernel_is_result) plan.kernel_copy = BlockCopyInto(from, to);
     if (!plan.kernel_copy) {
       plan.kernel_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
     }
@@ -370,11 +371,12 @@ void Run(const Plan& plan, std::unordered_map<int, memory> args) {
 memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
   memory user(s.KernelHWIO(), Engine(), hwio);
   if (!plan.kernel_reordered) return user;
-  memory chosen(plan.kernel_desc, Engine(), buffers.kernel.Sized(plan.kernel_desc.get_size()));
+  void* buffer = buffers.kernel.Sized(plan.kernel_desc.get_size());
   if (plan.kernel_copy) {
-    CopyBlocks(*plan.kernel_copy, hwio, chosen.get_data_handle());
-    return chosen;
+    CopyBlocks(*plan.kernel_copy, hwio, buffer);
+    return memory(plan.kernel_desc, Engine(), buffer);
   }
+  memory chosen(plan.kernel_desc, Engine(), buffer);
   dnnl::stream& stream = Stream();
   plan.kernel_reorder.execute(stream, user, chosen);
   stream.wait();

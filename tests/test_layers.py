@@ -2,6 +2,7 @@
 picks one per platform and kind of convolution, overridable by a context or the environment."""
 
 import functools
+import json
 import os
 import platform
 import re
@@ -284,20 +285,17 @@ def test_onednn_extension_is_built_where_its_wheel_exists():
     assert onednn.available() and onednn.version() == "3.2.0"
 
 
-# Run under ONEDNN_MAX_CPU_ISA=AVX2, where oneDNN 3.2 has no direct forward kernel for 4 channels per group: each
-# forward must equal XLA's; all but the last run as their transpose's backward-data (the last one's padding is as
-# wide as its kernel: its transpose would need a negative one). Prints the largest error.
-AVX2_GROUPED_FORWARDS = """
+# Runs each forward (input height, width, in channels, out channels, kernel height, width, padding, groups) through
+# oneDNN and through XLA, and prints the largest difference.
+FORWARDS_AGAINST_XLA = """
+import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxnets.ops import onednn
 worst = 0.0
-# (input height, width, in channels, out channels, kernel height, width, padding, groups)
-for h, w, cin, cout, kh, kw, pad, groups in [(9, 9, 32, 32, 3, 3, 1, 8), (7, 10, 16, 32, 3, 3, 1, 4),
-                                             (9, 9, 32, 32, 5, 5, 2, 8), (8, 8, 8, 16, 3, 3, 0, 4),
-                                             (6, 6, 8, 8, 1, 3, 0, 4), (6, 6, 8, 8, 3, 1, 1, 4)]:
-    rng = np.random.default_rng(h * cin + kh)
+for h, w, cin, cout, kh, kw, pad, groups in json.loads(sys.argv[1]):
+    rng = np.random.default_rng(h * cin + cout + kh + groups)
     x = jnp.asarray(rng.standard_normal((2, h, w, cin), dtype=np.float32))
-    k = jnp.asarray(rng.standard_normal((kh, kw, cin // groups, cout), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((kh, kw, cin // groups, cout), dtype=np.float32) / np.sqrt(kh * kw * cin))
     got = jax.jit(lambda x, k: onednn.conv2d(x, k, padding=pad, groups=groups))(x, k)
     want = jax.lax.conv_general_dilated(x, k, (1, 1), [(pad, pad), (pad, pad)], feature_group_count=groups,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -306,43 +304,42 @@ print("worst", worst)
 """
 
 
+def onednn_forwards_logged(shapes: list[tuple], isa: str | None = None) -> tuple[list[str], float]:
+    """FORWARDS_AGAINST_XLA in a process of its own under ONEDNN_VERBOSE, oneDNN held to `isa` where given (so that
+    an AVX-512 machine runs AVX2's paths too): (the primitives oneDNN executed, one line each; the largest
+    difference from XLA)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
+    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+    done = subprocess.run([sys.executable, "-c", FORWARDS_AGAINST_XLA, json.dumps(shapes)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
+    return executed, float(done.stdout.split("worst ")[-1])
+
+
+# oneDNN 3.2 has no direct AVX2 forward kernel for 4 channels per group: all but the last run as their transpose's
+# backward-data (the last one's padding is as wide as its kernel: its transpose would need a negative one).
+AVX2_GROUPED_FORWARDS = [(9, 9, 32, 32, 3, 3, 1, 8), (7, 10, 16, 32, 3, 3, 1, 4), (9, 9, 32, 32, 5, 5, 2, 8),
+                         (8, 8, 8, 16, 3, 3, 0, 4), (6, 6, 8, 8, 1, 3, 0, 4), (6, 6, 8, 8, 3, 1, 1, 4)]
+
+
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
 def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gradient():
     """On AVX2 oneDNN 3.2 computes a grouped forward with few channels per group as an im2col + gemm (ResNeXt's
     first stage: 2.6x slower than PyTorch): jaxnets runs it as the input gradient of the transposed convolution,
     the kernel flipped in space and its channels swapped per group. Checked in a process whose oneDNN is held to
     AVX2, so that the path runs on AVX-512 machines too (their forward has a direct kernel)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
-    env = {**inherited, "ONEDNN_MAX_CPU_ISA": "AVX2", "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", AVX2_GROUPED_FORWARDS], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    convolutions = [line for line in done.stdout.splitlines() if ",exec," in line and ",convolution," in line]
+    executed, worst = onednn_forwards_logged(AVX2_GROUPED_FORWARDS, isa="AVX2")
+    convolutions = [line for line in executed if ",convolution," in line]
     kinds = [line.split(",")[5] for line in convolutions]
     assert kinds == ["backward_data"] * 5 + ["forward_training"], convolutions
     assert not any("gemm" in line for line in convolutions[:5]), convolutions
-    worst = float(done.stdout.split("worst ")[-1])
     assert worst < 1e-4, f"transposed forward differs from XLA's by {worst}"
 
 
-# Forward convolutions whose output channels no kernel block divides (so that the blocks' padding is exercised), 1x1,
-# dense 3x3 and grouped: each must equal XLA's. Prints the largest error.
-PADDED_BLOCK_FORWARDS = """
-import jax, jax.numpy as jnp, numpy as np
-from jaxnets.ops import onednn
-worst = 0.0
-# (input size, in channels, out channels, kernel, padding, groups)
-for size, cin, cout, k, pad, groups in [(4, 64, 1000, 1, 0, 1), (5, 32, 200, 3, 1, 1), (2, 1024, 1000, 3, 1, 8),
-                                        (3, 256, 480, 3, 1, 4), (2, 96, 1024, 1, 0, 1)]:
-    rng = np.random.default_rng(cout + groups)
-    x = jnp.asarray(rng.standard_normal((2, size, size, cin), dtype=np.float32))
-    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32) / np.sqrt(k * k * cin))
-    got = jax.jit(lambda x, w: onednn.conv2d(x, w, padding=pad, groups=groups))(x, kernel)
-    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(pad, pad)] * 2, feature_group_count=groups,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    worst = max(worst, float(jnp.max(jnp.abs(got - want))))
-print("worst", worst)
-"""
+# Output channels no kernel block divides (so that the blocks' padding is exercised): 1x1, dense 3x3 and grouped.
+PADDED_BLOCK_FORWARDS = [(4, 4, 64, 1000, 1, 1, 0, 1), (5, 5, 32, 200, 3, 3, 1, 1), (2, 2, 1024, 1000, 3, 3, 1, 8),
+                         (3, 3, 256, 480, 3, 3, 1, 4), (2, 2, 96, 1024, 1, 1, 0, 1)]
 
 # A oneDNN kernel layout that blocks only the output channels (`a` of [out, in, h, w]; `b` of [groups, out/g, ...])
 # in blocks of at least 32 float32 values: csrc/onednn_conv.cc copies HWIO kernels into it without oneDNN's reorder.
@@ -361,20 +358,13 @@ def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(
     (AVX-512's 1x1 and brgemm forwards; AVX2's grouped brgemm), the HWIO kernel is copied run by run, its padding
     zeroed: the results equal XLA's, and oneDNN runs no reorder into such a layout (its own moved ResNeXt-50's
     kernels 2-3x slower: benchmarks/README.md). At least one of the convolutions takes that path on either ISA."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
-    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu",
-           **({"ONEDNN_MAX_CPU_ISA": "AVX2"} if isa == "AVX2" else {})}
-    done = subprocess.run([sys.executable, "-c", PADDED_BLOCK_FORWARDS], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
+    executed, worst = onednn_forwards_logged(PADDED_BLOCK_FORWARDS, isa=None if isa == "native" else isa)
     kernel_layouts = [re.search(r"wei_f32:\w*:blocked:(\w+):", line)[1]
                       for line in executed if ",convolution," in line]
     reordered_into = [re.search(r"dst_f32:\w*:blocked:(\w+):", line)[1] for line in executed if ",reorder," in line]
     assert len(kernel_layouts) == 5, executed
     assert any(copied_by_blocks(layout) for layout in kernel_layouts), kernel_layouts
     assert not [layout for layout in reordered_into if copied_by_blocks(layout)], reordered_into
-    worst = float(done.stdout.split("worst ")[-1])
     assert worst < 1e-4, f"a forward with a copied kernel differs from XLA's by {worst}"
 
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import environment, results
+from harness import environment, results, train_py_environment
 from harness.memory import in_child, peak_rss, report_to_parent, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner, TorchRunner, random_batch, twin
@@ -139,14 +139,14 @@ def _framework_summary(framework: str, info: dict, batch: int, train_times: list
     return summary
 
 
-def measure_model(spec: ModelSpec, rounds: int, tiny: bool) -> dict:
+def measure_model(spec: ModelSpec, rounds: int, tiny: bool, environments: dict[str, dict | None]) -> dict:
     frameworks = FRAMEWORKS if spec.twin is not None else ("jaxnets",)
     tiny_flag = ["--tiny"] if tiny else []
     # Memory first, in children, while no worker holds a model (the children may need all the RAM).
-    memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw, *tiny_flag])
+    memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw, *tiny_flag], environments[fw])
               for fw in frameworks}
     with workers({fw: [os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag]
-                  for fw in frameworks}) as started:
+                  for fw in frameworks}, environments) as started:
         calls = {f"{fw} {kind}": started[fw].timed(kind, untimed_before=SETTLING)
                  for kind in ("train", "forward") for fw in frameworks}  # jaxnets train, PyTorch train, ...
         times = interleave(calls, rounds)
@@ -293,10 +293,10 @@ def op_worker(framework: str, tiny: bool) -> None:
     serve(calls, {})
 
 
-def measure_ops(rounds: int, tiny: bool) -> list[dict]:
+def measure_ops(rounds: int, tiny: bool, environments: dict[str, dict | None]) -> list[dict]:
     arguments = [os.path.abspath(__file__), "--op-worker"]
     rows = []
-    with workers({fw: [*arguments, fw, *(["--tiny"] if tiny else [])] for fw in FRAMEWORKS}) as started:
+    with workers({fw: [*arguments, fw, *(["--tiny"] if tiny else [])] for fw in FRAMEWORKS}, environments) as started:
         for i, op in enumerate(conv_ops(tiny)):
             for mode in op.modes:
                 name = _op_name(i, mode)
@@ -381,6 +381,11 @@ def markdown_body(report: dict) -> list[str]:
              "(models and conv ops); ratio > 1 means jaxnets is faster."
              + (" Each timed model call follows an untimed call of the same kind in its worker (cpu.py: SETTLING)."
                 if settled else "")]
+    tunables = report.get("worker_glibc_tunables") or {}
+    if tunables:
+        lines[0] += (" Workers' GLIBC_TUNABLES: "
+                     + ", ".join(f"{fw} {tunables.get(fw) or 'unset'}" for fw in FRAMEWORKS)
+                     + " (unless --plain-malloc, jaxnets' as train.py gives its steps: see train.py).")
     if report["models"]:
         rows = []
         for r in report["models"]:
@@ -440,6 +445,14 @@ def markdown_body(report: dict) -> list[str]:
     return lines
 
 
+def worker_environments(plain_malloc: bool, same_malloc_for_pytorch: bool) -> dict[str, dict | None]:
+    """Each framework's worker environment (None: this process's). jaxnets' workers stand in for train.py's
+    steps, so they run where train.py does: it restarts itself with glibc's malloc asking for huge pages (train.py,
+    harness.train_py_environment). PyTorch's run as a plain PyTorch script does, unless asked otherwise."""
+    trainer = None if plain_malloc else train_py_environment()
+    return {"jaxnets": trainer, "pytorch": trainer if same_malloc_for_pytorch else None}
+
+
 def main() -> None:
     freeze_loaded_objects()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -451,6 +464,10 @@ def main() -> None:
     parser.add_argument("--parts", default="models,ops,enas_search")
     parser.add_argument("--json", default=None, help="default benchmarks/results/cpu.json (--tiny: cpu_tiny.json)")
     parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes, for the test")
+    parser.add_argument("--plain-malloc", action="store_true",
+                        help="jaxnets' workers in this process's environment, not in the one train.py runs in")
+    parser.add_argument("--same-malloc-for-pytorch", action="store_true",
+                        help="PyTorch's workers in the environment jaxnets' get (default: in this process's)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     parser.add_argument("--model-worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     parser.add_argument("--op-worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
@@ -482,18 +499,21 @@ def main() -> None:
 
     env = environment.capture()  # the caller's variables, before share_compilations sets its own
     env["compilation_cache"] = share_compilations()
+    environments = worker_environments(args.plain_malloc, args.same_malloc_for_pytorch)
     report = {"environment": env, "tiny": args.tiny, "rounds": rounds,
+              "worker_glibc_tunables": {fw: (environments[fw] or os.environ).get("GLIBC_TUNABLES")
+                                        for fw in FRAMEWORKS},
               "op_rounds": op_rounds,
               "ratio": "jaxnets images/s / PyTorch images/s (ops: PyTorch ms / jaxnets ms); > 1: jaxnets faster",
               "models": [], "ops": [], "enas_search": None}
     if "models" in parts:
         for name in models:
-            report["models"].append(r := measure_model(model_spec(name, args.tiny), rounds, args.tiny))
+            report["models"].append(r := measure_model(model_spec(name, args.tiny), rounds, args.tiny, environments))
             print(f"{name} ({r['image_size']}x{r['image_size']}, batch {r['batch']}): train img/s jaxnets "
                   f"{r['jaxnets']['train_images_per_s']:.1f}, ratio {results.num(r['train_ratio'], '.2f', 'x')}; "
                   f"fwd ratio {results.num(r['forward_ratio'], '.2f', 'x')}", flush=True)
     if "ops" in parts:
-        report["ops"] = measure_ops(op_rounds, args.tiny)
+        report["ops"] = measure_ops(op_rounds, args.tiny, environments)
     if "enas_search" in parts:
         report["enas_search"] = e = measure_enas_search(rounds, args.tiny)
         print(f"enas search: ratio traced / fixed {e['ratio_traced_over_fixed']:.2f}x", flush=True)

@@ -36,3 +36,13 @@ def load_recipe(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def train_py_environment() -> dict[str, str] | None:
+    """The environment train.py runs its steps in (it restarts itself with glibc's malloc asking for huge pages,
+    where that changes something: train.py's `malloc_huge_pages_environment`), for the worker processes that
+    stand in for its steps; None where train.py keeps its caller's."""
+    spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not run as __main__: defines train.py's flags and functions, starts nothing
+    return module.malloc_huge_pages_environment()

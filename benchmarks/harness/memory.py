@@ -60,9 +60,10 @@ def report_to_parent(result: dict) -> None:
     print(PREFIX + json.dumps(result), flush=True)
 
 
-def in_child(arguments: list[str]) -> dict:
-    """Runs `python ARGUMENTS` and returns what it passed to `report_to_parent`, or {"error": its output's end}."""
-    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True)
+def in_child(arguments: list[str], environment: dict[str, str] | None = None) -> dict:
+    """Runs `python ARGUMENTS` in `environment` (None: ours) and returns what it passed to `report_to_parent`, or
+    {"error": its output's end}."""
+    result = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, env=environment)
     for line in result.stdout.splitlines()[::-1]:
         if line.startswith(PREFIX):
             return json.loads(line[len(PREFIX):])

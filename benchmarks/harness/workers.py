@@ -44,12 +44,13 @@ def _reply(message: dict) -> None:
 
 
 class Worker:
-    """`python ARGUMENTS` as a worker that `serve`s; `info` is what it reported once ready. Its stderr is ours."""
+    """`python ARGUMENTS` as a worker that `serve`s, in `environment` (None: ours); `info` is what it reported
+    once ready. Its stderr is ours."""
 
-    def __init__(self, arguments: list[str]):
+    def __init__(self, arguments: list[str], environment: dict[str, str] | None = None):
         self.arguments = arguments
         self.process = subprocess.Popen([sys.executable, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
+                                        text=True, env=environment)
         self.info = self._read()["ready"]
 
     def timed(self, name: str, untimed_before: int = 0) -> Callable[[], float]:
@@ -89,7 +90,9 @@ class Worker:
 
 
 @contextlib.contextmanager
-def workers(arguments: dict[str, list[str]]):
-    """A `Worker` per name, started in order; all closed on leaving, also when one of them failed to start."""
+def workers(arguments: dict[str, list[str]], environments: dict[str, dict[str, str] | None] | None = None):
+    """A `Worker` per name, in its entry of `environments` (default: ours), started in order; all closed on
+    leaving, also when one of them failed to start."""
+    environments = environments or {}
     with contextlib.ExitStack() as stack:
-        yield {name: stack.enter_context(Worker(args)) for name, args in arguments.items()}
+        yield {name: stack.enter_context(Worker(args, environments.get(name))) for name, args in arguments.items()}

@@ -21,11 +21,13 @@ TRANSPARENT_HUGE_PAGES = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def malloc_huge_pages_environment(environ: Mapping[str, str] = os.environ,
-                                  transparent_huge_pages: str = TRANSPARENT_HUGE_PAGES) -> dict[str, str] | None:
+                                  transparent_huge_pages: str = TRANSPARENT_HUGE_PAGES,
+                                  libc: str | None = None) -> dict[str, str] | None:
     """`environ` with glibc's malloc asking for huge pages, or None where that changes nothing or is not ours to
-    set: not glibc >= 2.35, huge pages always or never given (`transparent_huge_pages` file), the tunable named."""
-    libc, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")  # "glibc 2.36"
-    if libc != "glibc" or tuple(int(part) for part in version.split(".")[:2]) < (2, 35):
+    set: a C library (`libc`, default this process's, "glibc 2.36") other than glibc >= 2.35, huge pages given
+    always or never (the kernel's `transparent_huge_pages` setting), the tunable named in GLIBC_TUNABLES."""
+    name, _, version = (libc or os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+    if name != "glibc" or tuple(int(part) for part in version.split(".")[:2]) < (2, 35):
         return None
     try:
         with open(transparent_huge_pages) as f:

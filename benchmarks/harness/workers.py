@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -30,13 +31,16 @@ PREFIX = "BENCHMARK_WORKER "
 
 def serve(calls: dict[str, Callable[[], Any]], info: dict) -> None:
     """In the worker: reports `info`, then runs the call named by each line of stdin and answers its wall
-    seconds, until stdin closes. An error ends the worker (its traceback on stderr)."""
+    seconds, with the minor page faults and kernel CPU seconds of this process during the call, until stdin
+    closes. An error ends the worker (its traceback on stderr)."""
     _reply({"ready": info})
     for line in sys.stdin:
         call = calls[line.strip()]
-        start = time.perf_counter()
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         call()
-        _reply({"seconds": time.perf_counter() - start})
+        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+        _reply({"seconds": seconds, "minor_faults": after.ru_minflt - before.ru_minflt,
+                "system_seconds": after.ru_stime - before.ru_stime})
 
 
 def _reply(message: dict) -> None:
@@ -45,13 +49,14 @@ def _reply(message: dict) -> None:
 
 class Worker:
     """`python ARGUMENTS` as a worker that `serve`s, in `environment` (None: ours); `info` is what it reported
-    once ready. Its stderr is ours."""
+    once ready, `last` its answer to the latest call (seconds, minor_faults, system_seconds). Its stderr is ours."""
 
     def __init__(self, arguments: list[str], environment: dict[str, str] | None = None):
         self.arguments = arguments
         self.process = subprocess.Popen([sys.executable, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=environment)
         self.info = self._read()["ready"]
+        self.last: dict = {}
 
     def timed(self, name: str, untimed_before: int = 0) -> Callable[[], float]:
         """A call that has the worker run `name` once and returns its wall seconds there; with `untimed_before`,
@@ -61,7 +66,8 @@ class Worker:
         def run() -> float:
             self.process.stdin.write(name + "\n")
             self.process.stdin.flush()
-            return self._read()["seconds"]
+            self.last = self._read()
+            return self.last["seconds"]
 
         def call() -> float:
             for _ in range(untimed_before):

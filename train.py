@@ -26,7 +26,9 @@ def malloc_huge_pages_environment(environ: Mapping[str, str] = os.environ,
     """`environ` with glibc's malloc asking for huge pages, or None where that changes nothing or is not ours to
     set: a C library (`libc`, default this process's, "glibc 2.36") other than glibc >= 2.35, huge pages given
     always or never (the kernel's `transparent_huge_pages` setting), the tunable named in GLIBC_TUNABLES."""
-    name, _, version = (libc or os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+    if libc is None:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # None where the C library is not glibc
+    name, _, version = libc.partition(" ")
     if name != "glibc" or tuple(int(part) for part in version.split(".")[:2]) < (2, 35):
         return None
     try:

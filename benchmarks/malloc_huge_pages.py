@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--models", default=None, help=f"default {','.join(DEFAULT_MODELS)} (--tiny: enas_macro)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --tiny 1)")
     parser.add_argument("--json", default=None, help="default benchmarks/results/malloc_huge_pages.json")
-    parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes, for the test")
+    parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes (about a minute)")
     args = parser.parse_args()
     huge_pages = train_py_environment()
     if huge_pages is None:

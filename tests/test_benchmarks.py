@@ -8,7 +8,7 @@ import sys
 
 from helpers import REPO, cpu_devices_env
 
-from train import MALLOC_HUGE_PAGES, malloc_huge_pages_environment
+from train import malloc_huge_pages_environment
 
 
 def read_results(json_path):
@@ -48,26 +48,6 @@ def test_cpu_benchmark_tiny(tmp_path):
     assert report["worker_glibc_tunables"] == {
         "jaxnets": (malloc_huge_pages_environment() or os.environ).get("GLIBC_TUNABLES"),
         "pytorch": os.environ.get("GLIBC_TUNABLES")}
-
-
-def test_malloc_huge_pages_benchmark_tiny(tmp_path):
-    """Four contenders per model (each framework with train.py's malloc tunable and without), each in a worker of
-    its own, with its faults, kernel time and peak memory; where train.py would keep its caller's malloc, one line
-    saying there is nothing to compare."""
-    if malloc_huge_pages_environment() is None:
-        result = subprocess.run([sys.executable, "benchmarks/malloc_huge_pages.py", "--tiny"], cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 1 and "nothing to compare" in result.stderr.splitlines()[-1]
-        return
-    report = run_tiny("malloc_huge_pages.py", tmp_path / "malloc.json", ["enas_macro"])
-    (row,) = report["models"]
-    assert report["huge_pages_tunables"] == MALLOC_HUGE_PAGES
-    assert sorted(row["contenders"]) == ["jaxnets, huge pages", "jaxnets, plain", "pytorch, huge pages",
-                                         "pytorch, plain"]
-    for contender in row["contenders"].values():
-        assert contender["step_seconds"] > 0 and contender["minor_faults_per_step"] >= 0
-        assert contender["memory"]["peak_mib"] > 0, contender["memory"]
-    assert math.isfinite(row["speedup_jaxnets"]) and math.isfinite(row["speedup_pytorch"])
 
 
 def test_gpu_benchmark_tiny(tmp_path):

@@ -14,41 +14,42 @@ memory probe). Writes --json (default benchmarks/results/malloc_huge_pages.json)
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 
+import cpu
 from harness import environment, results, train_py_environment
 from harness.memory import in_child, share_compilations
 from harness.rounds import interleave
 from harness.workers import workers
 
-CPU_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu.py")
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "cifar_resnext50")
-SETTLING = 1  # as cpu.py: each timed step follows an untimed one of the same worker
 
 
 def measure(name: str, rounds: int, tiny: bool, huge_pages: dict[str, str]) -> dict:
     tiny_flag = ["--tiny"] if tiny else []
-    contenders = {f"{fw}, {label}": (fw, env) for fw in ("jaxnets", "pytorch")
+    contenders = {f"{fw}, {label}": (fw, env) for fw in cpu.FRAMEWORKS
                   for label, env in (("huge pages", huge_pages), ("plain", None))}
-    memory = {c: in_child([CPU_PY, "--memory-probe", name, fw, *tiny_flag], env) for c, (fw, env) in contenders.items()}
-    faults, system = {c: [] for c in contenders}, {c: [] for c in contenders}
-    with workers({c: [CPU_PY, "--model-worker", name, fw, *tiny_flag] for c, (fw, _) in contenders.items()},
+    memory = {c: in_child([cpu.__file__, "--memory-probe", name, fw, *tiny_flag], env)
+              for c, (fw, env) in contenders.items()}
+    answers = {c: [] for c in contenders}  # each timed call's answer: seconds, minor_faults, system_seconds
+    with workers({c: [cpu.__file__, "--model-worker", name, fw, *tiny_flag] for c, (fw, _) in contenders.items()},
                  {c: env for c, (_, env) in contenders.items()}) as started:
 
         def step(contender):
+            timed_step = started[contender].timed("train", untimed_before=cpu.SETTLING)
+
             def call() -> float:
-                seconds = started[contender].timed("train", untimed_before=SETTLING)()
-                faults[contender].append(started[contender].last["minor_faults"])
-                system[contender].append(started[contender].last["system_seconds"])
+                seconds = timed_step()
+                answers[contender].append(started[contender].last)
                 return seconds
             return call
 
         times = interleave({c: step(c) for c in contenders}, rounds)
     return {"model": name, "contenders": {c: {
         "step_seconds": times.median(c), "step_seconds_all": times.values[c],
-        "minor_faults_per_step": statistics.median(faults[c]), "system_seconds_per_step": statistics.median(system[c]),
+        "minor_faults_per_step": statistics.median(a["minor_faults"] for a in answers[c]),
+        "system_seconds_per_step": statistics.median(a["system_seconds"] for a in answers[c]),
         "memory": memory[c]} for c in contenders},
         "speedup_jaxnets": times.speedup("jaxnets, huge pages", "jaxnets, plain"),
         "speedup_pytorch": times.speedup("pytorch, huge pages", "pytorch, plain")}

@@ -42,7 +42,8 @@ def train_py_environment() -> dict[str, str] | None:
     """The environment train.py runs its steps in (it restarts itself with glibc's malloc asking for huge pages,
     where that changes something: train.py's `malloc_huge_pages_environment`), for the worker processes that
     stand in for its steps; None where train.py keeps its caller's."""
-    spec = importlib.util.spec_from_file_location("train", REPO / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # not run as __main__: defines train.py's flags and functions, starts nothing
-    return module.malloc_huge_pages_environment()
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    import train  # once per process (its absl flags are defined on import); not as __main__: starts nothing
+
+    return train.malloc_huge_pages_environment()

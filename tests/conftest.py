@@ -25,7 +25,9 @@ from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it st
 # 181 s -> 126 s) and XLA's older loop emitters instead of its MLIR fusion emitters (test_models, test_layers,
 # test_enas_models and test_train_configs: 704 s -> 467 s of CPU on a Zen 3; a MobileNetV2 step's compile 7.3 s ->
 # 1.9 s). XLA's own passes, hence the programs and their fusions, are the same; each fusion's loop is emitted by
-# other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). The tests
+# other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). And LLVM's
+# module in one piece: XLA splits it to compile the pieces on threads, which on the suite's 2 busy cores costs CPU
+# and saves no time (four train steps' compiles 10.3 -> 8.0 s of CPU; benchmarks/results/test_suite.md). The tests
 # that start train.py on fewer devices set their own XLA_FLAGS the same way (helpers.cpu_devices_env); the
 # quickstart through SIGKILLs, whose 252 steps at -O0 would cost more than its compiles save, compiles as users do.
 os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))

@@ -23,7 +23,8 @@ from jaxnets.data import DatasetInfo
 
 REPO = pathlib.Path(__file__).parents[1]
 # How the suite compiles (conftest.py says why), for the processes the tests start themselves too.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+                "--xla_cpu_parallel_codegen_split_count=1")
 
 
 def cpu_xla_flags(count: int) -> str:

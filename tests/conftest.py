@@ -27,7 +27,7 @@ from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it st
 # 1.9 s). XLA's own passes, hence the programs and their fusions, are the same; each fusion's loop is emitted by
 # other code, so floats may differ in the last bit (contraction, the order within a vectorised loop). And LLVM's
 # module in one piece: XLA splits it to compile the pieces on threads, which on the suite's 2 busy cores costs CPU
-# and saves no time (four train steps' compiles 10.3 -> 8.0 s of CPU; benchmarks/results/test_suite.md). The tests
+# and saves no time (four train steps' compiles 10.4 -> 8.0 s of CPU; benchmarks/results/test_suite.md). The tests
 # that start train.py on fewer devices set their own XLA_FLAGS the same way (helpers.cpu_devices_env); the
 # quickstart through SIGKILLs, whose 252 steps at -O0 would cost more than its compiles save, compiles as users do.
 os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))

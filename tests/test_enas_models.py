@@ -19,6 +19,7 @@ from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from jaxnets.models import layers
+from jaxnets.models.normalization import frozen_statistics
 from jaxnets.models.enas import (
     PUBLISHED_FINAL_ARC,
     ENASMacroChild,
@@ -28,8 +29,8 @@ from jaxnets.models.enas import (
     random_arc,
 )
 from jaxnets.models.enas.fixed import FixedLayer
-from jaxnets.models.enas.ops import he_normal
-from jaxnets.models.enas.shared import SharedBranch, SharedLayer
+from jaxnets.models.enas.ops import he_normal, pool_layers
+from jaxnets.models.enas.shared import SharedBranch, SharedLayer, pure_branch
 from jaxnets.models.registry import create_model
 
 LAYERS, SEARCH_LAYERS, FILTERS, SIZE, BATCH = 6, 4, 8, 8, 4
@@ -264,13 +265,17 @@ def test_op_id_changes_the_output():
             assert not np.allclose(outputs[a], outputs[b], atol=1e-4), f"ops {a} and {b} give the same logits"
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_switch_matches_running_the_op_directly(train):
+# The switch over cached pure branches, and (while a frozen-statistics pattern is set, even one matching nothing)
+# flax's `nn.switch` over the bound branches.
+@pytest.mark.parametrize("train, frozen", [(False, None), (True, None), (True, "(?!)")])
+def test_switch_matches_running_the_op_directly(train, frozen):
     layer = SharedLayer(layer_id=0, num_branches=6, features=FILTERS)
     x = images()[..., :1] * jnp.ones((1, 1, 1, FILTERS))  # [N, H, W, C]
     x = x * jnp.arange(1, FILTERS + 1, dtype=x.dtype).reshape(1, 1, 1, FILTERS)
     variables = layer.init(KEY, [x], jnp.zeros((1,), jnp.int32), False)
-    run = jax.jit(lambda v, op: layer.apply(v, [x], op.reshape(1), train, mutable=["batch_stats"]))
+    with frozen_statistics(frozen):  # at trace time
+        run = jax.jit(lambda v, op: layer.apply(v, [x], op.reshape(1), train, mutable=["batch_stats"])).trace(
+            variables, jnp.int32(0)).lower().compile()
     for op in range(6):
         got, got_stats = run(variables, jnp.int32(op))
         sub = {c: variables[c][f"branch_{op}"] for c in variables if f"branch_{op}" in variables[c]}
@@ -281,6 +286,33 @@ def test_switch_matches_running_the_op_directly(train):
             got_b = flatten_dict(got_stats["batch_stats"][f"branch_{b}"])
             for path, value in flatten_dict(expected).items():
                 np.testing.assert_allclose(got_b[path], value, atol=1e-6)
+
+
+def test_search_traces_each_op_once_per_resolution():
+    """The layers of one resolution share each op's trace and its derivatives (`shared.pure_branch`)."""
+    model, x, arc = tiny_model("search", True), images(), sample_arc(4, True)
+    variables = initial_variables("search", True)
+    resolutions = len(pool_layers(SEARCH_LAYERS)) + 1  # each pool layer halves the size for the next
+
+    def loss(params):
+        return model.apply({**variables, "params": params}, x, arc, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": KEY})[0].sum()
+
+    def branch_traces(frozen):
+        calls = []
+
+        def count(next_fun, args, kwargs, context):
+            if isinstance(context.module, SharedBranch) and context.method_name == "__call__":
+                calls.append(context.module.op)
+            return next_fun(*args, **kwargs)
+
+        pure_branch.cache_clear()  # fresh function objects: nothing traced by earlier tests is reused
+        with nn.intercept_methods(count), frozen_statistics(frozen):
+            jax.jit(jax.value_and_grad(loss)).trace(variables["params"])
+        return sorted(calls)
+
+    assert resolutions == 3 and branch_traces(None) == sorted(list(range(6)) * resolutions)  # 4 layers
+    assert branch_traces("(?!)") == sorted(list(range(6)) * SEARCH_LAYERS)  # nn.switch: every layer anew
 
 
 def _used_inputs(layer, variables, prev, *spec):

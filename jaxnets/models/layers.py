@@ -328,6 +328,15 @@ def batch_norm_axis() -> str | None:
     return _BATCH_NORM_AXIS.get()
 
 
+def trace_settings() -> tuple:
+    """Every setting a layer's trace reads besides its inputs (convolution lowering, platform, BN axis), hashable.
+
+    A cache of traced functions keys on it, so a trace made under one setting is never reused under another.
+    """
+    lowering = (_OVERRIDE.get(), _PLATFORM.get(), os.environ.get(LOWERING_ENV_VAR, "auto"), jax.default_backend())
+    return (*lowering, _BATCH_NORM_AXIS.get())
+
+
 def batch_norm(train: bool, dtype: Any = jnp.float32, **kwargs) -> functools.partial:
     """BatchNorm as PyTorch trains it (momentum 0.1 == Flax 0.9, eps 1e-5, running variance from the unbiased batch
     variance) with float32 statistics."""

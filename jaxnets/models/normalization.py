@@ -36,6 +36,11 @@ def frozen_statistics(pattern: str | None):
         _FROZEN_STATISTICS.reset(token)
 
 
+def frozen_statistics_pattern() -> str | None:
+    """The pattern `frozen_statistics` set, or None."""
+    return _FROZEN_STATISTICS.get()
+
+
 def _statistics_frozen(path: tuple[str, ...]) -> bool:
     pattern = _FROZEN_STATISTICS.get()
     return pattern is not None and re.search(pattern, "/".join(path)) is not None

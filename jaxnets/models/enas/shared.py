@@ -8,6 +8,7 @@ serves every sampled architecture: the op is picked with `nn.switch` (only that 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -27,7 +28,8 @@ from jaxnets.models.enas.ops import (
     pool3x3,
     pool_layers,
 )
-from jaxnets.models.layers import batch_norm
+from jaxnets.models.layers import batch_norm, trace_settings
+from jaxnets.models.normalization import frozen_statistics_pattern
 
 
 class SharedBranch(nn.Module):
@@ -51,6 +53,30 @@ class SharedBranch(nn.Module):
             return nn.relu(out_conv(y, train, mask))  # MaskedBatchNorm already zeroes unselected channels
         y = pool3x3(y, self.op)
         return y if mask is None else y * mask.reshape(1, 1, 1, -1).astype(y.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def pure_branch(op: int, features: int, dtype: Any, train: bool, settings: tuple) -> Callable:
+    """Op `op` as a function (every branch's variables, x) -> (y, every branch's batch_stats), rematerialised.
+
+    One function object per op, shape and trace-time setting (`layers.trace_settings()`, only a cache key here):
+    `jax.lax.switch` keeps the jaxpr it traced for a function and input shapes, and its derivatives with it, so
+    the 4 layers of one resolution trace and differentiate each op once, not once per layer (`nn.switch` traces
+    anew for every layer). The search recipe's step: trace 8.7-9.7 -> s, the same program
+    (benchmarks/results/enas_search_step.md).
+    """
+    branch = SharedBranch(op, features, dtype)
+    name = f"branch_{op}"
+
+    @jax.checkpoint  # why: SharedLayer.setup
+    def run(variables, x):
+        own = {col: tree[name] for col, tree in variables.items()}
+        if not train:
+            return branch.apply(own, x, False), variables["batch_stats"]
+        y, updates = branch.apply(own, x, True, mutable=["batch_stats"])
+        return y, {**variables["batch_stats"], name: updates["batch_stats"]}
+
+    return run
 
 
 class SharedLayer(nn.Module):
@@ -101,7 +127,16 @@ class SharedLayer(nn.Module):
         # OFFICIAL BUG not reproduced: the TF code registers its branches as late-binding lambdas
         # (`lambda: y`), so every case returned the LAST branch and the sampled op never mattered.
         # Here the op named by the arc really runs (and only it: lax.switch).
-        return nn.switch(op, branches, self, x)
+        if frozen_statistics_pattern() is not None:  # BN's module path decides: only bound modules have it
+            return nn.switch(op, branches, self, x)
+        names = [f"branch_{b}" for b in range(self.num_branches)]
+        variables = {col: {n: self.variables[col][n] for n in names} for col in ("params", "batch_stats")}
+        ops = [pure_branch(b, self.features, self.dtype, train, trace_settings()) for b in range(self.num_branches)]
+        y, batch_stats = jax.lax.switch(op, ops, variables, x)
+        if train:
+            for n in names:
+                self.put_variable("batch_stats", n, batch_stats[n])
+        return y
 
     def _mix_channels(self, x, starts_counts, train):
         # Every branch runs; branch b keeps channels [start_b, start_b + count_b). The official stored

@@ -30,7 +30,7 @@ from jaxnets.models.enas import (
 )
 from jaxnets.models.enas.fixed import FixedLayer
 from jaxnets.models.enas.ops import he_normal, pool_layers
-from jaxnets.models.enas.shared import SharedBranch, SharedLayer, pure_branch
+from jaxnets.models.enas.shared import SharedBranch, SharedLayer, switched_ops
 from jaxnets.models.registry import create_model
 
 LAYERS, SEARCH_LAYERS, FILTERS, SIZE, BATCH = 6, 4, 8, 8, 4
@@ -289,30 +289,30 @@ def test_switch_matches_running_the_op_directly(train, frozen):
 
 
 def test_search_traces_each_op_once_per_resolution():
-    """The layers of one resolution share each op's trace and its derivatives (`shared.pure_branch`)."""
-    model, x, arc = tiny_model("search", True), images(), sample_arc(4, True)
-    variables = initial_variables("search", True)
-    resolutions = len(pool_layers(SEARCH_LAYERS)) + 1  # each pool layer halves the size for the next
+    """The layers of one resolution share each op's trace and its pullback's (`shared.switched_ops`).
 
-    def loss(params):
-        return model.apply({**variables, "params": params}, x, arc, train=True, mutable=["batch_stats"],
-                           rngs={"dropout": KEY})[0].sum()
+    9 layers, pools after layers 2 and 5: three resolutions of three layers. Traced only (abstract variables).
+    """
+    model = ENASMacroSearch(num_layers=9, num_filters=FILTERS)
+    x, arc = images(), jnp.asarray(random_arc(4, 9, 6))
+    variables = jax.eval_shape(lambda: model.init(KEY, x))
+    assert pool_layers(9) == (2, 5)
 
-    def branch_traces(frozen):
-        calls = []
+    def loss(params, batch_stats):
+        return model.apply({"params": params, "batch_stats": batch_stats}, x, arc, train=True,
+                           mutable=["batch_stats"], rngs={"dropout": KEY})[0].sum()
 
-        def count(next_fun, args, kwargs, context):
-            if isinstance(context.module, SharedBranch) and context.method_name == "__call__":
-                calls.append(context.module.op)
-            return next_fun(*args, **kwargs)
+    calls = []
 
-        pure_branch.cache_clear()  # fresh function objects: nothing traced by earlier tests is reused
-        with nn.intercept_methods(count), frozen_statistics(frozen):
-            jax.jit(jax.value_and_grad(loss)).trace(variables["params"])
-        return sorted(calls)
+    def count(next_fun, args, kwargs, context):
+        if isinstance(context.module, SharedBranch) and context.method_name == "__call__":
+            calls.append(context.module.op)
+        return next_fun(*args, **kwargs)
 
-    assert resolutions == 3 and branch_traces(None) == sorted(list(range(6)) * resolutions)  # 4 layers
-    assert branch_traces("(?!)") == sorted(list(range(6)) * SEARCH_LAYERS)  # nn.switch: every layer anew
+    switched_ops.cache_clear()  # fresh function objects: nothing traced by earlier tests is reused
+    with nn.intercept_methods(count):
+        jax.jit(jax.value_and_grad(loss)).trace(variables["params"], variables["batch_stats"])
+    assert sorted(calls) == sorted(list(range(6)) * 3 * 2)  # per resolution: the op and its pullback (nn.switch: 9)
 
 
 def _used_inputs(layer, variables, prev, *spec):

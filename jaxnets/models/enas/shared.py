@@ -56,27 +56,56 @@ class SharedBranch(nn.Module):
 
 
 @functools.lru_cache(maxsize=None)
-def pure_branch(op: int, features: int, dtype: Any, train: bool, settings: tuple) -> Callable:
-    """Op `op` as a function (every branch's variables, x) -> (y, every branch's batch_stats), rematerialised.
+def switched_ops(num_branches: int, features: int, dtype: Any, train: bool, settings: tuple) -> Callable:
+    """(op, params, batch_stats, x) -> (y, batch_stats): op `op` of a whole-channel layer, picked by `lax.switch`.
 
-    One function object per op, shape and trace-time setting (`layers.trace_settings()`, only a cache key here):
-    `jax.lax.switch` keeps the jaxpr it traced for a function and input shapes, and its derivatives with it, so
-    the 4 layers of one resolution trace and differentiate each op once, not once per layer (`nn.switch` traces
-    anew for every layer). The search recipe's step: trace 8.7-9.7 -> s, the same program
-    (benchmarks/results/enas_search_step.md).
+    `params`, `batch_stats`: every branch's (`branch_0`, ...); only op `op`'s statistics move. Its gradient is the
+    chosen op's pullback, the op's forward recomputed from the saved inputs (rematerialised, see SharedLayer.setup).
+    One function per shape and trace-time setting (`layers.trace_settings()`, here only a cache key), its branches
+    and pullbacks fixed function objects: JAX keeps the jaxpr it traced for a function and input shapes, so the
+    layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer anew, and JAX's
+    derivative of a switch re-traces the transposed branches at every layer, whatever they are. The search recipe's
+    step (benchmarks/results/enas_search_step.md): trace 8.7-9.7 -> s, the same program.
     """
+    ops = [_pure_branch(b, features, dtype, train) for b in range(num_branches)]
+    pullbacks = [_pullback(op) for op in ops]
+
+    def forward(op, params, batch_stats, x):
+        return jax.lax.switch(op, ops, params, batch_stats, x)
+
+    def forward_saving_inputs(op, params, batch_stats, x):
+        return forward(op, params, batch_stats, x), (op, params, batch_stats, x)
+
+    def backward(inputs, cotangents):
+        op, params, batch_stats, x = inputs
+        d_params, d_x = jax.lax.switch(op, pullbacks, params, batch_stats, x, cotangents[0])
+        return None, d_params, None, d_x  # (no gradient for the op index and the statistics)
+
+    run = jax.custom_vjp(forward)
+    run.defvjp(forward_saving_inputs, backward)
+    return run
+
+
+def _pure_branch(op: int, features: int, dtype: Any, train: bool) -> Callable:
     branch = SharedBranch(op, features, dtype)
     name = f"branch_{op}"
 
-    @jax.checkpoint  # why: SharedLayer.setup
-    def run(variables, x):
-        own = {col: tree[name] for col, tree in variables.items()}
+    def run(params, batch_stats, x):
+        own = {"params": params[name], "batch_stats": batch_stats[name]}
         if not train:
-            return branch.apply(own, x, False), variables["batch_stats"]
+            return branch.apply(own, x, False), batch_stats
         y, updates = branch.apply(own, x, True, mutable=["batch_stats"])
-        return y, {**variables["batch_stats"], name: updates["batch_stats"]}
+        return y, {**batch_stats, name: updates["batch_stats"]}
 
     return run
+
+
+def _pullback(branch: Callable) -> Callable:
+    def pullback(params, batch_stats, x, d_y):
+        _, vjp = jax.vjp(lambda params, x: branch(params, batch_stats, x)[0], params, x)
+        return vjp(d_y)
+
+    return pullback
 
 
 class SharedLayer(nn.Module):
@@ -130,9 +159,9 @@ class SharedLayer(nn.Module):
         if frozen_statistics_pattern() is not None:  # BN's module path decides: only bound modules have it
             return nn.switch(op, branches, self, x)
         names = [f"branch_{b}" for b in range(self.num_branches)]
-        variables = {col: {n: self.variables[col][n] for n in names} for col in ("params", "batch_stats")}
-        ops = [pure_branch(b, self.features, self.dtype, train, trace_settings()) for b in range(self.num_branches)]
-        y, batch_stats = jax.lax.switch(op, ops, variables, x)
+        params, batch_stats = ({n: self.variables[col][n] for n in names} for col in ("params", "batch_stats"))
+        run = switched_ops(self.num_branches, self.features, self.dtype, train, trace_settings())
+        y, batch_stats = run(op, params, batch_stats, x)
         if train:
             for n in names:
                 self.put_variable("batch_stats", n, batch_stats[n])

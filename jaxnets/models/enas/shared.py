@@ -1,8 +1,9 @@
 """The shared-weight ENAS macro search network (`enas_macro_shared`): one program for every arc.
 
 The arc is a traced int array in the official flat layout, so a jitted train step compiles once and
-serves every sampled architecture: the op is picked with `nn.switch` (only that branch runs), skips are
-0/1 masks, and channel mode masks channels instead of slicing them (static shapes).
+serves every sampled architecture: the op is picked with `lax.switch` (only that branch runs; each op is traced
+once per resolution, `switched_ops`), skips are 0/1 masks, and channel mode masks channels instead of slicing
+them (static shapes).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def switched_ops(num_branches: int, features: int, dtype: Any, train: bool, sett
     and pullbacks fixed function objects: JAX keeps the jaxpr it traced for a function and input shapes, so the
     layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer anew, and JAX's
     derivative of a switch re-traces the transposed branches at every layer, whatever they are. The search recipe's
-    step (benchmarks/results/enas_search_step.md): trace 8.7-9.7 -> s, the same program.
+    step (benchmarks/results/enas_search_step.md): trace 9.5-10.1 -> 2.3-3.0 s, the same program.
     """
     ops = [_pure_branch(b, features, dtype, train) for b in range(num_branches)]
     pullbacks = [_pullback(op) for op in ops]

@@ -161,7 +161,7 @@ class SearchTask:
 
     def _correct(self, state: SearchState, arcs, images, labels, mask=None) -> jax.Array:
         """This device's correct predictions of each arc (float32 [n]), one arc after the other, BN in inference
-        mode. A scan, not a vmap, so that each arc runs only its own ops (`nn.switch`)."""
+        mode. A scan, not a vmap, so that each arc runs only its own ops (`lax.switch`)."""
         variables = state.eval_variables()
         mask = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
 

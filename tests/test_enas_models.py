@@ -19,7 +19,6 @@ from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from jaxnets.models import layers
-from jaxnets.models.normalization import frozen_statistics
 from jaxnets.models.enas import (
     PUBLISHED_FINAL_ARC,
     ENASMacroChild,
@@ -31,6 +30,7 @@ from jaxnets.models.enas import (
 from jaxnets.models.enas.fixed import FixedLayer
 from jaxnets.models.enas.ops import he_normal, pool_layers
 from jaxnets.models.enas.shared import SharedBranch, SharedLayer, switched_ops
+from jaxnets.models.normalization import frozen_statistics
 from jaxnets.models.registry import create_model
 
 LAYERS, SEARCH_LAYERS, FILTERS, SIZE, BATCH = 6, 4, 8, 8, 4

@@ -56,15 +56,16 @@ class SharedBranch(nn.Module):
         return y if mask is None else y * mask.reshape(1, 1, 1, -1).astype(y.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def switched_ops(num_branches: int, features: int, dtype: Any, train: bool, settings: tuple) -> Callable:
     """(op, params, batch_stats, x) -> (y, batch_stats): op `op` of a whole-channel layer, picked by `lax.switch`.
 
     `params`, `batch_stats`: every branch's (`branch_0`, ...); only op `op`'s statistics move. Its gradient is the
-    chosen op's pullback, the op's forward recomputed from the saved inputs (rematerialised, see SharedLayer.setup).
-    One function per shape and trace-time setting (`layers.trace_settings()`, here only a cache key), its branches
-    and pullbacks fixed function objects: JAX keeps the jaxpr it traced for a function and input shapes, so the
-    layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer anew, and JAX's
+    chosen op's pullback, the op's forward recomputed from the saved inputs (rematerialised, see SharedLayer.setup);
+    the statistics it returns carry no gradient (nothing differentiates a running average).
+    One function per width, dtype, mode and trace-time setting (`layers.trace_settings()`, here only a cache key),
+    its branches and pullbacks fixed function objects: JAX keeps the jaxpr it traced for a function and input
+    shapes, so the layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer anew, and JAX's
     derivative of a switch re-traces the transposed branches at every layer, whatever they are. The search recipe's
     step (benchmarks/results/enas_search_step.md): trace 9.5-10.1 -> 2.3-3.0 s, the same program.
     """

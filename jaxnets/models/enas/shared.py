@@ -65,9 +65,10 @@ def switched_ops(num_branches: int, features: int, dtype: Any, train: bool, sett
     the statistics it returns carry no gradient (nothing differentiates a running average).
     One function per width, dtype, mode and trace-time setting (`layers.trace_settings()`, here only a cache key),
     its branches and pullbacks fixed function objects: JAX keeps the jaxpr it traced for a function and input
-    shapes, so the layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer anew, and JAX's
-    derivative of a switch re-traces the transposed branches at every layer, whatever they are. The search recipe's
-    step (benchmarks/results/enas_search_step.md): trace 9.5-10.1 -> 2.3-3.0 s, the same program.
+    shapes, so the layers of one resolution trace each op and its pullback once. `nn.switch` traces every layer
+    anew, and JAX's derivative of a switch re-traces the transposed branches at every layer, whatever they are.
+    The search recipe's step (benchmarks/results/enas_search_step.md): trace 9.5-10.1 -> 2.3-3.0 s, the same
+    program.
     """
     ops = [_pure_branch(b, features, dtype, train) for b in range(num_branches)]
     pullbacks = [_pullback(op) for op in ops]

@@ -8,8 +8,8 @@ ImageNet models (224) at 64x64 in batches of 32, CIFAR models (32) at 32x32 in b
   update, BatchNorm statistics updated on both sides (harness/runners.py);
 - forward images/s: eval mode (`train=False`; PyTorch `.eval()` under `torch.inference_mode()`);
 - jaxnets compile seconds: trace + `lower().compile()` of the train step (and of the forward);
-- peak memory of the train step per framework, each in its own child process (`--memory-probe`,
-  harness/memory.py), so the two frameworks' peaks never mix.
+- peak memory of the train step per framework, each in its own child process that loads only that framework
+  (memory_probe.py, harness/memory.py), so the two frameworks' peaks never mix.
 PyTorch runs the model's twin (`model_entry(name).reference.twin`, from tests/torch_twins) in channels_last
 with its default thread count; a model whose entry names no twin gets jaxnets figures only. Each framework runs
 in a worker process of its own (harness/workers.py: in one process the two change each other's speed), timed
@@ -30,7 +30,9 @@ shapes (about half a minute), for the test.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,16 +43,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from harness import environment, results, train_py_environment
-from harness.memory import in_child, peak_rss, report_to_parent, share_compilations
+from harness.batches import random_batch
+from harness.memory import in_child, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
-from harness.runners import JaxRunner, TorchRunner, random_batch, twin
+from harness.runners import JaxRunner
+from harness.torch_runners import TorchRunner, twin
 from harness.workers import serve, workers
+from memory_probe import MEMORY_STEPS
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
 
 NUM_CLASSES = 10
-MEMORY_STEPS = 3
 WARM_UP_CALLS = 2  # per model worker, of its train step and of its forward, before the timed rounds
 # Each timed call runs right after an untimed one of the same kind in the same worker, as a step follows a step in
 # training. Timed straight after the other framework's call, a step faults its scratch into the pages the other
@@ -78,7 +82,8 @@ class ModelSpec:
     size: int
     batch: int
     overrides: dict  # of jaxnets' model and of its twin alike
-    twin: tuple[Callable[[], torch.nn.Module], str] | None  # builder, text; None: jaxnets only
+    twin_key: str | None  # the registry's twin (tests/torch_twins' TWINS); None: jaxnets only
+    twin: tuple[Callable[[], torch.nn.Module], str] | None  # builder, text
 
 
 def model_spec(name: str, tiny: bool) -> ModelSpec:
@@ -86,7 +91,8 @@ def model_spec(name: str, tiny: bool) -> ModelSpec:
     overrides = {}
     if tiny and name == "enas_macro":  # not the released 24 x 96 child (a minute to compile): 3 layers of 8
         overrides = dict(num_layers=3, num_filters=8, arc=" ".join(map(str, random_arc(0, 3, 4))))
-    return ModelSpec(name, size, batch, overrides, twin(name, NUM_CLASSES, **overrides))
+    key = model_entry(name).reference.twin
+    return ModelSpec(name, size, batch, overrides, key, twin(key, NUM_CLASSES, **overrides))
 
 
 def build_runner(framework: str, spec: ModelSpec, forward: bool = True):
@@ -98,13 +104,12 @@ def build_runner(framework: str, spec: ModelSpec, forward: bool = True):
     return TorchRunner(spec.twin[0](), images, labels)
 
 
-def memory_probe(name: str, framework: str, tiny: bool) -> dict:
-    """In a child process: the train step's peak RSS (`harness.memory.peak_rss`) after building it (jaxnets:
-    compiling it) and one warm-up step, so that both frameworks hold the same state between steps:
-    parameters, BN statistics, SGD momentum (PyTorch creates its buffers in its first step), no gradients."""
-    runner = build_runner(framework, model_spec(name, tiny), forward=False)
-    runner.train()  # warm-up
-    return {"compile_seconds": getattr(runner, "compile_seconds", None), **peak_rss(runner.train, MEMORY_STEPS)}
+def probe_memory(spec: ModelSpec, framework: str, environment: dict | None) -> dict:
+    """The train step's peak RSS in a child process that loads `framework` alone (memory_probe.py)."""
+    probe_spec = {"name": spec.name, "size": spec.size, "batch": spec.batch, "num_classes": NUM_CLASSES,
+                  "overrides": spec.overrides, "twin": spec.twin_key}
+    return in_child([str(pathlib.Path(__file__).with_name("memory_probe.py")), framework, json.dumps(probe_spec)],
+                    environment)
 
 
 def model_worker(name: str, framework: str, tiny: bool) -> None:
@@ -143,8 +148,7 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool, environments: dict[s
     frameworks = FRAMEWORKS if spec.twin is not None else ("jaxnets",)
     tiny_flag = ["--tiny"] if tiny else []
     # Memory first, in children, while no worker holds a model (the children may need all the RAM).
-    memory = {fw: in_child([os.path.abspath(__file__), "--memory-probe", spec.name, fw, *tiny_flag], environments[fw])
-              for fw in frameworks}
+    memory = {fw: probe_memory(spec, fw, environments[fw]) for fw in frameworks}
     with workers({fw: [os.path.abspath(__file__), "--model-worker", spec.name, fw, *tiny_flag]
                   for fw in frameworks}, environments) as started:
         calls = {f"{fw} {kind}": started[fw].timed(kind, untimed_before=SETTLING)
@@ -468,14 +472,10 @@ def main() -> None:
                         help="jaxnets' workers in this process's environment, not in the one train.py runs in")
     parser.add_argument("--same-malloc-for-pytorch", action="store_true",
                         help="PyTorch's workers in the environment jaxnets' get (default: in this process's)")
-    parser.add_argument("--memory-probe", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     parser.add_argument("--model-worker", nargs=2, metavar=("MODEL", "FRAMEWORK"), help=argparse.SUPPRESS)
     parser.add_argument("--op-worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.memory_probe:
-        report_to_parent(memory_probe(*args.memory_probe, args.tiny))
-        return
     if args.model_worker:
         model_worker(*args.model_worker, args.tiny)
         return

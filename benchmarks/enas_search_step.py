@@ -22,7 +22,8 @@ import jax
 import numpy as np
 import optax
 from harness import environment, results
-from harness.runners import LEARNING_RATE, MOMENTUM, host_variables, random_batch, sgd_train_step
+from harness.batches import LEARNING_RATE, MOMENTUM, random_batch
+from harness.runners import host_variables, sgd_train_step
 
 from jaxnets.models import create_model, layers
 from jaxnets.models.enas.arc import arc_length

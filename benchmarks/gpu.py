@@ -35,8 +35,10 @@ import jax
 import jax.numpy as jnp
 import torch
 from harness import environment, results
+from harness.batches import random_batch
 from harness.rounds import freeze_loaded_objects, interleave, timed
-from harness.runners import JaxRunner, TorchRunner, host_variables, random_batch, twin
+from harness.runners import JaxRunner, host_variables
+from harness.torch_runners import TorchRunner, twin
 
 from jaxnets.models import create_model, list_models, model_entry
 
@@ -53,7 +55,7 @@ def torch_model(name: str) -> tuple | None:
     except ImportError:
         torchvision = None
     if torchvision is None or not hasattr(torchvision.models, name):
-        return twin(name, NUM_CLASSES)
+        return twin(model_entry(name).reference.twin, NUM_CLASSES)
     return (lambda: getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES),
             f"torchvision.models.{name}(weights=None, num_classes={NUM_CLASSES}) "
             f"(torchvision {torchvision.__version__})")

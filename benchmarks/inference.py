@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from harness import REPO, environment, results
 from harness.rounds import freeze_loaded_objects, interleave
-from harness.runners import host_variables, twin
+from harness.runners import host_variables
+from harness.torch_runners import twin
 from harness.workers import serve, workers
 
 from jaxnets.models import create_model, layers, list_models, model_entry
@@ -90,7 +91,7 @@ def jax_forward(name: str, overrides: dict, size: int):
 
 
 def torch_forward(name: str, overrides: dict):
-    build = twin(name, NUM_CLASSES, **overrides)
+    build = twin(model_entry(name).reference.twin, NUM_CLASSES, **overrides)
     if build is None:
         return None
     module = build[0]().eval().to(memory_format=torch.channels_last)
@@ -176,7 +177,8 @@ def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     size = image_size(name, tiny)
     overrides = model_overrides(name, tiny)
     exported = export_files(name, overrides, size, directory)
-    contenders = ["jaxnets", *(["pytorch"] if twin(name, NUM_CLASSES, **overrides) else []), "litert", "onnxruntime"]
+    has_twin = model_entry(name).reference.twin is not None
+    contenders = ["jaxnets", *(["pytorch"] if has_twin else []), "litert", "onnxruntime"]
     with workers({contender: [os.path.abspath(__file__), "--worker", name, contender, exported,
                               *(["--tiny"] if tiny else [])] for contender in contenders}) as started:
         calls = {f"{contender} {batch}": (lambda w=started[contender], b=batch: w.timed(str(b))() / b)

@@ -19,7 +19,7 @@ import sys
 
 import cpu
 from harness import environment, results, train_py_environment
-from harness.memory import in_child, share_compilations
+from harness.memory import share_compilations
 from harness.rounds import interleave
 from harness.workers import workers
 
@@ -30,8 +30,8 @@ def measure(name: str, rounds: int, tiny: bool, huge_pages: dict[str, str]) -> d
     tiny_flag = ["--tiny"] if tiny else []
     contenders = {f"{fw}, {label}": (fw, env) for fw in cpu.FRAMEWORKS
                   for label, env in (("huge pages", huge_pages), ("plain", None))}
-    memory = {c: in_child([cpu.__file__, "--memory-probe", name, fw, *tiny_flag], env)
-              for c, (fw, env) in contenders.items()}
+    spec = cpu.model_spec(name, tiny)
+    memory = {c: cpu.probe_memory(spec, fw, env) for c, (fw, env) in contenders.items()}
     answers = {c: [] for c in contenders}  # each timed call's answer: seconds, minor_faults, system_seconds
     with workers({c: [cpu.__file__, "--model-worker", name, fw, *tiny_flag] for c, (fw, _) in contenders.items()},
                  {c: env for c, (_, env) in contenders.items()}) as started:

@@ -38,6 +38,9 @@ def test_cpu_benchmark_tiny(tmp_path):
         for framework in ("jaxnets", "pytorch"):
             assert row[framework]["train_images_per_s"] > 0 and row[framework]["forward_images_per_s"] > 0
             assert row[framework]["memory"]["peak_mib"] > 0, row[framework]["memory"]
+        # each peak measured in a process holding its own framework only, as its users' processes do
+        assert row["jaxnets"]["memory"]["frameworks_loaded"] == ["jax"]
+        assert row["pytorch"]["memory"]["frameworks_loaded"] == ["torch"]
         assert math.isfinite(row["train_ratio"]) and math.isfinite(row["forward_ratio"])
         # each framework timed in a process of its own: in one process they change each other's speed
         assert row["jaxnets"]["worker_pid"] != row["pytorch"]["worker_pid"]

@@ -1,8 +1,9 @@
 """Peak host memory, measured in a child process that runs nothing but the measured steps, so that two
 frameworks' peaks never mix. (Device peaks come from each framework's allocator: see runners.py.)
 
-The script re-runs itself as the child with arguments of its own (cpu.py: `--memory-probe MODEL FRAMEWORK`);
-the child prints its result with `report_to_parent`, the parent reads it with `in_child`.
+The child is a script that loads only the framework it measures (benchmarks/memory_probe.py, for cpu.py): a
+PyTorch user's process holds no JAX, a jaxnets user's no PyTorch. It prints its result with `report_to_parent`, the
+parent reads it with `in_child`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-
-import jax
 
 from harness.rounds import release_memory
 
@@ -77,6 +76,8 @@ def share_compilations() -> str:
     loads of earlier runs' entries. Returns what was done, for the results."""
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return "caller's $JAX_COMPILATION_CACHE_DIR (compile times may be cache loads)"
+    import jax  # here, not above: the PyTorch memory probe imports this module and must not load JAX
+
     path = tempfile.mkdtemp(prefix="jaxnets-benchmark-compilations-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path  # for the children

@@ -20,7 +20,7 @@ from etils import epath
 from jaxnets import plots
 from jaxnets.checkpoints import load_checkpoint, read_meta, resolve_step_dir
 from jaxnets.errors import UserError
-from jaxnets.predict import predict
+from jaxnets.prediction import predict
 from jaxnets.tasks.enas_search import FINAL_ARC_FILE, load_final_model
 
 

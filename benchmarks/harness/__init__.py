@@ -5,7 +5,8 @@
 - `rounds`: interleaved rounds of timed calls, medians and ratios;
 - `memory`: peak memory (host RSS in a child process that runs nothing else, device peaks);
 - `results`: the JSON and the markdown under benchmarks/results/, headed by the environment;
-- `runners`: one model's train step and eval forward in jaxnets and in its PyTorch twin (imports torch).
+- `runners`, `torch_runners`: one model's train step and eval forward in jaxnets, and in its PyTorch twin; neither
+  imports the other's framework (`batches`: the inputs and optimizer settings they share).
 
 The scripts run as `python benchmarks/NAME.py`: benchmarks/ is first on sys.path, so `import harness` finds
 this package. Nothing here imports TensorFlow: cpu.py and gpu.py run where it is not installed.

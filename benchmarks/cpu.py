@@ -30,6 +30,7 @@ shapes (about half a minute), for the test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -47,9 +48,9 @@ from harness.batches import random_batch
 from harness.memory import in_child, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner
-from harness.torch_runners import TorchRunner, twin
+from harness.torch_runners import twin
 from harness.workers import serve, workers
-from memory_probe import MEMORY_STEPS
+from memory_probe import MEMORY_STEPS, build_runner
 
 from jaxnets.models import create_model, layers, list_models, model_entry
 from jaxnets.models.enas import random_arc
@@ -77,13 +78,13 @@ TINY_SIZES = {224: (16, 2), 32: (8, 2)}
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec:  # what memory_probe.build_runner takes, as a dict (dataclasses.asdict)
     name: str
     size: int
     batch: int
+    num_classes: int
     overrides: dict  # of jaxnets' model and of its twin alike
     twin_key: str | None  # the registry's twin (tests/torch_twins' TWINS); None: jaxnets only
-    twin: tuple[Callable[[], torch.nn.Module], str] | None  # builder, text
 
 
 def model_spec(name: str, tiny: bool) -> ModelSpec:
@@ -91,32 +92,20 @@ def model_spec(name: str, tiny: bool) -> ModelSpec:
     overrides = {}
     if tiny and name == "enas_macro":  # not the released 24 x 96 child (a minute to compile): 3 layers of 8
         overrides = dict(num_layers=3, num_filters=8, arc=" ".join(map(str, random_arc(0, 3, 4))))
-    key = model_entry(name).reference.twin
-    return ModelSpec(name, size, batch, overrides, key, twin(key, NUM_CLASSES, **overrides))
-
-
-def build_runner(framework: str, spec: ModelSpec, forward: bool = True):
-    images, labels = random_batch(spec.batch, spec.size, NUM_CLASSES)
-    if framework == "jaxnets":
-        return JaxRunner(create_model(spec.name, num_classes=NUM_CLASSES, **spec.overrides), images, labels,
-                         forward=forward)
-    torch.manual_seed(0)
-    return TorchRunner(spec.twin[0](), images, labels)
+    return ModelSpec(name, size, batch, NUM_CLASSES, overrides, model_entry(name).reference.twin)
 
 
 def probe_memory(spec: ModelSpec, framework: str, environment: dict | None) -> dict:
     """The train step's peak RSS in a child process that loads `framework` alone (memory_probe.py)."""
-    probe_spec = {"name": spec.name, "size": spec.size, "batch": spec.batch, "num_classes": NUM_CLASSES,
-                  "overrides": spec.overrides, "twin": spec.twin_key}
-    return in_child([str(pathlib.Path(__file__).with_name("memory_probe.py")), framework, json.dumps(probe_spec)],
-                    environment)
+    return in_child([str(pathlib.Path(__file__).with_name("memory_probe.py")), framework,
+                     json.dumps(dataclasses.asdict(spec))], environment)
 
 
 def model_worker(name: str, framework: str, tiny: bool) -> None:
     """In a worker process (harness/workers.py): the model's train step and forward for `framework`, warmed up
     (first-call allocations, oneDNN primitives; the first timed rounds of a fresh process ran slower), served
     to the parent as "train" and "forward"."""
-    runner = build_runner(framework, model_spec(name, tiny))
+    runner = build_runner(framework, dataclasses.asdict(model_spec(name, tiny)))
     for _ in range(1 if tiny else WARM_UP_CALLS):
         runner.train()
         runner.forward()
@@ -145,7 +134,7 @@ def _framework_summary(framework: str, info: dict, batch: int, train_times: list
 
 
 def measure_model(spec: ModelSpec, rounds: int, tiny: bool, environments: dict[str, dict | None]) -> dict:
-    frameworks = FRAMEWORKS if spec.twin is not None else ("jaxnets",)
+    frameworks = FRAMEWORKS if spec.twin_key is not None else ("jaxnets",)
     tiny_flag = ["--tiny"] if tiny else []
     # Memory first, in children, while no worker holds a model (the children may need all the RAM).
     memory = {fw: probe_memory(spec, fw, environments[fw]) for fw in frameworks}
@@ -158,7 +147,7 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool, environments: dict[s
         "model": spec.name,
         "jaxnets_model": spec.name,
         "jaxnets_overrides": spec.overrides,
-        "pytorch_model": spec.twin and spec.twin[1],
+        "pytorch_model": spec.twin_key and twin(spec.twin_key, spec.num_classes, **spec.overrides)[1],
         "image_size": spec.size,
         "batch": spec.batch,
         "rounds": rounds,
@@ -178,7 +167,7 @@ def measure_model(spec: ModelSpec, rounds: int, tiny: bool, environments: dict[s
         row["jaxnets"]["compile_seconds"] = memory["jaxnets"]["compile_seconds"]
         row["jaxnets"]["compile_measured_in"] = "memory-probe child (first compile)"
     row["train_ratio"] = row["forward_ratio"] = None
-    if spec.twin is not None:
+    if spec.twin_key is not None:
         row["train_ratio"] = times.speedup("jaxnets train", "pytorch train")  # same batch: images/s ratio
         row["forward_ratio"] = times.speedup("jaxnets forward", "pytorch forward")
     else:

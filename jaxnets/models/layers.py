@@ -332,6 +332,8 @@ def trace_settings() -> tuple:
     """Every setting a layer's trace reads besides its inputs (convolution lowering, platform, BN axis), hashable.
 
     A cache of traced functions keys on it, so a trace made under one setting is never reused under another.
+    Not in it: `normalization.frozen_statistics`, which depends on each BN's module path (a caller that caches
+    traces of unbound modules must not cache while it is set: ENAS's `shared.switched_ops`).
     """
     lowering = (_OVERRIDE.get(), _PLATFORM.get(), os.environ.get(LOWERING_ENV_VAR, "auto"), jax.default_backend())
     return (*lowering, _BATCH_NORM_AXIS.get())

@@ -42,7 +42,7 @@ def frozen_statistics_pattern() -> str | None:
 
 
 def _statistics_frozen(path: tuple[str, ...]) -> bool:
-    pattern = _FROZEN_STATISTICS.get()
+    pattern = frozen_statistics_pattern()
     return pattern is not None and re.search(pattern, "/".join(path)) is not None
 
 

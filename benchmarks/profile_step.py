@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import glob
 import gzip
 import json
@@ -32,10 +33,11 @@ import tempfile
 
 import jax
 import torch
-from cpu import ModelSpec, build_runner, model_spec
+from cpu import ModelSpec, model_spec
 from harness import environment, results
 from harness.memory import in_child, report_to_parent
 from harness.rounds import timed
+from memory_probe import build_runner
 
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2")
 CATEGORIES = ("conv forward", "conv backward (dX + dW)", "  of which dX", "  of which dW", "BatchNorm forward",
@@ -92,7 +94,7 @@ def wall_seconds_per_step(runner, steps: int) -> float:
 
 
 def profile_jaxnets(spec: ModelSpec, steps: int) -> dict:
-    runner = build_runner("jaxnets", spec, forward=False)
+    runner = build_runner("jaxnets", dataclasses.asdict(spec), forward=False)
     categories = instruction_categories(runner.train_step.as_text())
     wall = wall_seconds_per_step(runner, steps)
     with tempfile.TemporaryDirectory() as log_dir:
@@ -138,7 +140,7 @@ def torch_category(op: str, under_optimizer: bool) -> str | None:
 
 
 def profile_pytorch(spec: ModelSpec, steps: int) -> dict:
-    runner = build_runner("pytorch", spec, forward=False)
+    runner = build_runner("pytorch", dataclasses.asdict(spec), forward=False)
     wall = wall_seconds_per_step(runner, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         runner.train(steps)
@@ -217,7 +219,7 @@ def main() -> None:
             "is classified). ratio = PyTorch ms / jaxnets ms (> 1: jaxnets spends less).", ""]
     for name in args.models.split(","):
         spec = model_spec(name, args.tiny)  # the sizes and the twin of benchmarks/cpu.py
-        frameworks = ("jaxnets", "pytorch") if spec.twin is not None else ("jaxnets",)
+        frameworks = ("jaxnets", "pytorch") if spec.twin_key is not None else ("jaxnets",)
         profiles = {fw: profile_in_child(name, fw, args.steps, args.tiny) for fw in frameworks}
         report["models"][name] = {"image_size": spec.size, "batch": spec.batch, **profiles}
         headers = ["kind of work", "jaxnets ms", "share"] + (["PyTorch ms", "share", "ratio"] if "pytorch" in

@@ -390,6 +390,26 @@ def test_pools_match_flax(size, stride, padding, height):
         np.testing.assert_allclose(grad[0], grad[1], rtol=1e-5, atol=1e-6, err_msg=f"{kind} gradient")
 
 
+@pytest.mark.parametrize(("size", "stride", "padding", "height"), POOLS)
+def test_max_pool_gradient_goes_to_the_first_maximum_as_in_pytorch(size, stride, padding, height):
+    """With ties (a ReLU's zeros, repeated values) each window's gradient goes to the cell PyTorch's CPU pool picks,
+    and a NaN is the maximum of every window it is in."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    x = np.maximum(np.round(rng.standard_normal((2, height, height, 3), dtype=np.float32)), 0)  # ties everywhere
+    x[0, 1, 1, 0] = np.nan
+    pooled, vjp = jax.vjp(functools.partial(layers.max_pool, size=size, stride=stride, padding=padding), jnp.asarray(x))
+    gradient = rng.standard_normal(pooled.shape, dtype=np.float32)
+    (ours,) = vjp(jnp.asarray(gradient))
+
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+    pooled_torch = torch.nn.functional.max_pool2d(x_torch, size, stride, padding)
+    pooled_torch.backward(torch.from_numpy(gradient).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(pooled, pooled_torch.detach().permute(0, 2, 3, 1).numpy())
+    np.testing.assert_allclose(ours, x_torch.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
 def test_onednn_refuses_a_kernel_that_does_not_fit_and_falls_back_for_dtypes_it_cannot_compute(monkeypatch):
     x, kernel, stride, padding, groups = random_case("grouped_block_diagonal")

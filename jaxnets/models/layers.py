@@ -249,15 +249,16 @@ def max_pool(x: jax.Array, size: int, stride: int, padding: int) -> jax.Array:
 
 
 def _max_pool_with_taps(x, size, stride, padding):
-    """-> (the pool, the index of each output's winning tap in row-major order, as int8)."""
+    """-> (the pool, the index of each output's winning tap in row-major order: int8, or int32 past 127 taps)."""
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+    index_dtype = jnp.int8 if size * size <= 127 else jnp.int32
     best, winner = None, None
     for tap, (_, _, window) in enumerate(_taps(padded, size, size, stride)):
         if best is None:
-            best, winner = window, jnp.zeros(window.shape, jnp.int8)
+            best, winner = window, jnp.zeros(window.shape, index_dtype)
             continue
         wins = (window > best) | jnp.isnan(window)  # strictly greater: an earlier tap keeps a tie
-        best, winner = jnp.where(wins, window, best), jnp.where(wins, jnp.int8(tap), winner)
+        best, winner = jnp.where(wins, window, best), jnp.where(wins, jnp.asarray(tap, index_dtype), winner)
     return best, winner
 
 
@@ -270,11 +271,11 @@ def _max_pool_backward(size, stride, padding, residuals, gradient):
     winner, (n, height, width, channels) = residuals
     padded_height, padded_width = height + 2 * padding, width + 2 * padding
     out_height, out_width = gradient.shape[1:3]
+    zero = jnp.zeros((), gradient.dtype)
     total = jnp.zeros((n, padded_height, padded_width, channels), gradient.dtype)
     for tap in range(size * size):
         i, j = divmod(tap, size)
         # The transpose of tap (i, j)'s strided slice of the padded input: back to its positions, zeros between.
-        zero = jnp.zeros((), gradient.dtype)
         placed = jax.lax.pad(jnp.where(winner == tap, gradient, zero), zero,
                              ((0, 0, 0), (i, padded_height - i - stride * (out_height - 1) - 1, stride - 1),
                               (j, padded_width - j - stride * (out_width - 1) - 1, stride - 1), (0, 0, 0)))

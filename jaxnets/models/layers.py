@@ -269,11 +269,17 @@ def _max_pool_forward(x, size, stride, padding):
 
 def _max_pool_backward(size, stride, padding, residuals, gradient):
     winner, (n, height, width, channels) = residuals
-    padded = jax.ShapeDtypeStruct((n, height + 2 * padding, width + 2 * padding, channels), gradient.dtype)
-    # Each tap's share goes back to the cells it read: the transpose of `_taps`' strided slices, summed.
-    place = jax.linear_transpose(lambda x: [window for _, _, window in _taps(x, size, size, stride)], padded)
+    padded_height, padded_width = height + 2 * padding, width + 2 * padding
+    out_height, out_width = gradient.shape[1:3]
     zero = jnp.zeros((), gradient.dtype)
-    (total,) = place([jnp.where(winner == tap, gradient, zero) for tap in range(size * size)])
+    total = jnp.zeros((n, padded_height, padded_width, channels), gradient.dtype)
+    for tap in range(size * size):
+        i, j = divmod(tap, size)
+        # The transpose of tap (i, j)'s strided slice of the padded input: back to its positions, zeros between.
+        placed = jax.lax.pad(jnp.where(winner == tap, gradient, zero), zero,
+                             ((0, 0, 0), (i, padded_height - i - stride * (out_height - 1) - 1, stride - 1),
+                              (j, padded_width - j - stride * (out_width - 1) - 1, stride - 1), (0, 0, 0)))
+        total = total + placed
     return (total[:, padding : padding + height, padding : padding + width, :],)
 
 

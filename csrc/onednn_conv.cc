@@ -10,6 +10,8 @@
 // where that layout only blocks the output channels (BlockCopy).
 // A stride-1 forward that oneDNN could only compute as a gemm runs as its transpose's backward-data where that has
 // a direct kernel (RunsBetterTransposed).
+// In inference a convolution can also apply what follows it - a BatchNorm's per-channel scale and shift, a residual
+// add, a ReLU or ReLU6 - as oneDNN post-ops on its accumulators (ConvForwardFused), saving XLA a pass over the output.
 // Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
 // primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
 
@@ -103,6 +105,39 @@ dnnl::convolution_forward::primitive_desc ForwardDesc(const ConvShape& s) {
           s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), UserScratchpad()};
 }
 
+// What a fused forward applies to the convolution z, in this order: y = activation(z * scale + shift + residual),
+// scale and shift per output channel (float32), the residual shaped like y.
+struct Epilogue {
+  enum Activation : int64_t { kNone = 0, kRelu = 1, kRelu6 = 2 };
+  bool residual;
+  int64_t activation;
+
+  std::string Key() const { return ",epilogue," + std::to_string(residual) + ',' + std::to_string(activation); }
+  static memory::desc PerChannel(const ConvShape& s) {
+    return {{1, s.o, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
+  }
+  // The argument id of a post-op's input.
+  static int PostOpInput(int index) { return DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1; }
+  // As post-ops: the multiplication by scale first unless `scaled` (a binary primitive whose own operation it is),
+  // then the others.
+  dnnl::post_ops PostOps(const ConvShape& s, bool scaled = false) const {
+    dnnl::post_ops ops;
+    if (!scaled) ops.append_binary(dnnl::algorithm::binary_mul, PerChannel(s));
+    ops.append_binary(dnnl::algorithm::binary_add, PerChannel(s));
+    if (residual) ops.append_binary(dnnl::algorithm::binary_add, s.Output());
+    if (activation == kRelu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    if (activation == kRelu6) ops.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
+    return ops;
+  }
+};
+
+dnnl::convolution_forward::primitive_desc FusedForwardDesc(const ConvShape& s, const Epilogue& e) {
+  dnnl::primitive_attr attr = UserScratchpad();
+  attr.set_post_ops(e.PostOps(s));
+  return {Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, s.Input(),
+          s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), attr};
+}
+
 // Where oneDNN wants a kernel blocked along its output channels only, in blocks of at least 128 bytes (AVX-512's
 // 1x1 and brgemm forwards: Acdb48a, Acdb64a, grouped aBdec64b; AVX2's grouped aBdec32b), the reorder from HWIO -
 // whose output channels are contiguous - is a copy of one block's channels at a time. oneDNN 3.2's reorder
@@ -177,6 +212,10 @@ struct Plan {
   std::optional<BlockCopy> kernel_copy;  // HWIO into kernel_desc by runs, where BlockCopyInto finds that it can
   // Forward only: where set, the forward runs as this input-gradient plan of Transposed() (and nothing above is).
   std::shared_ptr<const Plan> transposed_input_gradient;
+  // Fused forward only: where set, the convolution runs by this plain forward plan, and then `epilogue` (a binary
+  // primitive, in place on the output) applies the epilogue.
+  std::shared_ptr<const Plan> unfused_forward;
+  dnnl::primitive epilogue;
 };
 
 template <typename Build>
@@ -260,6 +299,34 @@ std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
       return plan;
     }
     return MakePlan(s, dnnl::convolution_forward(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
+  });
+}
+
+bool IsReference(const dnnl::primitive_desc_base& pd) {
+  return std::string(pd.impl_info_str()).rfind("ref", 0) == 0;
+}
+
+// A fused forward is one convolution with post-ops, unless oneDNN has no kernel as good for it as for the plain
+// convolution: where the plain one runs transposed (RunsBetterTransposed: backward-data has no post-ops), or only
+// the reference loops take these post-ops. Then it is the plain forward and one pass of oneDNN's binary primitive.
+std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue& e) {
+  return CachedPlan(s.Key("fused") + e.Key(), [&] {
+    auto plain = ForwardPlan(s);
+    std::optional<dnnl::convolution_forward::primitive_desc> pd;
+    try {
+      pd = FusedForwardDesc(s, e);
+    } catch (const dnnl::error&) {  // these post-ops unsupported for this convolution: separately, below
+    }
+    if (pd && !plain->transposed_input_gradient && !IsReference(*pd)) {
+      return MakePlan(s, dnnl::convolution_forward(*pd), pd->weights_desc(), pd->scratchpad_desc(), false);
+    }
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(e.PostOps(s, /*scaled=*/true));
+    Plan plan;
+    plan.unfused_forward = plain;
+    plan.epilogue = dnnl::binary(dnnl::binary::primitive_desc(Engine(), dnnl::algorithm::binary_mul, s.Output(),
+                                                              Epilogue::PerChannel(s), s.Output(), attr));
+    return plan;
   });
 }
 
@@ -409,22 +476,84 @@ void* FlipKernel(const ConvShape& s, const void* hwio) {
   return to;
 }
 
+// y = the convolution `s` of x, by `plan` (ForwardPlan(s)).
+void RunForward(const Plan& plan, const ConvShape& s, void* x, void* kernel, void* y) {
+  if (plan.transposed_input_gradient) {
+    RunInputGradient(*plan.transposed_input_gradient, s.Transposed(), x, FlipKernel(s, kernel), y);
+  } else {
+    Run(plan, {{DNNL_ARG_SRC, memory(s.Input(), Engine(), x)},
+               {DNNL_ARG_WEIGHTS, KernelFor(plan, s, kernel)},
+               {DNNL_ARG_DST, memory(s.Output(), Engine(), y)}});
+  }
+}
+
 ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y, int64_t stride,
                        int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom, int64_t pad_right) {
   auto s = Shape(x, kernel, *y, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   try {
-    auto plan = ForwardPlan(*s);
-    if (plan->transposed_input_gradient) {
-      RunInputGradient(*plan->transposed_input_gradient, s->Transposed(), x.untyped_data(),
-                       FlipKernel(*s, kernel.untyped_data()), y->untyped_data());
-    } else {
-      Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
-                  {DNNL_ARG_WEIGHTS, KernelFor(*plan, *s, kernel.untyped_data())},
-                  {DNNL_ARG_DST, memory(s->Output(), Engine(), y->untyped_data())}});
-    }
+    RunForward(*ForwardPlan(*s), *s, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution forward: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// y = activation(conv(x, kernel) * scale + shift [+ residual]): scale and shift float32 [O], the residual (the
+// one remaining argument, or none) shaped and typed like y.
+ffi::Error FusedForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                            ffi::RemainingArgs rest, ffi::Result<ffi::AnyBuffer> y, int64_t stride, int64_t groups,
+                            int64_t pad_top, int64_t pad_left, int64_t pad_bottom, int64_t pad_right,
+                            int64_t activation) {
+  auto s = Shape(x, kernel, *y, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
+  if (s.has_error()) return s.error();
+  std::optional<ffi::AnyBuffer> residual;
+  if (rest.size() == 1) {
+    auto r = rest.get<ffi::AnyBuffer>(0);
+    if (r.has_error()) return r.error();
+    residual = *r;
+  }
+  auto is_per_channel = [&](const ffi::AnyBuffer& b) {
+    return b.element_type() == ffi::DataType::F32 && b.dimensions().size() == 1 && b.dimensions()[0] == s->o;
+  };
+  if (rest.size() > 1 || !is_per_channel(scale) || !is_per_channel(shift) ||
+      (residual && (residual->element_type() != y->element_type() ||
+                    !std::equal(residual->dimensions().begin(), residual->dimensions().end(),
+                                y->dimensions().begin(), y->dimensions().end()))) ||
+      activation < Epilogue::kNone || activation > Epilogue::kRelu6) {
+    return ffi::Error::InvalidArgument(
+        "jaxnets oneDNN fused convolution: scale and shift must be float32 [out channels], the residual (optional) "
+        "like the output, the activation 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  }
+  const Epilogue e{residual.has_value(), activation};
+  try {
+    auto plan = FusedForwardPlan(*s, e);
+    std::unordered_map<int, memory> post_op_inputs;
+    const memory::desc per_channel = Epilogue::PerChannel(*s);
+    // A fused convolution's post-ops are [scale, shift, residual]; the epilogue primitive's [shift, residual].
+    const int first = plan->unfused_forward ? -1 : 0;
+    if (first == 0) post_op_inputs[Epilogue::PostOpInput(0)] = memory(per_channel, Engine(), scale.untyped_data());
+    post_op_inputs[Epilogue::PostOpInput(first + 1)] = memory(per_channel, Engine(), shift.untyped_data());
+    if (residual) {
+      post_op_inputs[Epilogue::PostOpInput(first + 2)] = memory(s->Output(), Engine(), residual->untyped_data());
+    }
+    memory output(s->Output(), Engine(), y->untyped_data());
+    if (plan->unfused_forward) {
+      RunForward(*plan->unfused_forward, *s, x.untyped_data(), kernel.untyped_data(), y->untyped_data());
+      post_op_inputs[DNNL_ARG_SRC_0] = output;
+      post_op_inputs[DNNL_ARG_SRC_1] = memory(per_channel, Engine(), scale.untyped_data());
+      post_op_inputs[DNNL_ARG_DST] = output;
+      dnnl::stream& stream = Stream();
+      plan->epilogue.execute(stream, post_op_inputs);
+      stream.wait();
+    } else {
+      post_op_inputs[DNNL_ARG_SRC] = memory(s->Input(), Engine(), x.untyped_data());
+      post_op_inputs[DNNL_ARG_WEIGHTS] = KernelFor(*plan, *s, kernel.untyped_data());
+      post_op_inputs[DNNL_ARG_DST] = output;
+      Run(*plan, std::move(post_op_inputs));
+    }
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
+    return ffi::Error::Internal(std::string("oneDNN fused convolution forward: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -473,6 +602,14 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvForward, ForwardImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   JAXNETS_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvForwardFused, FusedForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>() JAXNETS_CONV_ATTRS.Attr<int64_t>("activation"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvInputGradient, InputGradientImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   JAXNETS_CONV_ATTRS);
@@ -490,6 +627,7 @@ NB_MODULE(_onednn, m) {
   m.def("handlers", [] {
     nb::dict handlers;
     handlers["jaxnets_onednn_conv_forward"] = Capsule(ConvForward);
+    handlers["jaxnets_onednn_conv_forward_fused"] = Capsule(ConvForwardFused);
     handlers["jaxnets_onednn_conv_input_gradient"] = Capsule(ConvInputGradient);
     handlers["jaxnets_onednn_conv_kernel_gradient"] = Capsule(ConvKernelGradient);
     return handlers;

@@ -127,9 +127,9 @@ def zoo_conv_shapes():
     shapes = set()
     traced = layers.conv2d
 
-    def record(x, kernel, *, stride=1, padding=0, groups=1, lowering="auto"):
+    def record(x, kernel, *, stride=1, padding=0, groups=1, **rest):
         shapes.add((tuple(x.shape[1:]), tuple(kernel.shape), stride, padding, groups))
-        return traced(x, kernel, stride=stride, padding=padding, groups=groups, lowering=lowering)
+        return traced(x, kernel, stride=stride, padding=padding, groups=groups, **rest)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(layers, "conv2d", record)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxnets.models import layers
 from jaxnets.models.layers import Conv
 from jaxnets.models.normalization import BatchNorm
 
@@ -57,7 +58,7 @@ def conv_batch_norm_pairs(model: nn.Module, variables, example: jax.ShapeDtypeSt
         return y
 
     def trace(variables, x):
-        with nn.intercept_methods(record):
+        with layers.separate_batch_norm(), nn.intercept_methods(record):
             return model.apply(variables, x, train=False)
 
     jax.eval_shape(trace, variables, example)
@@ -94,7 +95,7 @@ def fold_batch_norm(model: nn.Module, variables, example: jax.ShapeDtypeStruct) 
     folded_variables = {**variables, "params": params}
 
     def logits(x):
-        with nn.intercept_methods(folded):
+        with layers.separate_batch_norm(), nn.intercept_methods(folded):
             return model.apply(folded_variables, x, train=False)
 
     return logits

@@ -48,9 +48,9 @@ class ConvBNReLU6(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = self.conv(self.features, self.kernel_size, stride=self.stride, padding=self.padding,
-                      groups=self.groups, name="conv")(x)
-        return nn.relu6(self.norm(name="bn")(x))
+        conv = self.conv(self.features, self.kernel_size, stride=self.stride, padding=self.padding,
+                         groups=self.groups, name="conv")
+        return layers.conv_batch_norm(x, conv, self.norm(name="bn"), activation="relu6")
 
 
 class InvertedResidual(nn.Module):
@@ -67,15 +67,15 @@ class InvertedResidual(nn.Module):
     def __call__(self, x):  # [N, H, W, C_in] -> [N, H/stride, W/stride, out]
         in_features = x.shape[-1]
         hidden = int(round(in_features * self.expand_ratio))
+        conv_bn = layers.conv_batch_norm
         y = x
         if self.expand_ratio != 1 or self.expand_when_t1:
-            y = nn.relu6(self.norm(name="expand_bn")(self.conv(hidden, 1, name="expand_conv")(y)))
-        y = self.conv(hidden, 3, stride=self.stride, padding=1, groups=hidden, name="dw_conv")(y)
-        y = nn.relu6(self.norm(name="dw_bn")(y))
-        y = self.norm(name="project_bn")(self.conv(self.out_features, 1, name="project_conv")(y))
-        if self.stride == 1 and in_features == self.out_features:
-            y = y + x
-        return y
+            y = conv_bn(y, self.conv(hidden, 1, name="expand_conv"), self.norm(name="expand_bn"), activation="relu6")
+        y = conv_bn(y, self.conv(hidden, 3, stride=self.stride, padding=1, groups=hidden, name="dw_conv"),
+                    self.norm(name="dw_bn"), activation="relu6")
+        residual = x if self.stride == 1 and in_features == self.out_features else None
+        return conv_bn(y, self.conv(self.out_features, 1, name="project_conv"), self.norm(name="project_bn"),
+                       residual=residual)
 
 
 class MobileNetV2(nn.Module):

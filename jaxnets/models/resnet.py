@@ -31,17 +31,17 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):  # [N, H, W, C_in] -> [N, H/stride, W/stride, planes]
-        y = self.conv(self.planes, 3, stride=self.stride, padding=1, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(self.planes, 3, padding=1, name="conv2")(y)
-        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        y = self.norm(scale_init=last_scale_init, name="bn2")(y)
+        conv_bn = layers.conv_batch_norm
+        y = conv_bn(x, self.conv(self.planes, 3, stride=self.stride, padding=1, name="conv1"), self.norm(name="bn1"),
+                    activation="relu")
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes:
-            shortcut = self.conv(self.planes, 1, stride=self.stride, name="downsample_conv")(x)
-            shortcut = self.norm(name="downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+            shortcut = conv_bn(x, self.conv(self.planes, 1, stride=self.stride, name="downsample_conv"),
+                               self.norm(name="downsample_bn"))
+        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        return conv_bn(y, self.conv(self.planes, 3, padding=1, name="conv2"),
+                       self.norm(scale_init=last_scale_init, name="bn2"), residual=shortcut, activation="relu")
 
 
 class ResNet(nn.Module):

@@ -38,19 +38,18 @@ class Bottleneck(nn.Module):
         out_features = self.planes * EXPANSION
         first_groups = self.groups if self.grouped_first_1x1 else 1
 
-        y = self.conv(width, 1, groups=first_groups, name="conv1")(x)
-        y = nn.relu(self.norm(name="bn1")(y))
-        y = self.conv(width, 3, stride=self.stride, padding=1, groups=self.groups, name="conv2")(y)
-        y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(out_features, 1, name="conv3")(y)
-        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-        y = self.norm(scale_init=last_scale_init, name="bn3")(y)
+        conv_bn = layers.conv_batch_norm
+        y = conv_bn(x, self.conv(width, 1, groups=first_groups, name="conv1"), self.norm(name="bn1"), activation="relu")
+        y = conv_bn(y, self.conv(width, 3, stride=self.stride, padding=1, groups=self.groups, name="conv2"),
+                    self.norm(name="bn2"), activation="relu")
 
         shortcut = x
         if self.stride != 1 or x.shape[-1] != out_features:
-            shortcut = self.conv(out_features, 1, stride=self.stride, name="downsample_conv")(x)
-            shortcut = self.norm(name="downsample_bn")(shortcut)
-        return nn.relu(y + shortcut)
+            shortcut = conv_bn(x, self.conv(out_features, 1, stride=self.stride, name="downsample_conv"),
+                               self.norm(name="downsample_bn"))
+        last_scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+        return conv_bn(y, self.conv(out_features, 1, name="conv3"), self.norm(scale_init=last_scale_init, name="bn3"),
+                       residual=shortcut, activation="relu")  # relu(bn3(conv3(y)) + shortcut)
 
 
 def check_stages(stage_sizes: Sequence[int], stage_planes: Sequence[int]) -> None:
@@ -60,8 +59,7 @@ def check_stages(stage_sizes: Sequence[int], stage_planes: Sequence[int]) -> Non
 
 
 def imagenet_stem(x, conv, norm):  # [N, H, W, C] -> [N, H/4, W/4, 64]: torchvision's conv1, bn1, ReLU, max-pool
-    x = conv(64, 7, stride=2, padding=3, name="conv1")(x)
-    x = nn.relu(norm(name="bn1")(x))
+    x = layers.conv_batch_norm(x, conv(64, 7, stride=2, padding=3, name="conv1"), norm(name="bn1"), activation="relu")
     return layers.max_pool(x, size=3, stride=2, padding=1)
 
 
@@ -99,8 +97,8 @@ class ResNeXt(nn.Module):
         if self.stem == "imagenet":
             x = imagenet_stem(x, conv, norm)
         elif self.stem == "cifar":
-            x = conv(64, 3, padding=1, name="conv1")(x)
-            x = nn.relu(norm(name="bn1")(x))  # [N, H, W, 64]
+            x = layers.conv_batch_norm(x, conv(64, 3, padding=1, name="conv1"), norm(name="bn1"),
+                                       activation="relu")  # [N, H, W, 64]
         else:
             raise ValueError(f"ResNeXt stem must be 'imagenet' or 'cifar', got {self.stem!r}")
 

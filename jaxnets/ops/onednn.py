@@ -60,6 +60,47 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
 
     Differentiable in reverse mode (`jax.grad`, `jax.vjp`); a `jax.custom_vjp` has no forward mode (`jax.jvp`).
     """
+    _, height, width, _ = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
+    kh, kw = kernel.shape[:2]
+    # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
+    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
+    x, kernel = _varying_alike(x, kernel)
+    return _conv(x, kernel, stride, padding, groups)
+
+
+ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
+_ACTIVATION_CODES = {None: 0, "relu": 1, "relu6": 2}  # csrc/onednn_conv.cc's Epilogue::Activation
+
+
+def conv2d_fused(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.Array,
+                 residual: jax.Array | None = None, activation: str | None = None, *, stride: int = 1,
+                 padding: int = 0, groups: int = 1) -> jax.Array:
+    """`activation(conv2d(x, kernel) * scale + shift + residual)` in one oneDNN call, the epilogue applied to the
+    convolution's accumulators (post-ops): a BatchNorm in inference (scale and shift: float32 [out channels]), a
+    residual shaped like the output, then "relu", "relu6" or None.
+
+    Meant for inference, where it saves the pass over the output that XLA would make; it is differentiable
+    (`jax.grad` of an eval-mode model: saliency, adversarial inputs), its backward recomputing the convolution.
+    """
+    y_shape = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
+    out = y_shape[-1]
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"oneDNN fused convolution: activation {activation!r} is not one of {list(ACTIVATIONS)}")
+    if scale.shape != (out,) or shift.shape != (out,):
+        raise ValueError(f"oneDNN fused convolution: scale {scale.shape} and shift {shift.shape} must be ({out},)")
+    if residual is not None and (residual.shape != y_shape or residual.dtype != x.dtype):
+        raise ValueError(f"oneDNN fused convolution: residual {residual.shape} {residual.dtype} must be the "
+                         f"output's {y_shape} {x.dtype}")
+    kh, kw = kernel.shape[:2]
+    _, height, width, _ = y_shape
+    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
+    scale, shift = scale.astype(jnp.float32), shift.astype(jnp.float32)
+    operands = (x, kernel, scale, shift) + (() if residual is None else (residual,))
+    return _fused(_varying_alike(*operands), activation, stride, padding, groups)
+
+
+def conv2d_shape(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1):
+    """The output shape of `conv2d(x, kernel, ...)`, after checking that oneDNN computes it here."""
     if _extension() is None:
         raise RuntimeError("jaxnets' oneDNN convolutions are not built here (see jaxnets.ops.onednn.available())")
     if x.dtype != kernel.dtype or x.dtype not in supported_dtypes():
@@ -68,12 +109,35 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
     if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2] * groups or kernel.shape[3] % groups:
         raise ValueError(f"oneDNN convolution: input {x.shape} and kernel {kernel.shape} (HWIO) do not fit "
                          f"groups={groups}")
-    kh, kw = kernel.shape[:2]
-    _, (_, height, width, _) = _geometry(x.shape, kernel.shape, stride, padding, groups)
-    # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
-    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
-    x, kernel = _varying_alike(x, kernel)
-    return _conv(x, kernel, stride, padding, groups)
+    return _geometry(x.shape, kernel.shape, stride, padding, groups)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _fused(operands, activation, stride, padding, groups):
+    x, kernel = operands[:2]
+    attrs, out_shape = _geometry(x.shape, kernel.shape, stride, padding, groups)
+    return jax.ffi.ffi_call("jaxnets_onednn_conv_forward_fused", _result(out_shape, x), vmap_method="sequential")(
+        *operands, activation=np.int64(_ACTIVATION_CODES[activation]), **attrs)
+
+
+def _unfused(operands, activation, stride, padding, groups):
+    """What `_fused` computes, as the convolution and then XLA (what its backward differentiates)."""
+    x, kernel, scale, shift, *residual = operands
+    z = _conv(x, kernel, stride, padding, groups)
+    y = (z * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)).astype(x.dtype)  # (as BatchNorm computes it)
+    return ACTIVATIONS[activation](y + residual[0] if residual else y)
+
+
+def _fused_forward(operands, activation, stride, padding, groups):
+    return _fused(operands, activation, stride, padding, groups), operands
+
+
+def _fused_backward(activation, stride, padding, groups, operands, dy):
+    _, pullback = jax.vjp(lambda o: _unfused(o, activation, stride, padding, groups), operands)
+    return pullback(dy)
+
+
+_fused.defvjp(_fused_forward, _fused_backward)
 
 
 def _varying_alike(*arrays):

@@ -1,0 +1,186 @@
+"""A convolution's epilogue (BN in inference, residual, ReLU/ReLU6): oneDNN applies it in the convolution, and
+computes what XLA computes after it, forward and backward; models in inference use it, models in training do not."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_layers import ONEDNN_WHEEL_EXISTS, random_case
+
+from jaxnets.models import create_model, layers
+from jaxnets.models.normalization import BatchNorm
+
+pytestmark = pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+
+# Each oneDNN kernel family (1x1, strided 1x1, dense, grouped, strided grouped, depthwise), each epilogue.
+EPILOGUES = [("pointwise", "relu", True), ("pointwise_strided", None, False), ("dense_3x3", "relu6", True),
+             ("grouped_block_diagonal", "relu", False), ("grouped_block_diagonal_strided", "relu", True),
+             ("depthwise_3x3_strided", "relu6", False), ("grouped_3x3_on_1x1", None, True)]
+
+
+def output_shape(x, kernel, stride, padding):
+    size = (x.shape[1] + 2 * padding - kernel.shape[0]) // stride + 1
+    return (x.shape[0], size, size, kernel.shape[-1])
+
+
+def random_epilogue(shape, residual: bool, activation, dtype=jnp.float32) -> layers.Epilogue:
+    rng = np.random.default_rng(1)
+    scale, shift = (jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32) for _ in range(2))
+    residual = jnp.asarray(rng.standard_normal(shape), dtype) if residual else None
+    return layers.Epilogue(scale, shift, residual, activation)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4, 5))
+def conv_epilogue_and_grads(lowering, operands, stride, padding, groups, activation):
+    def loss(x, kernel, scale, shift, residual):
+        epilogue = layers.Epilogue(scale, shift, residual, activation)
+        y = layers.conv2d(x, kernel, stride=stride, padding=padding, groups=groups, lowering=lowering,
+                          epilogue=epilogue)
+        return jnp.sum(jnp.sin(y)), y
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True)(*operands)
+
+
+@pytest.mark.parametrize(("case", "activation", "residual"), EPILOGUES)
+def test_onednn_epilogue_matches_xla_forward_and_backward(case, activation, residual):
+    x, kernel, stride, padding, groups = random_case(case)
+    epilogue = random_epilogue(output_shape(x, kernel, stride, padding), residual, activation)
+    operands = (x, kernel, epilogue.scale, epilogue.shift, epilogue.residual)
+    (_, want), want_grads = conv_epilogue_and_grads("xla", operands, stride, padding, groups, activation)
+    (_, got), grads = conv_epilogue_and_grads("onednn", operands, stride, padding, groups, activation)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    names = ("input", "kernel", "scale", "shift", "residual")
+    for got_grad, want_grad, name in zip(grads, want_grads, names, strict=True):
+        if want_grad is not None:
+            # (sums over every position: float32 round-off relative to the largest, where they cancel)
+            np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want_grad))),
+                                       err_msg=f"{case}: d/d{name}")
+
+
+def test_onednn_epilogue_in_bfloat16_rounds_once():
+    """bfloat16 where the CPU computes it: the epilogue on the float32 accumulators, one rounding at the end (so
+    within one bfloat16 step of the float32 result)."""
+    from jaxnets.ops import onednn
+
+    if jnp.dtype(jnp.bfloat16) not in onednn.supported_dtypes():
+        pytest.skip("this CPU has no bfloat16 convolutions (AVX-512 or AVX2-VNNI-2): the XLA path computes them")
+    x, kernel, stride, padding, groups = random_case("dense_3x3")
+    epilogue = random_epilogue(output_shape(x, kernel, stride, padding), True, "relu")
+    want = layers.conv2d(x, kernel, stride=stride, padding=padding, groups=groups, lowering="xla",
+                         epilogue=epilogue)
+    bf16 = layers.Epilogue(epilogue.scale, epilogue.shift, epilogue.residual.astype(jnp.bfloat16), "relu")
+    got = layers.conv2d(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), stride=stride, padding=padding,
+                        groups=groups, lowering="onednn", epilogue=bf16)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-7, atol=0.1)
+
+
+# Runs fused forwards (input size, in channels, out channels, kernel, padding, groups, activation, residual) through
+# oneDNN and through XLA, and prints the largest difference.
+FUSED_AGAINST_XLA = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.models import layers
+worst = 0.0
+for size, cin, cout, k, pad, groups, activation, residual in json.loads(sys.argv[1]):
+    rng = np.random.default_rng(size * cin + cout)
+    x = jnp.asarray(rng.standard_normal((2, size, size, cin), dtype=np.float32))
+    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32) / np.sqrt(k * k * cin))
+    out = (2, size + 2 * pad - k + 1, size + 2 * pad - k + 1, cout)
+    epilogue = layers.Epilogue(jnp.asarray(rng.standard_normal(cout), jnp.float32),
+                               jnp.asarray(rng.standard_normal(cout), jnp.float32),
+                               jnp.asarray(rng.standard_normal(out), jnp.float32) if residual else None, activation)
+    results = [jax.jit(lambda x, k, e: layers.conv2d(x, k, padding=pad, groups=groups, lowering=lowering,
+                                                     epilogue=e))(x, kernel, epilogue)
+               for lowering in ("onednn", "xla")]
+    worst = max(worst, float(jnp.max(jnp.abs(results[0] - results[1]))))
+print("worst", worst)
+"""
+
+
+def fused_forwards_logged(shapes: list, isa: str | None) -> tuple[list[str], float]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
+    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
+    done = subprocess.run([sys.executable, "-c", FUSED_AGAINST_XLA, json.dumps(shapes)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
+    return executed, float(done.stdout.split("worst ")[-1])
+
+
+def test_the_epilogue_is_post_ops_of_the_convolution_or_one_binary_pass_after_a_transposed_one():
+    """Natively, a 1x1 and a grouped convolution with an epilogue run as one oneDNN convolution each, with the
+    epilogue as its post-ops. On AVX2, oneDNN 3.2's grouped forward with 4 channels per group runs as its transpose's
+    backward-data (test_layers.py), which takes no post-ops: the epilogue is then one oneDNN binary pass."""
+    shapes = [(6, 16, 32, 1, 0, 1, "relu", True), (9, 32, 32, 3, 1, 8, "relu6", False)]
+    executed, worst = fused_forwards_logged(shapes, isa=None)
+    convolutions = [line for line in executed if ",convolution," in line]
+    assert len(convolutions) == 2 and not [line for line in executed if ",binary," in line], executed
+    assert all(",forward_inference," in line and "attr-post-ops:binary_mul" in line for line in convolutions)
+    assert worst < 1e-4, f"a fused convolution differs from XLA's by {worst}"
+
+    executed, worst = fused_forwards_logged(shapes[1:], isa="AVX2")
+    kinds = [line.split(",")[3:6:2] for line in executed if ",reorder," not in line]  # (primitive, propagation)
+    assert kinds == [["convolution", "backward_data"], ["binary", "undef"]], executed
+    assert worst < 1e-4, f"a transposed convolution and its epilogue differ from XLA's by {worst}"
+
+
+def test_after_bias_moves_a_bias_into_the_shift():
+    z, bias = jnp.arange(8.0).reshape(1, 1, 2, 4), jnp.asarray([1.0, -2.0, 3.0, 0.5])
+    epilogue = random_epilogue(z.shape, True, "relu")
+    np.testing.assert_allclose(epilogue.after_bias(bias).apply(z), epilogue.apply(z + bias.reshape(1, 1, 1, 4)),
+                               rtol=1e-6)
+
+
+def fused_calls(model, x, train: bool) -> int:
+    def apply(variables, x):
+        if not train:
+            return model.apply(variables, x, train=False)
+        return model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+
+    with layers.conv_lowering("auto", "cpu"):  # (traced and lowered, not compiled nor run)
+        variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        return jax.jit(apply).lower(variables, x).as_text().count("jaxnets_onednn_conv_forward_fused")
+
+
+@pytest.mark.parametrize(("name", "convolutions"), [("resnext50_32x4d", 53), ("mobilenet_v2", 52), ("resnet18", 20),
+                                                    ("cifar_mobilenet_v2", 53)])
+def test_every_convolution_of_an_inference_forward_takes_its_bn_and_none_in_training(name, convolutions):
+    model = create_model(name, num_classes=10)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    assert fused_calls(model, x, train=False) == convolutions
+    assert fused_calls(model, x, train=True) == 0
+
+
+def test_an_inference_forward_and_its_input_gradient_equal_the_unfused_ones():
+    """ResNeXt in eval mode (randomised BN statistics) with oneDNN's epilogues against XLA's lowering, logits and
+    the gradient of the input (saliency maps differentiate an eval-mode model)."""
+    model = create_model("resnext50_32x4d", num_classes=10, stage_sizes=(1, 1), stage_planes=(8, 16), groups=4,
+                         width_per_group=32)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    variables = {**variables, "batch_stats": jax.tree.map(
+        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables["batch_stats"])}
+
+    def logits_and_saliency(lowering):
+        def top_logit(x):
+            return model.apply(variables, x, train=False)[:, 3].sum()
+
+        with layers.conv_lowering(lowering, "cpu"):
+            return jax.jit(lambda x: (model.apply(variables, x, train=False), jax.grad(top_logit)(x)))(x)
+
+    (logits, saliency), (want_logits, want_saliency) = logits_and_saliency("onednn"), logits_and_saliency("xla")
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(saliency, want_saliency, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_affine_is_refused_for_a_bn_that_normalises_by_its_batch():
+    with pytest.raises(ValueError, match="normalises by its batch"):
+        BatchNorm(use_running_average=False).init(jax.random.key(0), 4, method=BatchNorm.inference_affine)

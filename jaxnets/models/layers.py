@@ -190,6 +190,9 @@ def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
     if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
         y = _decomposed_conv(x, kernel, stride, padding, groups)
         return y if epilogue is None else epilogue.apply(y)
+    if epilogue is not None and epilogue.residual is not None and epilogue.residual.dtype != x.dtype:
+        # (a bfloat16 convolution plus a float32 residual is float32: not what oneDNN writes)
+        return epilogue.apply(_onednn_conv(x, kernel, stride, padding, groups))
     kh, kw, _, _ = kernel.shape
     if kh == kw == 1 and stride > 1 and padding == 0:  # reads every stride-th pixel: slice, then a 1x1 conv
         x, stride = x[:, ::stride, ::stride, :], 1

@@ -13,6 +13,7 @@ the largest logit. Sizes as cpu.py's: ImageNet models at 64x64 in batches of 32,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
@@ -35,16 +36,18 @@ def measure(name: str, rounds: int) -> dict:
     x = jax.device_put(images.transpose(0, 2, 3, 1))
     model = create_model(name, num_classes=10)
     variables = jax.device_put(host_variables(model, x))
-    forward = functools.partial(model.apply, train=False)
 
     def compiled(separate: bool):
-        with layers.conv_lowering("auto", "cpu"):
-            if separate:
-                with layers.separate_batch_norm():
-                    return jax.jit(forward).lower(variables, x).compile()
+        # A function of its own for each: jax.jit's trace cache keys on the function, not on jaxnets' contexts.
+        forward = functools.partial(model.apply, train=False)
+        separately = layers.separate_batch_norm() if separate else contextlib.nullcontext()
+        with layers.conv_lowering("auto", "cpu"), separately:
             return jax.jit(forward).lower(variables, x).compile()
 
     programs = {"fused": compiled(False), "unfused": compiled(True)}
+    calls = {kind: program.as_text().count("jaxnets_onednn_conv_forward_fused") for kind, program in programs.items()}
+    if not calls["fused"] or calls["unfused"]:
+        raise RuntimeError(f"{name}: expected fused convolutions in the fused program only, got {calls}")
     logits = {kind: program(variables, x) for kind, program in programs.items()}
     difference = float(jnp.max(jnp.abs(logits["fused"] - logits["unfused"])) / jnp.max(jnp.abs(logits["unfused"])))
     seconds: dict[str, list[float]] = {kind: [] for kind in programs}

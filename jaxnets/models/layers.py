@@ -387,8 +387,8 @@ class Conv(nn.Module):
         return y
 
     def lowering_on_cpu(self, in_features: int) -> str | None:
-        """The lowering this convolution takes on the CPU, where it runs there (None where it is traced for another
-        platform: inside `conv_lowering(..., platform=...)`)."""
+        """The lowering this convolution takes where it runs on the CPU; None where it is traced for another platform
+        only (inside `conv_lowering(..., platform=...)`)."""
         pinned = _PLATFORM.get()
         if pinned not in (None, "cpu"):
             return None

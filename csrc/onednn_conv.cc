@@ -12,8 +12,9 @@
 // a direct kernel (RunsBetterTransposed).
 // In inference a convolution can also apply what follows it - a BatchNorm's per-channel scale and shift, a residual
 // add, a ReLU or ReLU6 - as oneDNN post-ops on its accumulators (ConvForwardFused), saving XLA a pass over the output.
-// Primitives are created once per shape and cached; the scratchpad is the caller's (user mode), so the same
-// primitive may run on several XLA threads at once (each thread has its own scratchpad and kernel buffers).
+// Primitives are created once per shape and cached; a convolution's scratchpad is the caller's (user mode; the
+// epilogue's binary primitive keeps oneDNN's own), so the same primitive may run on several XLA threads at once
+// (each thread has its own scratchpad and kernel buffers).
 
 #include <algorithm>
 #include <cstdint>

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from test_layers import ONEDNN_WHEEL_EXISTS, random_case
 
 from jaxnets.models import create_model, layers
@@ -135,6 +136,35 @@ def test_the_epilogue_is_post_ops_of_a_direct_convolution_or_one_binary_pass_aft
              if ",convolution," in line or ",binary," in line]
     assert kinds == [["convolution", "backward_data"], ["binary", "undef"]], executed
     assert worst < 1e-4, f"a transposed convolution and its epilogue differ from XLA's by {worst}"
+
+
+def test_a_residual_oneDNN_cannot_add_is_added_by_xla():
+    """A broadcast residual, or a float32 one after a bfloat16 convolution, is not a post-op: the onednn lowering
+    adds it after the convolution, as the others do (a float32 result in the second case)."""
+    x, kernel, stride, padding, groups = random_case("dense_3x3")
+    shape = output_shape(x, kernel, stride, padding)
+    for residual, dtype in ((jnp.ones((1, 1, 1, shape[-1])), jnp.float32), (jnp.ones(shape), jnp.bfloat16)):
+        bn = random_epilogue(shape, False, None)
+        epilogue = layers.Epilogue(bn.scale, bn.shift, residual, "relu")
+        got, want = (layers.conv2d(x.astype(dtype), kernel.astype(dtype), padding=padding, lowering=lowering,
+                                   epilogue=epilogue) for lowering in ("onednn", "xla"))
+        assert got.dtype == want.dtype == jnp.promote_types(dtype, residual.dtype)
+        np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_a_batch_norm_of_another_dtype_than_its_convolution_is_not_fused():
+    """bfloat16 convolution, float32 BN: the layer's output is the BN's float32 in eval as in training."""
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            conv = layers.Conv(8, 3, padding=1, dtype=jnp.bfloat16)
+            return layers.conv_batch_norm(x, conv, layers.batch_norm(train)(), activation="relu")
+
+    x = jnp.ones((1, 6, 6, 4))
+    variables = Layer().init(jax.random.key(0), x, train=False)
+    eval_output = Layer().apply(variables, x, train=False)
+    train_output, _ = Layer().apply(variables, x, train=True, mutable=["batch_stats"])
+    assert eval_output.dtype == train_output.dtype == jnp.float32
 
 
 def test_after_bias_moves_a_bias_into_the_shift():

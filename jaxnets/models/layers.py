@@ -137,7 +137,8 @@ class Epilogue:
 
     def apply(self, z: jax.Array) -> jax.Array:
         channels = (1,) * (z.ndim - 1) + (z.shape[-1],)
-        y = (z * self.scale.reshape(channels) + self.shift.reshape(channels)).astype(z.dtype)  # (as BatchNorm does)
+        # (BatchNorm's maths, in the convolution's dtype: conv_batch_norm fuses only a BN of that dtype)
+        y = (z * self.scale.reshape(channels) + self.shift.reshape(channels)).astype(z.dtype)
         return onednn.ACTIVATIONS[self.activation](y if self.residual is None else y + self.residual)
 
     def after_bias(self, bias: jax.Array) -> Epilogue:
@@ -190,8 +191,7 @@ def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
     if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
         y = _decomposed_conv(x, kernel, stride, padding, groups)
         return y if epilogue is None else epilogue.apply(y)
-    if epilogue is not None and epilogue.residual is not None and epilogue.residual.dtype != x.dtype:
-        # (a bfloat16 convolution plus a float32 residual is float32: not what oneDNN writes)
+    if epilogue is not None and not _fits_post_ops(epilogue.residual, x, kernel, stride, padding):
         return epilogue.apply(_onednn_conv(x, kernel, stride, padding, groups))
     kh, kw, _, _ = kernel.shape
     if kh == kw == 1 and stride > 1 and padding == 0:  # reads every stride-th pixel: slice, then a 1x1 conv
@@ -200,6 +200,17 @@ def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
         return onednn.conv2d(x, kernel, stride=stride, padding=padding, groups=groups)
     return onednn.conv2d_fused(x, kernel, epilogue.scale, epilogue.shift, epilogue.residual, epilogue.activation,
                                stride=stride, padding=padding, groups=groups)
+
+
+def _fits_post_ops(residual, x, kernel, stride, padding) -> bool:
+    """Whether oneDNN can add `residual` as a post-op: none, or one of the output's shape and dtype (a bfloat16
+    convolution plus a float32 residual is float32, and a broadcast residual is XLA's to add)."""
+    if residual is None:
+        return True
+    kh, kw, _, out = kernel.shape
+    shape = (x.shape[0], (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1,
+             out)
+    return residual.dtype == x.dtype and residual.shape == shape
 
 
 def _decomposed_conv(x, kernel, stride, padding, groups):
@@ -401,7 +412,7 @@ class Conv(nn.Module):
 def separate_batch_norm():
     """Inside this context (at trace time), every BN runs as a module of its own after its convolution, never as
     the convolution's epilogue: for code that finds or replaces BN modules by intercepting their calls
-    (`jaxnets.models.folding`)."""
+    (`jaxnets.models.folding`), or inspects each module's output (`capture_intermediates`, `nn.tabulate`)."""
     token = _SEPARATE_BATCH_NORM.set(True)
     try:
         yield
@@ -416,9 +427,13 @@ def conv_batch_norm(x: jax.Array, conv: Conv, norm: BatchNorm, *, residual: jax.
     In inference on the CPU (BN with its running statistics, oneDNN convolutions), the BN, the residual and the
     activation are the convolution's epilogue: oneDNN applies them to its accumulators, and the output is written
     once instead of read and written again by XLA (ResNeXt-50's eval forward: 13% of its time). Elsewhere (training,
-    GPU, XLA's lowering, `jaxnets.export`'s BN folding) the modules run one after another.
+    GPU, XLA's lowering, `jaxnets.export`'s BN folding, a BN whose dtype is not the convolution's) the modules run
+    one after another. Fused, the BN module's `__call__` never runs and the Conv's output is the whole layer's: code
+    that inspects modules' calls (`capture_intermediates`, `nn.tabulate`, `nn.intercept_methods`) sees the layers
+    apart inside `separate_batch_norm()`.
     """
-    fusable = norm.use_running_average and not _SEPARATE_BATCH_NORM.get()
+    fusable = (norm.use_running_average and not _SEPARATE_BATCH_NORM.get()
+               and jnp.dtype(norm.dtype) == jnp.dtype(conv.dtype))
     if fusable and conv.lowering_on_cpu(x.shape[-1]) == "onednn":
         scale, shift = norm.inference_affine(conv.features)
         return conv(x, epilogue=Epilogue(scale, shift, residual, activation))

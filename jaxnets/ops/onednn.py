@@ -124,7 +124,7 @@ def _unfused(operands, activation, stride, padding, groups):
     """What `_fused` computes, as the convolution and then XLA (what its backward differentiates)."""
     x, kernel, scale, shift, *residual = operands
     z = _conv(x, kernel, stride, padding, groups)
-    y = (z * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)).astype(x.dtype)  # (as BatchNorm computes it)
+    y = (z * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)).astype(x.dtype)  # (layers.Epilogue.apply)
     return ACTIVATIONS[activation](y + residual[0] if residual else y)
 
 

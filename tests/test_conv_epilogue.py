@@ -2,17 +2,13 @@
 computes what XLA computes after it, forward and backward; models in inference use it, models in training do not."""
 
 import functools
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_cases import ONEDNN_WHEEL_EXISTS, onednn_run_logged, random_case
 from flax import linen as nn
-from test_layers import ONEDNN_WHEEL_EXISTS, random_case
 
 from jaxnets.models import create_model, layers
 from jaxnets.models.normalization import BatchNorm
@@ -105,16 +101,6 @@ print("worst", worst)
 """
 
 
-def fused_forwards_logged(shapes: list, isa: str | None) -> tuple[list[str], float]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
-    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
-    done = subprocess.run([sys.executable, "-c", FUSED_AGAINST_XLA, json.dumps(shapes)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
-    return executed, float(done.stdout.split("worst ")[-1])
-
-
 def test_the_epilogue_is_post_ops_of_a_direct_convolution_or_one_binary_pass_after_the_others():
     """Natively, a 1x1 and a grouped convolution with an epilogue run as one oneDNN convolution each, with the
     epilogue as its post-ops. A convolution oneDNN computes as a gemm (a padded 1x1 from 3 channels: CIFAR
@@ -123,7 +109,7 @@ def test_the_epilogue_is_post_ops_of_a_direct_convolution_or_one_binary_pass_aft
     which takes no post-ops: one binary pass after it too."""
     shapes = [(6, 16, 32, 1, 0, 1, "relu", True), (9, 32, 32, 3, 1, 8, "relu6", False), (6, 3, 32, 1, 1, 1, "relu6",
                                                                                          False)]
-    executed, worst = fused_forwards_logged(shapes, isa=None)
+    executed, worst = onednn_run_logged(FUSED_AGAINST_XLA, shapes, isa=None)
     kinds = [line.split(",")[3] for line in executed if ",convolution," in line or ",binary," in line]
     assert kinds == ["convolution", "convolution", "convolution", "binary"], executed
     convolutions = [line for line in executed if ",convolution," in line]
@@ -131,7 +117,7 @@ def test_the_epilogue_is_post_ops_of_a_direct_convolution_or_one_binary_pass_aft
     assert "gemm" in convolutions[2] and "attr-post-ops" not in convolutions[2], convolutions
     assert worst < 1e-4, f"a fused convolution differs from XLA's by {worst}"
 
-    executed, worst = fused_forwards_logged(shapes[1:2], isa="AVX2")
+    executed, worst = onednn_run_logged(FUSED_AGAINST_XLA, shapes[1:2], isa="AVX2")
     kinds = [line.split(",")[3:6:2] for line in executed  # (primitive, propagation)
              if ",convolution," in line or ",binary," in line]
     assert kinds == [["convolution", "backward_data"], ["binary", "undef"]], executed

@@ -2,43 +2,18 @@
 picks one per platform and kind of convolution, overridable by a context or the environment."""
 
 import functools
-import json
-import os
-import platform
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conv_cases import CASES, ONEDNN_WHEEL_EXISTS, onednn_run_logged, random_case
 
 from jaxnets.models import create_model, layers, list_models
 from jaxnets.ops import onednn
 
 CPU_LOWERINGS = ["decomposed", "onednn"]
-
-# (input size, in channels, out channels, kernel, stride, padding, groups): each path of each lowering.
-CASES = {
-    "pointwise": (9, 16, 24, 1, 1, 0, 1),
-    "pointwise_strided": (9, 16, 24, 1, 2, 0, 1),
-    "pointwise_strided_padded": (4, 16, 24, 1, 2, 1, 1),
-    "dense_3x3": (9, 8, 12, 3, 1, 1, 1),
-    "dense_3x3_on_2x2": (2, 16, 16, 3, 1, 1, 1),  # a kernel larger than its input (ResNeXt's last stage)
-    "dense_3x3_strided_odd": (7, 8, 8, 3, 2, 1, 1),
-    "dense_5x5": (9, 8, 8, 5, 1, 2, 1),
-    "dense_7x7_strided": (9, 3, 8, 7, 2, 3, 1),
-    "grouped_block_diagonal": (9, 32, 32, 3, 1, 1, 8),  # 4 channels per group
-    "grouped_block_diagonal_strided": (9, 32, 64, 3, 2, 1, 8),
-    "grouped_per_tap": (9, 64, 64, 3, 1, 1, 2),  # 32 channels per group
-    "grouped_per_tap_strided": (9, 64, 32, 3, 2, 1, 2),
-    "grouped_1x1": (9, 32, 32, 1, 1, 0, 4),
-    "grouped_3x3_on_1x1": (1, 32, 32, 3, 1, 1, 8),
-    "depthwise_3x3": (9, 24, 24, 3, 1, 1, 24),
-    "depthwise_3x3_strided": (9, 24, 24, 3, 2, 1, 24),
-    "depthwise_5x5": (9, 12, 12, 5, 1, 2, 12),
-}
 
 
 def loss_and_grads(lowering, x, kernel, stride, padding, groups):
@@ -48,14 +23,6 @@ def loss_and_grads(lowering, x, kernel, stride, padding, groups):
         return jnp.sum(y * weights, dtype=jnp.float32), y
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(x, kernel)
-
-
-def random_case(case, dtype=np.float32):
-    size, cin, cout, k, stride, padding, groups = CASES[case]
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, size, size, cin), dtype=np.float32), dtype)
-    kernel = jnp.asarray(rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32), dtype)
-    return x, kernel, stride, padding, groups
 
 
 @pytest.mark.parametrize("lowering", CPU_LOWERINGS)
@@ -276,7 +243,6 @@ def test_torch_conv_init_is_untruncated_fan_out_normal():
     assert float(jnp.max(jnp.abs(kernel))) > 2.5 * expected_std  # a truncated normal stops at 2 std
 
 
-ONEDNN_WHEEL_EXISTS = sys.platform == "linux" and platform.machine() == "x86_64"
 
 
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
@@ -304,19 +270,6 @@ print("worst", worst)
 """
 
 
-def onednn_forwards_logged(shapes: list[tuple], isa: str | None = None) -> tuple[list[str], float]:
-    """FORWARDS_AGAINST_XLA in a process of its own under ONEDNN_VERBOSE, oneDNN held to `isa` where given (so that
-    an AVX-512 machine runs AVX2's paths too): (the primitives oneDNN executed, one line each; the largest
-    difference from XLA)."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "DNNL_", "JAXNETS_"))}
-    env = {**inherited, "ONEDNN_VERBOSE": "1", "JAX_PLATFORMS": "cpu", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {})}
-    done = subprocess.run([sys.executable, "-c", FORWARDS_AGAINST_XLA, json.dumps(shapes)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    executed = [line for line in done.stdout.splitlines() if ",exec," in line]
-    return executed, float(done.stdout.split("worst ")[-1])
-
-
 # oneDNN 3.2 has no direct AVX2 forward kernel for 4 channels per group: all but the last run as their transpose's
 # backward-data (the last one's padding is as wide as its kernel: its transpose would need a negative one).
 AVX2_GROUPED_FORWARDS = [(9, 9, 32, 32, 3, 3, 1, 8), (7, 10, 16, 32, 3, 3, 1, 4), (9, 9, 32, 32, 5, 5, 2, 8),
@@ -329,7 +282,7 @@ def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gra
     first stage: 2.6x slower than PyTorch): jaxnets runs it as the input gradient of the transposed convolution,
     the kernel flipped in space and its channels swapped per group. Checked in a process whose oneDNN is held to
     AVX2, so that the path runs on AVX-512 machines too (their forward has a direct kernel)."""
-    executed, worst = onednn_forwards_logged(AVX2_GROUPED_FORWARDS, isa="AVX2")
+    executed, worst = onednn_run_logged(FORWARDS_AGAINST_XLA, AVX2_GROUPED_FORWARDS, isa="AVX2")
     convolutions = [line for line in executed if ",convolution," in line]
     kinds = [line.split(",")[5] for line in convolutions]
     assert kinds == ["backward_data"] * 5 + ["forward_training"], convolutions
@@ -358,7 +311,8 @@ def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(
     (AVX-512's 1x1 and brgemm forwards; AVX2's grouped brgemm), the HWIO kernel is copied run by run, its padding
     zeroed: the results equal XLA's, and oneDNN runs no reorder into such a layout (its own moved ResNeXt-50's
     kernels 2-3x slower: benchmarks/README.md). At least one of the convolutions takes that path on either ISA."""
-    executed, worst = onednn_forwards_logged(PADDED_BLOCK_FORWARDS, isa=None if isa == "native" else isa)
+    executed, worst = onednn_run_logged(FORWARDS_AGAINST_XLA, PADDED_BLOCK_FORWARDS,
+                                        isa=None if isa == "native" else isa)
     kernel_layouts = [re.search(r"wei_f32:\w*:blocked:(\w+):", line)[1]
                       for line in executed if ",convolution," in line]
     reordered_into = [re.search(r"dst_f32:\w*:blocked:(\w+):", line)[1] for line in executed if ",reorder," in line]

@@ -136,10 +136,8 @@ class Epilogue:
     activation: Literal["relu", "relu6"] | None = None
 
     def apply(self, z: jax.Array) -> jax.Array:
-        channels = (1,) * (z.ndim - 1) + (z.shape[-1],)
-        # (BatchNorm's maths, in the convolution's dtype: conv_batch_norm fuses only a BN of that dtype)
-        y = (z * self.scale.reshape(channels) + self.shift.reshape(channels)).astype(z.dtype)
-        return onednn.ACTIVATIONS[self.activation](y if self.residual is None else y + self.residual)
+        """In XLA, after a convolution (in z's dtype: conv_batch_norm fuses only a BN of the convolution's dtype)."""
+        return onednn.apply_epilogue(z, self.scale, self.shift, self.residual, self.activation)
 
     def after_bias(self, bias: jax.Array) -> Epilogue:
         """This epilogue applied to z + bias, as one on z: (z + b) * scale + shift = z * scale + (b * scale + shift)."""
@@ -191,7 +189,7 @@ def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
     if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
         y = _decomposed_conv(x, kernel, stride, padding, groups)
         return y if epilogue is None else epilogue.apply(y)
-    if epilogue is not None and not _fits_post_ops(epilogue.residual, x, kernel, stride, padding):
+    if epilogue is not None and not _fits_post_ops(epilogue.residual, x, kernel, stride, padding, groups):
         return epilogue.apply(_onednn_conv(x, kernel, stride, padding, groups))
     kh, kw, _, _ = kernel.shape
     if kh == kw == 1 and stride > 1 and padding == 0:  # reads every stride-th pixel: slice, then a 1x1 conv
@@ -202,15 +200,13 @@ def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
                                stride=stride, padding=padding, groups=groups)
 
 
-def _fits_post_ops(residual, x, kernel, stride, padding) -> bool:
+def _fits_post_ops(residual, x, kernel, stride, padding, groups) -> bool:
     """Whether oneDNN can add `residual` as a post-op: none, or one of the output's shape and dtype (a bfloat16
     convolution plus a float32 residual is float32, and a broadcast residual is XLA's to add)."""
     if residual is None:
         return True
-    kh, kw, _, out = kernel.shape
-    shape = (x.shape[0], (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1,
-             out)
-    return residual.dtype == x.dtype and residual.shape == shape
+    shape = onednn.conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
+    return residual.dtype == x.dtype and tuple(residual.shape) == tuple(shape)
 
 
 def _decomposed_conv(x, kernel, stride, padding, groups):

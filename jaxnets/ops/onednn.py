@@ -60,12 +60,23 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0
 
     Differentiable in reverse mode (`jax.grad`, `jax.vjp`); a `jax.custom_vjp` has no forward mode (`jax.jvp`).
     """
-    _, height, width, _ = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
-    kh, kw = kernel.shape[:2]
-    # Rows or columns past the last window are never read: crop them, so oneDNN's far padding is >= 0.
-    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
-    x, kernel = _varying_alike(x, kernel)
+    y_shape = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
+    x, kernel = _varying_alike(_cropped(x, kernel, y_shape, stride, padding), kernel)
     return _conv(x, kernel, stride, padding, groups)
+
+
+def _cropped(x, kernel, y_shape, stride, padding):
+    """Rows or columns past the last window are never read: cropped, so that oneDNN's far padding is >= 0."""
+    (kh, kw), (_, height, width, _) = kernel.shape[:2], y_shape
+    return x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
+
+
+def apply_epilogue(z, scale, shift, residual=None, activation=None):
+    """`activation(z * scale + shift + residual)` in XLA, BatchNorm's maths in z's dtype: what `conv2d_fused` applies
+    in the convolution (and `layers.Epilogue` after the other lowerings)."""
+    channels = (1,) * (z.ndim - 1) + (z.shape[-1],)
+    y = (z * scale.reshape(channels) + shift.reshape(channels)).astype(z.dtype)
+    return ACTIVATIONS[activation](y if residual is None else y + residual)
 
 
 ACTIVATIONS = {None: lambda y: y, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
@@ -91,9 +102,7 @@ def conv2d_fused(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.A
     if residual is not None and (residual.shape != y_shape or residual.dtype != x.dtype):
         raise ValueError(f"oneDNN fused convolution: residual {residual.shape} {residual.dtype} must be the "
                          f"output's {y_shape} {x.dtype}")
-    kh, kw = kernel.shape[:2]
-    _, height, width, _ = y_shape
-    x = x[:, : (height - 1) * stride + kh - padding, : (width - 1) * stride + kw - padding, :]
+    x = _cropped(x, kernel, y_shape, stride, padding)
     scale, shift = scale.astype(jnp.float32), shift.astype(jnp.float32)
     operands = (x, kernel, scale, shift) + (() if residual is None else (residual,))
     return _fused(_varying_alike(*operands), activation, stride, padding, groups)
@@ -123,9 +132,7 @@ def _fused(operands, activation, stride, padding, groups):
 def _unfused(operands, activation, stride, padding, groups):
     """What `_fused` computes, as the convolution and then XLA (what its backward differentiates)."""
     x, kernel, scale, shift, *residual = operands
-    z = _conv(x, kernel, stride, padding, groups)
-    y = (z * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)).astype(x.dtype)  # (layers.Epilogue.apply)
-    return ACTIVATIONS[activation](y + residual[0] if residual else y)
+    return apply_epilogue(_conv(x, kernel, stride, padding, groups), scale, shift, *residual, activation=activation)
 
 
 def _fused_forward(operands, activation, stride, padding, groups):

@@ -9,7 +9,8 @@
 // reorder (letting oneDNN choose matters: forcing the HWIO layout made a depthwise call 17x slower), or by a copy
 // where that layout only blocks the output channels (BlockCopy).
 // A stride-1 forward that oneDNN could only compute as a gemm runs as its transpose's backward-data where that has
-// a direct kernel (RunsBetterTransposed).
+// a direct kernel (RunsBetterTransposed). A 1x1 convolution (stride 1, unpadded) is a matrix product, which oneDNN's
+// matmul computes on JAX's layouts as they are, its kernel included: no reorder at all (MatmulPlan).
 // In inference a convolution can also apply what follows it - a BatchNorm's per-channel scale and shift, a residual
 // add, a ReLU or ReLU6 - as oneDNN post-ops on its accumulators (ConvForwardFused), saving XLA a pass over the output.
 // Primitives are created once per shape and cached; a convolution's scratchpad is the caller's (user mode; the
@@ -17,6 +18,7 @@
 // (each thread has its own scratchpad and kernel buffers).
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -53,6 +55,14 @@ dnnl::stream& Stream() {
   return stream;
 }
 
+// A 1x1 convolution (stride 1, unpadded) of at most this many rows (batch x height x width) runs its three passes as
+// oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Up to 2048 rows each pass of
+// ResNeXt-50's and MobileNetV2's 1x1 shapes ran as fast or faster so (4096 or more: 0.86-0.95x for the forward and
+// input gradient of 128-1024 channels; 8192 or more: 0.63-0.88x for the kernel gradient of 16-144 channels); whole
+// steps: ResNeXt-50 at 64 px 1.29x, at 224 px 1.05-1.08x, MobileNetV2 at 64 px 1.06x (benchmarks/README.md).
+// Settable (set_matmul_max_rows: 0 never) for benchmarks/pointwise_ab.py and for CPUs that move the crossover.
+std::atomic<int64_t> matmul_max_rows{2048};
+
 // One convolution's geometry, as the three calls see it.
 struct ConvShape {
   int64_t n, h, w, c;     // input, NHWC
@@ -64,6 +74,7 @@ struct ConvShape {
 
   std::string Key(const char* kind) const {
     std::string key = kind;
+    if (IsMatrixProduct()) key += ",matmul";
     for (int64_t v : {n, h, w, c, oh, ow, o, kh, kw, stride, groups, pad_top, pad_left, pad_bottom, pad_right,
                       static_cast<int64_t>(type)}) {
       key += ',' + std::to_string(v);
@@ -90,6 +101,20 @@ struct ConvShape {
     return {n, oh, ow, o, h, w, c, kh, kw, 1, groups,
             kh - 1 - pad_top, kw - 1 - pad_left, kh - 1 - pad_bottom, kw - 1 - pad_right, type};
   }
+  // A 1x1 convolution of stride 1 and no padding, every pass of which is a product of [N*H*W, C] and [C, O]
+  // matrices, of few enough rows to run as one (matmul_max_rows).
+  bool IsMatrixProduct() const {
+    return kh == 1 && kw == 1 && stride == 1 && groups == 1 && pad_top == 0 && pad_left == 0 && pad_bottom == 0 &&
+           pad_right == 0 && n * h * w <= matmul_max_rows.load();
+  }
+  // The activations as rows of `channels` (n * h * w rows), and the kernel as a [C, O] matrix or its transpose,
+  // all by strides over the NHWC and HWIO buffers (IsMatrixProduct only).
+  memory::desc Rows(int64_t channels) const { return {{n * h * w, channels}, type, memory::format_tag::ab}; }
+  memory::desc RowsTransposed(int64_t channels) const {
+    return {{channels, n * h * w}, type, memory::dims{1, channels}};
+  }
+  memory::desc KernelMatrix() const { return {{c, o}, type, memory::format_tag::ab}; }
+  memory::desc KernelMatrixTransposed() const { return {{o, c}, type, memory::dims{1, o}}; }
   memory::dims Strides() const { return {stride, stride}; }
   memory::dims PadBegin() const { return {pad_top, pad_left}; }
   memory::dims PadEnd() const { return {pad_bottom, pad_right}; }
@@ -114,18 +139,22 @@ struct Epilogue {
   int64_t activation;
 
   std::string Key() const { return ",epilogue," + std::to_string(residual) + ',' + std::to_string(activation); }
-  static memory::desc PerChannel(const ConvShape& s) {
+  // The scale's and shift's desc, shaped for an output of `output_dims` dimensions (a convolution's 4, a matmul's 2).
+  static memory::desc PerChannel(const ConvShape& s, int output_dims = 4) {
+    if (output_dims == 2) return {{1, s.o}, memory::data_type::f32, memory::format_tag::ab};
     return {{1, s.o, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
   }
   // The argument id of a post-op's input.
   static int PostOpInput(int index) { return DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1; }
   // As post-ops: the multiplication by scale first unless `scaled` (a binary primitive whose own operation it is),
   // then the others.
-  dnnl::post_ops PostOps(const ConvShape& s, bool scaled = false) const {
+  // `output`: the desc of the output they apply to (a convolution's or a matmul's).
+  dnnl::post_ops PostOps(const ConvShape& s, const memory::desc& output, bool scaled = false) const {
+    const memory::desc per_channel = PerChannel(s, output.get_ndims());
     dnnl::post_ops ops;
-    if (!scaled) ops.append_binary(dnnl::algorithm::binary_mul, PerChannel(s));
-    ops.append_binary(dnnl::algorithm::binary_add, PerChannel(s));
-    if (residual) ops.append_binary(dnnl::algorithm::binary_add, s.Output());
+    if (!scaled) ops.append_binary(dnnl::algorithm::binary_mul, per_channel);
+    ops.append_binary(dnnl::algorithm::binary_add, per_channel);
+    if (residual) ops.append_binary(dnnl::algorithm::binary_add, output);
     if (activation == kRelu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     if (activation == kRelu6) ops.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
     return ops;
@@ -134,7 +163,7 @@ struct Epilogue {
 
 dnnl::convolution_forward::primitive_desc FusedForwardDesc(const ConvShape& s, const Epilogue& e) {
   dnnl::primitive_attr attr = UserScratchpad();
-  attr.set_post_ops(e.PostOps(s));
+  attr.set_post_ops(e.PostOps(s, s.Output()));
   return {Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, s.Input(),
           s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), attr};
 }
@@ -203,9 +232,14 @@ void CopyBlocks(const BlockCopy& copy, const void* hwio, void* blocked) {
   }
 }
 
+// A matmul plan's operands, in the order oneDNN names them (src x weights = dst), as the pass's buffers are viewed.
+struct MatmulOperands {
+  memory::desc src, weights, dst;
+};
+
 // What one call needs, built once per shape: the primitive and the kernel's reorder to or from HWIO.
 struct Plan {
-  dnnl::primitive conv;
+  dnnl::primitive primitive;  // the convolution, or (where `matmul` is set) the matrix product
   memory::desc kernel_desc;  // the layout oneDNN chose for the kernel (or its gradient)
   memory::desc scratchpad_desc;
   bool kernel_reordered = false;
@@ -217,6 +251,8 @@ struct Plan {
   // primitive, in place on the output) applies the epilogue.
   std::shared_ptr<const Plan> unfused_forward;
   dnnl::primitive epilogue;
+  // Where set, `primitive` is a matmul of these operands, and nothing above the scratchpad is.
+  std::optional<MatmulOperands> matmul;
 };
 
 template <typename Build>
@@ -237,7 +273,7 @@ std::shared_ptr<const Plan> CachedPlan(const std::string& key, Build build) {
 // with a reorder from HWIO into it (or out of it into HWIO) unless it is HWIO already.
 Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chosen, const memory::desc& scratchpad,
               bool kernel_is_result) {
-  Plan plan{conv, chosen, scratchpad};
+  Plan plan{conv, chosen, scratchpad};  // (conv: the primitive)
   if (chosen != s.KernelHWIO()) {
     plan.kernel_reordered = true;
     const memory::desc& from = kernel_is_result ? chosen : s.KernelHWIO();
@@ -250,6 +286,25 @@ Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chos
   return plan;
 }
 
+// A pass of a 1x1 convolution as oneDNN's matmul src x weights = dst, over the pass's own buffers, with `attr`'s
+// post-ops; none where oneDNN has no such matmul here (or only its reference loops). On AVX-512 oneDNN 3.2 runs
+// these as brgemm and on AVX2 as its JIT sgemm, reading the kernel where it lies, where the convolution's kernels
+// want it reordered into blocks first (and back, for the kernel gradient).
+std::optional<Plan> MatmulPlan(const MatmulOperands& operands, dnnl::primitive_attr attr = UserScratchpad()) {
+  std::optional<dnnl::matmul::primitive_desc> pd;
+  try {
+    pd.emplace(Engine(), operands.src, operands.weights, operands.dst, attr);
+  } catch (const dnnl::error&) {
+    return std::nullopt;
+  }
+  if (std::string(pd->impl_info_str()).rfind("ref", 0) == 0) return std::nullopt;
+  Plan plan;
+  plan.primitive = dnnl::matmul(*pd);
+  plan.scratchpad_desc = pd->scratchpad_desc();
+  plan.matmul = operands;
+  return plan;
+}
+
 dnnl::convolution_backward_data::primitive_desc InputGradientDesc(const ConvShape& s) {
   return {Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
           s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad()};
@@ -257,6 +312,9 @@ dnnl::convolution_backward_data::primitive_desc InputGradientDesc(const ConvShap
 
 std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
   return CachedPlan(s.Key("dx"), [&] {
+    if (s.IsMatrixProduct()) {  // dx = dy x kernel^T
+      if (auto plan = MatmulPlan({s.Rows(s.o), s.KernelMatrixTransposed(), s.Rows(s.c)})) return *std::move(plan);
+    }
     auto pd = InputGradientDesc(s);
     return MakePlan(s, dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
@@ -293,6 +351,9 @@ bool RunsBetterTransposed(const ConvShape& s, const dnnl::convolution_forward::p
 
 std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
   return CachedPlan(s.Key("fwd"), [&] {
+    if (s.IsMatrixProduct()) {  // y = x x kernel
+      if (auto plan = MatmulPlan({s.Rows(s.c), s.KernelMatrix(), s.Rows(s.o)})) return *std::move(plan);
+    }
     auto pd = ForwardDesc(s);
     if (RunsBetterTransposed(s, pd)) {
       Plan plan;
@@ -309,6 +370,12 @@ std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
 // MobileNetV2's padded 1x1 stem, 3 -> 32 channels at 34x34, batch 64: 134-160 ms with them, 2 ms without).
 std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue& e) {
   return CachedPlan(s.Key("fused") + e.Key(), [&] {
+    if (s.IsMatrixProduct()) {
+      const MatmulOperands operands{s.Rows(s.c), s.KernelMatrix(), s.Rows(s.o)};
+      dnnl::primitive_attr attr = UserScratchpad();
+      attr.set_post_ops(e.PostOps(s, operands.dst));
+      if (auto plan = MatmulPlan(operands, attr)) return *std::move(plan);
+    }
     auto plain = ForwardPlan(s);
     std::optional<dnnl::convolution_forward::primitive_desc> pd;
     try {
@@ -319,7 +386,7 @@ std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue&
       return MakePlan(s, dnnl::convolution_forward(*pd), pd->weights_desc(), pd->scratchpad_desc(), false);
     }
     dnnl::primitive_attr attr;
-    attr.set_post_ops(e.PostOps(s, /*scaled=*/true));
+    attr.set_post_ops(e.PostOps(s, s.Output(), /*scaled=*/true));
     Plan plan;
     plan.unfused_forward = plain;
     plan.epilogue = dnnl::binary(dnnl::binary::primitive_desc(Engine(), dnnl::algorithm::binary_mul, s.Output(),
@@ -330,6 +397,9 @@ std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue&
 
 std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
   return CachedPlan(s.Key("dw"), [&] {
+    if (s.IsMatrixProduct()) {  // dkernel = x^T x dy
+      if (auto plan = MatmulPlan({s.RowsTransposed(s.c), s.Rows(s.o), s.KernelMatrix()})) return *std::move(plan);
+    }
     dnnl::convolution_backward_weights::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
         s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad());
@@ -424,8 +494,16 @@ void Run(const Plan& plan, std::unordered_map<int, memory> args) {
   dnnl::stream& stream = Stream();
   args[DNNL_ARG_SCRATCHPAD] =
       memory(plan.scratchpad_desc, Engine(), buffers.scratchpad.Sized(plan.scratchpad_desc.get_size()));
-  plan.conv.execute(stream, args);
+  plan.primitive.execute(stream, args);
   stream.wait();
+}
+
+// A matmul plan (Plan::matmul) on the pass's buffers, with `args` (post-op inputs) besides.
+void RunMatmul(const Plan& plan, void* src, void* weights, void* dst, std::unordered_map<int, memory> args = {}) {
+  args[DNNL_ARG_SRC] = memory(plan.matmul->src, Engine(), src);
+  args[DNNL_ARG_WEIGHTS] = memory(plan.matmul->weights, Engine(), weights);
+  args[DNNL_ARG_DST] = memory(plan.matmul->dst, Engine(), dst);
+  Run(plan, std::move(args));
 }
 
 #define JAXNETS_CONV_ATTRS                                                                            \
@@ -450,6 +528,7 @@ memory KernelFor(const Plan& plan, const ConvShape& s, void* hwio) {
 
 // dx = the input gradient of convolution `s` given dy, with its HWIO kernel, by `plan` (InputGradientPlan(s)).
 void RunInputGradient(const Plan& plan, const ConvShape& s, void* dy, void* kernel, void* dx) {
+  if (plan.matmul) return RunMatmul(plan, dy, kernel, dx);
   Run(plan, {{DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
              {DNNL_ARG_WEIGHTS, KernelFor(plan, s, kernel)},
              {DNNL_ARG_DIFF_SRC, memory(s.Input(), Engine(), dx)}});
@@ -476,7 +555,9 @@ void* FlipKernel(const ConvShape& s, const void* hwio) {
 
 // y = the convolution `s` of x, by `plan` (ForwardPlan(s)).
 void RunForward(const Plan& plan, const ConvShape& s, void* x, void* kernel, void* y) {
-  if (plan.transposed_input_gradient) {
+  if (plan.matmul) {
+    RunMatmul(plan, x, kernel, y);
+  } else if (plan.transposed_input_gradient) {
     RunInputGradient(*plan.transposed_input_gradient, s.Transposed(), x, FlipKernel(s, kernel), y);
   } else {
     Run(plan, {{DNNL_ARG_SRC, memory(s.Input(), Engine(), x)},
@@ -527,13 +608,15 @@ ffi::Error FusedForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuf
   try {
     auto plan = FusedForwardPlan(*s, e);
     std::unordered_map<int, memory> post_op_inputs;
-    const memory::desc per_channel = Epilogue::PerChannel(*s);
+    // The post-ops' inputs are described like the output they apply to: a matmul's [rows, O], or NHWC.
+    const memory::desc output_desc = plan->matmul ? plan->matmul->dst : s->Output();
+    const memory::desc per_channel = Epilogue::PerChannel(*s, output_desc.get_ndims());
     // A fused convolution's post-ops are [scale, shift, residual]; the epilogue primitive's [shift, residual].
     const int first = plan->unfused_forward ? -1 : 0;
     if (first == 0) post_op_inputs[Epilogue::PostOpInput(0)] = memory(per_channel, Engine(), scale.untyped_data());
     post_op_inputs[Epilogue::PostOpInput(first + 1)] = memory(per_channel, Engine(), shift.untyped_data());
     if (residual) {
-      post_op_inputs[Epilogue::PostOpInput(first + 2)] = memory(s->Output(), Engine(), residual->untyped_data());
+      post_op_inputs[Epilogue::PostOpInput(first + 2)] = memory(output_desc, Engine(), residual->untyped_data());
     }
     memory output(s->Output(), Engine(), y->untyped_data());
     if (plan->unfused_forward) {
@@ -544,6 +627,8 @@ ffi::Error FusedForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuf
       dnnl::stream& stream = Stream();
       plan->epilogue.execute(stream, post_op_inputs);
       stream.wait();
+    } else if (plan->matmul) {
+      RunMatmul(*plan, x.untyped_data(), kernel.untyped_data(), y->untyped_data(), std::move(post_op_inputs));
     } else {
       post_op_inputs[DNNL_ARG_SRC] = memory(s->Input(), Engine(), x.untyped_data());
       post_op_inputs[DNNL_ARG_WEIGHTS] = KernelFor(*plan, *s, kernel.untyped_data());
@@ -576,6 +661,10 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
   if (s.has_error()) return s.error();
   try {
     auto plan = KernelGradientPlan(*s);
+    if (plan->matmul) {
+      RunMatmul(*plan, x.untyped_data(), dy.untyped_data(), dkernel->untyped_data());
+      return ffi::Error::Success();
+    }
     memory user(s->KernelHWIO(), Engine(), dkernel->untyped_data());
     memory computed = plan->kernel_reordered
                           ? memory(plan->kernel_desc, Engine(),
@@ -640,6 +729,8 @@ NB_MODULE(_onednn, m) {
       return false;
     }
   });
+  // The most rows a 1x1 convolution may have to run as matmuls (matmul_max_rows); returns the previous value.
+  m.def("set_matmul_max_rows", [](int64_t rows) { return matmul_max_rows.exchange(rows); });
   m.def("version", [] {
     const dnnl_version_t* v = dnnl_version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);

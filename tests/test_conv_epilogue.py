@@ -102,19 +102,19 @@ print("worst", worst)
 
 
 def test_the_epilogue_is_post_ops_of_a_direct_convolution_or_one_binary_pass_after_the_others():
-    """Natively, a 1x1 and a grouped convolution with an epilogue run as one oneDNN convolution each, with the
-    epilogue as its post-ops. A convolution oneDNN computes as a gemm (a padded 1x1 from 3 channels: CIFAR
-    MobileNetV2's stem) runs plain, then one oneDNN binary pass: its gemm applies post-ops 70x slower. On AVX2,
-    oneDNN 3.2's grouped forward with 4 channels per group runs as its transpose's backward-data (test_layers.py),
-    which takes no post-ops: one binary pass after it too."""
+    """Natively, a grouped convolution with an epilogue runs as one oneDNN convolution, with the epilogue as its
+    post-ops, and a 1x1 one of few rows as one oneDNN matmul with the same post-ops (test_layers.py). A convolution
+    oneDNN computes as a gemm (a padded 1x1 from 3 channels: CIFAR MobileNetV2's stem) runs plain, then one oneDNN
+    binary pass: its gemm applies post-ops 70x slower. On AVX2, oneDNN 3.2's grouped forward with 4 channels per group
+    runs as its transpose's backward-data (test_layers.py), which takes no post-ops: one binary pass after it too."""
     shapes = [(6, 16, 32, 1, 0, 1, "relu", True), (9, 32, 32, 3, 1, 8, "relu6", False), (6, 3, 32, 1, 1, 1, "relu6",
                                                                                          False)]
     executed, worst = onednn_run_logged(FUSED_AGAINST_XLA, shapes, isa=None)
-    kinds = [line.split(",")[3] for line in executed if ",convolution," in line or ",binary," in line]
-    assert kinds == ["convolution", "convolution", "convolution", "binary"], executed
-    convolutions = [line for line in executed if ",convolution," in line]
-    assert all("attr-post-ops:binary_mul" in line for line in convolutions[:2]), convolutions
-    assert "gemm" in convolutions[2] and "attr-post-ops" not in convolutions[2], convolutions
+    primitives = [line for line in executed if ",matmul," in line or ",convolution," in line or ",binary," in line]
+    kinds = [line.split(",")[3] for line in primitives]
+    assert kinds == ["matmul", "convolution", "convolution", "binary"], executed
+    assert all("attr-post-ops:binary_mul" in line for line in primitives[:2]), primitives
+    assert "gemm" in primitives[2] and "attr-post-ops" not in primitives[2], primitives
     assert worst < 1e-4, f"a fused convolution differs from XLA's by {worst}"
 
     executed, worst = onednn_run_logged(FUSED_AGAINST_XLA, shapes[1:2], isa="AVX2")

@@ -290,9 +290,9 @@ def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gra
     assert worst < 1e-4, f"transposed forward differs from XLA's by {worst}"
 
 
-# Output channels no kernel block divides (so that the blocks' padding is exercised): 1x1, dense 3x3 and grouped.
-PADDED_BLOCK_FORWARDS = [(4, 4, 64, 1000, 1, 1, 0, 1), (5, 5, 32, 200, 3, 3, 1, 1), (2, 2, 1024, 1000, 3, 3, 1, 8),
-                         (3, 3, 256, 480, 3, 3, 1, 4), (2, 2, 96, 1024, 1, 1, 0, 1)]
+# Output channels no kernel block divides (so that the blocks' padding is exercised): dense 3x3 and grouped (a 1x1
+# convolution of few rows is a matmul, with no kernel layout of its own: below).
+PADDED_BLOCK_FORWARDS = [(5, 5, 32, 200, 3, 3, 1, 1), (2, 2, 1024, 1000, 3, 3, 1, 8), (3, 3, 256, 480, 3, 3, 1, 4)]
 
 # A oneDNN kernel layout that blocks only the output channels (`a` of [out, in, h, w]; `b` of [groups, out/g, ...])
 # in blocks of at least 32 float32 values: csrc/onednn_conv.cc copies HWIO kernels into it without oneDNN's reorder.
@@ -308,7 +308,7 @@ def copied_by_blocks(layout: str) -> bool:
 @pytest.mark.parametrize("isa", ["native", "AVX2"])
 def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(isa):
     """Where oneDNN wants a forward kernel blocked only along its output channels in blocks of >= 128 bytes
-    (AVX-512's 1x1 and brgemm forwards; AVX2's grouped brgemm), the HWIO kernel is copied run by run, its padding
+    (AVX-512's brgemm forwards; AVX2's grouped brgemm), the HWIO kernel is copied run by run, its padding
     zeroed: the results equal XLA's, and oneDNN runs no reorder into such a layout (its own moved ResNeXt-50's
     kernels 2-3x slower: benchmarks/README.md). At least one of the convolutions takes that path on either ISA."""
     executed, worst = onednn_run_logged(FORWARDS_AGAINST_XLA, PADDED_BLOCK_FORWARDS,
@@ -316,10 +316,50 @@ def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(
     kernel_layouts = [re.search(r"wei_f32:\w*:blocked:(\w+):", line)[1]
                       for line in executed if ",convolution," in line]
     reordered_into = [re.search(r"dst_f32:\w*:blocked:(\w+):", line)[1] for line in executed if ",reorder," in line]
-    assert len(kernel_layouts) == 5, executed
+    assert len(kernel_layouts) == 3, executed
     assert any(copied_by_blocks(layout) for layout in kernel_layouts), kernel_layouts
     assert not [layout for layout in reordered_into if copied_by_blocks(layout)], reordered_into
     assert worst < 1e-4, f"a forward with a copied kernel differs from XLA's by {worst}"
+
+
+# Runs each 1x1 convolution (batch, height, width, in channels, out channels) forward and backward through oneDNN
+# and through XLA, and prints the largest difference of the output and of both gradients.
+POINTWISE_AGAINST_XLA = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.ops import onednn
+worst = 0.0
+for n, h, w, cin, cout in json.loads(sys.argv[1]):
+    rng = np.random.default_rng(h * cin + cout)
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((1, 1, cin, cout), dtype=np.float32) / np.sqrt(cin))
+    dy = jnp.asarray(rng.standard_normal((n, h, w, cout), dtype=np.float32))
+    xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    got, want = (jax.jit(lambda x, k, dy: (lambda y, pull: (y, *pull(dy)))(*jax.vjp(f, x, k)))(x, k, dy)
+                 for f in (onednn.conv2d, xla))
+    worst = max(worst, *(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want)))
+print("worst", worst)
+"""
+# Rows (batch x height x width) at and just above csrc/onednn_conv.cc's kMatmulMaxRows (2048).
+MATMUL_POINTWISE = [(2, 4, 4, 96, 40), (8, 16, 16, 64, 1000)]
+CONVOLUTION_POINTWISE = [(2, 33, 32, 16, 24)]
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+@pytest.mark.parametrize("isa", ["native", "AVX2"])
+def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers_as_they_lie(isa):
+    """A 1x1 convolution (stride 1, unpadded) of up to 2048 rows runs its forward, input gradient and kernel gradient
+    as oneDNN matmuls over the NHWC and HWIO buffers, the kernel read in place: no convolution, no reorder (ResNeXt-50's
+    step at 64 px: 1.2-1.3x faster, benchmarks/README.md). Above that many rows it stays a convolution, which oneDNN 3.2
+    computes faster there. Values and gradients equal XLA's."""
+    executed, worst = onednn_run_logged(POINTWISE_AGAINST_XLA, MATMUL_POINTWISE + CONVOLUTION_POINTWISE,
+                                        isa=None if isa == "native" else isa)
+    kinds = [line.split(",")[3] for line in executed]
+    assert kinds[:6] == ["matmul"] * 6, executed  # forward, input gradient, kernel gradient of each: nothing else
+    in_place = re.compile(r"src_f32::blocked:(ab|ba)::f0 wei_f32::blocked:(ab|ba)::f0 dst_f32::blocked:ab::f0")
+    assert all(in_place.search(line) for line in executed[:6]), executed
+    assert "matmul" not in kinds[6:] and kinds[6:].count("convolution") == 3, executed
+    assert worst < 1e-5, f"a 1x1 convolution by matmul differs from XLA's by {worst} of the largest value"
 
 
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)

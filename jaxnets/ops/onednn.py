@@ -55,6 +55,19 @@ def version() -> str | None:
     return extension.version() if extension is not None else None
 
 
+def set_matmul_max_rows(rows: int) -> int:
+    """1x1 convolutions (stride 1, unpadded) of at most `rows` rows (batch x height x width) compute each pass as a
+    oneDNN matmul on the buffers as they lie, the kernel never reordered; larger ones as oneDNN convolutions. The
+    default, 2048, is where the matmuls stopped being faster on the machines measured (csrc/onednn_conv.cc); 0: never.
+    Applies to every call from then on, already compiled programs included. Returns the previous value."""
+    extension = _extension()
+    if extension is None:
+        raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
+    if rows < 0:
+        raise ValueError(f"set_matmul_max_rows: rows must be >= 0, got {rows}")
+    return extension.set_matmul_max_rows(rows)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:
     """NHWC x HWIO convolution with PyTorch's symmetric `padding`, through oneDNN (CPU only).
 

@@ -1,0 +1,152 @@
+"""1x1 convolutions as oneDNN matmuls on their buffers as they lie, against oneDNN convolutions with their kernels
+reordered into blocks, one beside the other in one process (`onednn.set_matmul_max_rows`).
+
+    python benchmarks/pointwise_ab.py [--parts ops,models] [--models a,b] [--rounds 5] [--json PATH]
+
+ops: single 1x1 convolutions (forward, input gradient, kernel gradient, each alone) from ResNeXt-50, its CIFAR form and
+MobileNetV2, from 128 to 100,352 rows (batch x height x width), the same compiled program called with every 1x1
+convolution as matmuls, then as convolutions, alternately. Called over and over, a kernel and its reorder stay in the
+caches, which flatters the convolutions: in a training step every kernel is read from memory. models: the train
+step and the eval forward of each model (cpu.py's sizes; `name@224`: at 224 px, batch 32), the same compiled
+programs with the default limit (1x1 convolutions of up to 2048 rows as matmuls) and with none.
+Each call follows an untimed call of the same setting; the order flips every round. Ratio: median of the per-round
+convolution / matmul times (> 1: the matmuls are faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import jax
+import numpy as np
+from cpu import model_spec
+from harness import environment, results
+from memory_probe import build_runner
+
+from jaxnets.ops import onednn
+
+# (label, N, H, W, C, O)
+OPS = [("ResNeXt-50 stage 4, 64 px", 32, 2, 2, 1024, 2048), ("ResNeXt-50 stage 3, 64 px", 32, 4, 4, 512, 1024),
+       ("ResNeXt-50 stage 2, 64 px", 32, 8, 8, 256, 512), ("CIFAR ResNeXt-50 stage 3", 64, 8, 8, 512, 1024),
+       ("ResNeXt-50 stage 1, 64 px", 32, 16, 16, 256, 256), ("CIFAR ResNeXt-50 stage 2", 64, 16, 16, 512, 512),
+       ("MobileNetV2 expansion, 64 px", 32, 32, 32, 16, 96), ("ResNeXt-50 stage 1, 224 px", 32, 56, 56, 64, 256)]
+MODELS = ("resnext50_32x4d", "mobilenet_v2", "resnext50_32x4d@224", "cifar_resnext50", "resnext29_8x64d",
+          "cifar_mobilenet_v2", "enas_macro")
+SETTINGS = {"matmul": 2**62, "convolution": 0}  # set_matmul_max_rows for each side of the ops
+
+
+def alternate(calls: dict, rows: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call (a settling call before each), its matmul limit set before it, the order flipped every
+    round."""
+    seconds: dict[str, list[float]] = {kind: [] for kind in calls}
+    kinds = list(calls)
+    for r in range(rounds):
+        for kind in (kinds if r % 2 else kinds[::-1]):
+            onednn.set_matmul_max_rows(rows[kind])
+            calls[kind]()
+            start = time.perf_counter()
+            calls[kind]()
+            seconds[kind].append(time.perf_counter() - start)
+    return seconds
+
+
+def summary(seconds: dict[str, list[float]]) -> dict:
+    ratios = [c / m for c, m in zip(seconds["convolution"], seconds["matmul"], strict=True)]
+    return {"seconds": seconds, "matmul_ms": 1e3 * statistics.median(seconds["matmul"]),
+            "convolution_ms": 1e3 * statistics.median(seconds["convolution"]), "ratio": statistics.median(ratios)}
+
+
+def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal((n, h, w, c), dtype=np.float32))
+    kernel = jax.device_put(rng.standard_normal((1, 1, c, o), dtype=np.float32) / np.float32(np.sqrt(c)))
+    dy = jax.device_put(rng.standard_normal((n, h, w, o), dtype=np.float32))
+
+    def gradient(index):  # the input's (0) or the kernel's (1) alone: XLA drops the calls the other needs
+        return jax.jit(lambda x, kernel, dy: jax.vjp(onednn.conv2d, x, kernel)[1](dy)[index])
+
+    passes = {"fwd": jax.jit(onednn.conv2d), "dX": gradient(0), "dW": gradient(1)}
+    rows = []
+    for mode, program in passes.items():
+        args = (x, kernel) if mode == "fwd" else (x, kernel, dy)
+        call = lambda program=program, args=args: jax.block_until_ready(program(*args))  # noqa: E731
+        seconds = alternate({"matmul": call, "convolution": call}, SETTINGS, rounds)
+        rows.append({"op": label, "shape": [n, h, w, c, o], "rows": n * h * w, "mode": mode, **summary(seconds)})
+    return rows
+
+
+def measure_model(name: str, rounds: int) -> list[dict]:
+    name, _, size = name.partition("@")
+    spec = dataclasses.asdict(model_spec(name, False))
+    if size:
+        spec.update(size=int(size), batch=32)
+    runner = build_runner("jaxnets", spec)
+    default = onednn.set_matmul_max_rows(0)
+    onednn.set_matmul_max_rows(default)
+    rows = []
+    for kind in ("train", "forward"):
+        call = getattr(runner, kind)
+        seconds = alternate({"matmul": call, "convolution": call}, {"matmul": default, "convolution": 0}, rounds)
+        rows.append({"model": name, "size": spec["size"], "batch": spec["batch"], "kind": kind, **summary(seconds)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="ops,models")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--op-rounds", type=int, default=11)
+    parser.add_argument("--json", default=results.default_path("pointwise_ab"))
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not onednn.available():
+        parser.error("needs jaxnets' oneDNN extension (Linux x86-64, `pip install -e .`)")
+    default = onednn.set_matmul_max_rows(0)
+    onednn.set_matmul_max_rows(default)
+    ops, models = [], []
+    if "ops" in parts:
+        for op in OPS:
+            ops += measure_op(*op, rounds=args.op_rounds)
+            for r in ops[-3:]:
+                print(f"{r['op']} {r['mode']}: matmul {r['matmul_ms']:.2f} ms, convolution {r['convolution_ms']:.2f} "
+                      f"ms, {r['ratio']:.3f}x", flush=True)
+    if "models" in parts:
+        for name in args.models.split(","):
+            models += measure_model(name, args.rounds)
+            for r in models[-2:]:
+                print(f"{name} {r['kind']}: matmul {r['matmul_ms']:.1f} ms, convolution {r['convolution_ms']:.1f} ms, "
+                      f"{r['ratio']:.3f}x", flush=True)
+    onednn.set_matmul_max_rows(default)
+    report = {"environment": environment.capture(), "default_matmul_max_rows": default, "rounds": args.rounds,
+              "op_rounds": args.op_rounds, "ops": ops, "models": models}
+    body = [
+        "1x1 convolutions as oneDNN matmuls on their buffers as they lie against oneDNN convolutions (kernels "
+        "reordered into blocks), the same compiled program, alternately in one process (`python "
+        "benchmarks/pointwise_ab.py`); float32; ratio = median per-round convolution / matmul time (> 1: the "
+        "matmuls are faster).",
+    ]
+    if ops:
+        body += ["", f"Single 1x1 convolutions, every one as matmuls or as convolutions, median of {args.op_rounds} "
+                 "rounds (fwd: forward; dX: input gradient; dW: kernel gradient, each alone). Called over and over, the "
+                 "kernel and its reorder stay in the caches, which flatters the convolutions.", "",
+                 *results.table(["op", "NHWC in", "out channels", "rows", "mode", "matmul ms", "convolution ms",
+                                 "ratio"],
+                                [[r["op"], "x".join(map(str, r["shape"][:4])), r["shape"][4], r["rows"], r["mode"],
+                                  results.num(r["matmul_ms"], ".2f"), results.num(r["convolution_ms"], ".2f"),
+                                  results.num(r["ratio"], ".3f", "x")] for r in ops])]
+    if models:
+        body += ["", f"Whole models, median of {args.rounds} rounds: 1x1 convolutions of up to {default} rows as "
+                 "matmuls (the default) against none (train: cpu.py's training step; forward: eval mode).", "",
+                 *results.table(["model", "size", "batch", "call", "matmul ms", "convolution ms", "ratio"],
+                                [[r["model"], r["size"], r["batch"], r["kind"], results.num(r["matmul_ms"]),
+                                  results.num(r["convolution_ms"]), results.num(r["ratio"], ".3f", "x")]
+                                 for r in models])]
+    print(results.write(args.json, report, "1x1 convolutions: matmuls against convolutions", body))
+
+
+if __name__ == "__main__":
+    main()

@@ -131,8 +131,8 @@ def main() -> None:
     ]
     if ops:
         body += ["", f"Single 1x1 convolutions, every one as matmuls or as convolutions, median of {args.op_rounds} "
-                 "rounds (fwd: forward; dX: input gradient; dW: kernel gradient, each alone). Called over and over, the "
-                 "kernel and its reorder stay in the caches, which flatters the convolutions.", "",
+                 "rounds (fwd: forward; dX: input gradient; dW: kernel gradient, each alone). Called over and over, "
+                 "the kernel and its reorder stay in the caches, which flatters the convolutions.", "",
                  *results.table(["op", "NHWC in", "out channels", "rows", "mode", "matmul ms", "convolution ms",
                                  "ratio"],
                                 [[r["op"], "x".join(map(str, r["shape"][:4])), r["shape"][4], r["rows"], r["mode"],

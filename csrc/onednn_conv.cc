@@ -56,11 +56,11 @@ dnnl::stream& Stream() {
 }
 
 // A 1x1 convolution (stride 1, unpadded) of at most this many rows (batch x height x width) runs its three passes as
-// oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Up to 2048 rows each pass of
-// ResNeXt-50's and MobileNetV2's 1x1 shapes ran as fast or faster so (4096 or more: 0.86-0.95x for the forward and
-// input gradient of 128-1024 channels; 8192 or more: 0.63-0.88x for the kernel gradient of 16-144 channels); whole
-// steps: ResNeXt-50 at 64 px 1.29x, at 224 px 1.05-1.08x, MobileNetV2 at 64 px 1.06x (benchmarks/README.md).
-// Settable (set_matmul_max_rows: 0 never) for benchmarks/pointwise_ab.py and for CPUs that move the crossover.
+// oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Alone, with its kernel in cache,
+// a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192 and 0.65-1.12x beyond; in whole steps, where
+// kernels come from memory, ResNeXt-50's (64 px) 1.20x and its eval forward 1.31x, MobileNetV2's 1.09x and 1.23x,
+// at 224 px level (benchmarks/results/pointwise_ab.md). Settable (set_matmul_max_rows: 0 never) for that benchmark
+// and for CPUs that move the crossover.
 std::atomic<int64_t> matmul_max_rows{2048};
 
 // One convolution's geometry, as the three calls see it.

@@ -350,8 +350,8 @@ CONVOLUTION_POINTWISE = [(2, 33, 32, 16, 24)]
 def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers_as_they_lie(isa):
     """A 1x1 convolution (stride 1, unpadded) of up to 2048 rows runs its forward, input gradient and kernel gradient
     as oneDNN matmuls over the NHWC and HWIO buffers, the kernel read in place: no convolution, no reorder (ResNeXt-50's
-    step at 64 px: 1.2-1.3x faster, benchmarks/README.md). Above that many rows it stays a convolution, which oneDNN 3.2
-    computes faster there. Values and gradients equal XLA's."""
+    train step at 64 px: 1.20x faster, benchmarks/results/pointwise_ab.md). Above that many rows it stays a
+    convolution, where oneDNN 3.2's convolution kernels are as fast or a few percent faster. Values and gradients equal XLA's."""
     executed, worst = onednn_run_logged(POINTWISE_AGAINST_XLA, MATMUL_POINTWISE + CONVOLUTION_POINTWISE,
                                         isa=None if isa == "native" else isa)
     kinds = [line.split(",")[3] for line in executed]

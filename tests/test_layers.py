@@ -351,7 +351,8 @@ def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers
     """A 1x1 convolution (stride 1, unpadded) of up to 2048 rows runs its forward, input gradient and kernel gradient
     as oneDNN matmuls over the NHWC and HWIO buffers, the kernel read in place: no convolution, no reorder (ResNeXt-50's
     train step at 64 px: 1.20x faster, benchmarks/results/pointwise_ab.md). Above that many rows it stays a
-    convolution, where oneDNN 3.2's convolution kernels are as fast or a few percent faster. Values and gradients equal XLA's."""
+    convolution, where oneDNN 3.2's convolution kernels are as fast or a few percent faster. Values and gradients
+    equal XLA's."""
     executed, worst = onednn_run_logged(POINTWISE_AGAINST_XLA, MATMUL_POINTWISE + CONVOLUTION_POINTWISE,
                                         isa=None if isa == "native" else isa)
     kinds = [line.split(",")[3] for line in executed]

@@ -57,10 +57,11 @@ dnnl::stream& Stream() {
 
 // A 1x1 convolution (stride 1, unpadded) of at most this many rows (batch x height x width) runs its three passes as
 // oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Alone, with its kernel in cache,
-// a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192 and 0.65-1.12x beyond; in whole steps, where
-// kernels come from memory, ResNeXt-50's (64 px) 1.20x and its eval forward 1.31x, MobileNetV2's 1.09x and 1.23x,
-// at 224 px level (benchmarks/results/pointwise_ab.md). Settable (set_matmul_max_rows: 0 never) for that benchmark
-// and for CPUs that move the crossover.
+// a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192 rows and at 0.65-1.12x beyond; in whole
+// steps, where kernels come from memory, ResNeXt-50's (64 px) ran 1.20x faster and its eval forward 1.31x,
+// MobileNetV2's 1.09x and 1.23x, and at 224 px level (benchmarks/results/pointwise_ab.md). Settable
+// (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. A plan is cached under
+// the choice its shape got (ConvShape::Key), and runs as what it was built as.
 std::atomic<int64_t> matmul_max_rows{2048};
 
 // One convolution's geometry, as the three calls see it.
@@ -273,7 +274,7 @@ std::shared_ptr<const Plan> CachedPlan(const std::string& key, Build build) {
 // with a reorder from HWIO into it (or out of it into HWIO) unless it is HWIO already.
 Plan MakePlan(const ConvShape& s, dnnl::primitive conv, const memory::desc& chosen, const memory::desc& scratchpad,
               bool kernel_is_result) {
-  Plan plan{conv, chosen, scratchpad};  // (conv: the primitive)
+  Plan plan{conv, chosen, scratchpad};
   if (chosen != s.KernelHWIO()) {
     plan.kernel_reordered = true;
     const memory::desc& from = kernel_is_result ? chosen : s.KernelHWIO();

@@ -363,6 +363,33 @@ def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers
     assert worst < 1e-5, f"a 1x1 convolution by matmul differs from XLA's by {worst} of the largest value"
 
 
+# Runs one 1x1 convolution with the matmuls turned off, then on again, in the same compiled program.
+MATMULS_OFF_THEN_ON = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.ops import onednn
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((2, 4, 4, 8), np.float32))
+k = jnp.asarray(rng.standard_normal((1, 1, 8, 16), np.float32))
+conv = jax.jit(onednn.conv2d)
+default = onednn.set_matmul_max_rows(0)
+off = conv(x, k)
+assert onednn.set_matmul_max_rows(default) == 0 and default == 2048, default
+print("worst", float(jnp.max(jnp.abs(conv(x, k) - off))))
+"""
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+def test_set_matmul_max_rows_switches_compiled_programs_and_refuses_a_negative_limit():
+    """`onednn.set_matmul_max_rows(0)` turns the matmuls off for the calls after it, already compiled programs
+    included (benchmarks/pointwise_ab.py relies on it), and returns the previous limit; the results agree."""
+    executed, worst = onednn_run_logged(MATMULS_OFF_THEN_ON, [])
+    kinds = [line.split(",")[3] for line in executed if ",reorder," not in line]
+    assert kinds == ["convolution", "matmul"], executed
+    assert worst < 1e-5
+    with pytest.raises(ValueError, match=r"set_matmul_max_rows: rows must be >= 0, got -1"):
+        onednn.set_matmul_max_rows(-1)
+
+
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)
 
 

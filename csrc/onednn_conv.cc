@@ -60,8 +60,8 @@ dnnl::stream& Stream() {
 // a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192 rows and at 0.65-1.12x beyond; in whole
 // steps, where kernels come from memory, ResNeXt-50's (64 px) ran 1.20x faster and its eval forward 1.31x,
 // MobileNetV2's 1.09x and 1.23x, and at 224 px level (benchmarks/results/pointwise_ab.md). Settable
-// (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. A plan is cached under
-// the choice its shape got (ConvShape::Key), and runs as what it was built as.
+// (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. Each call reads it once:
+// its plan is cached and built under that one choice (ConvShape::Key).
 std::atomic<int64_t> matmul_max_rows{2048};
 
 // One convolution's geometry, as the three calls see it.
@@ -73,9 +73,10 @@ struct ConvShape {
   int64_t pad_top, pad_left, pad_bottom, pad_right;
   memory::data_type type;
 
-  std::string Key(const char* kind) const {
+  // The plan cache's key; `matmul`: IsMatrixProduct() as the caller read it once (the limit may move meanwhile).
+  std::string Key(const char* kind, bool matmul) const {
     std::string key = kind;
-    if (IsMatrixProduct()) key += ",matmul";
+    if (matmul) key += ",matmul";
     for (int64_t v : {n, h, w, c, oh, ow, o, kh, kw, stride, groups, pad_top, pad_left, pad_bottom, pad_right,
                       static_cast<int64_t>(type)}) {
       key += ',' + std::to_string(v);
@@ -312,8 +313,9 @@ dnnl::convolution_backward_data::primitive_desc InputGradientDesc(const ConvShap
 }
 
 std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
-  return CachedPlan(s.Key("dx"), [&] {
-    if (s.IsMatrixProduct()) {  // dx = dy x kernel^T
+  const bool matmul = s.IsMatrixProduct();
+  return CachedPlan(s.Key("dx", matmul), [&] {
+    if (matmul) {  // dx = dy x kernel^T
       if (auto plan = MatmulPlan({s.Rows(s.o), s.KernelMatrixTransposed(), s.Rows(s.c)})) return *std::move(plan);
     }
     auto pd = InputGradientDesc(s);
@@ -351,8 +353,9 @@ bool RunsBetterTransposed(const ConvShape& s, const dnnl::convolution_forward::p
 }
 
 std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
-  return CachedPlan(s.Key("fwd"), [&] {
-    if (s.IsMatrixProduct()) {  // y = x x kernel
+  const bool matmul = s.IsMatrixProduct();
+  return CachedPlan(s.Key("fwd", matmul), [&] {
+    if (matmul) {  // y = x x kernel
       if (auto plan = MatmulPlan({s.Rows(s.c), s.KernelMatrix(), s.Rows(s.o)})) return *std::move(plan);
     }
     auto pd = ForwardDesc(s);
@@ -370,8 +373,9 @@ std::shared_ptr<const Plan> ForwardPlan(const ConvShape& s) {
 // and one pass of oneDNN's binary primitive: oneDNN 3.2's gemm convolution applies binary post-ops slowly (CIFAR
 // MobileNetV2's padded 1x1 stem, 3 -> 32 channels at 34x34, batch 64: 134-160 ms with them, 2 ms without).
 std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue& e) {
-  return CachedPlan(s.Key("fused") + e.Key(), [&] {
-    if (s.IsMatrixProduct()) {
+  const bool matmul = s.IsMatrixProduct();
+  return CachedPlan(s.Key("fused", matmul) + e.Key(), [&] {
+    if (matmul) {
       const MatmulOperands operands{s.Rows(s.c), s.KernelMatrix(), s.Rows(s.o)};
       dnnl::primitive_attr attr = UserScratchpad();
       attr.set_post_ops(e.PostOps(s, operands.dst));
@@ -397,8 +401,9 @@ std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue&
 }
 
 std::shared_ptr<const Plan> KernelGradientPlan(const ConvShape& s) {
-  return CachedPlan(s.Key("dw"), [&] {
-    if (s.IsMatrixProduct()) {  // dkernel = x^T x dy
+  const bool matmul = s.IsMatrixProduct();
+  return CachedPlan(s.Key("dw", matmul), [&] {
+    if (matmul) {  // dkernel = x^T x dy
       if (auto plan = MatmulPlan({s.RowsTransposed(s.c), s.Rows(s.o), s.KernelMatrix()})) return *std::move(plan);
     }
     dnnl::convolution_backward_weights::primitive_desc pd(

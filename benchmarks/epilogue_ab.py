@@ -16,12 +16,12 @@ import argparse
 import contextlib
 import functools
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from harness import environment, results
 from harness.batches import random_batch
+from harness.rounds import alternate
 from harness.runners import host_variables
 
 from jaxnets.models import create_model, layers, model_entry
@@ -50,13 +50,10 @@ def measure(name: str, rounds: int) -> dict:
         raise RuntimeError(f"{name}: expected fused convolutions in the fused program only, got {calls}")
     logits = {kind: program(variables, x) for kind, program in programs.items()}
     difference = float(jnp.max(jnp.abs(logits["fused"] - logits["unfused"])) / jnp.max(jnp.abs(logits["unfused"])))
-    seconds: dict[str, list[float]] = {kind: [] for kind in programs}
-    for r in range(rounds):
-        for kind in (("fused", "unfused") if r % 2 else ("unfused", "fused")):
-            jax.block_until_ready(programs[kind](variables, x))  # settling call
-            start = time.perf_counter()
-            jax.block_until_ready(programs[kind](variables, x))
-            seconds[kind].append(time.perf_counter() - start)
+    def call(kind):
+        return lambda: jax.block_until_ready(programs[kind](variables, x))
+
+    seconds = alternate({kind: call(kind) for kind in ("fused", "unfused")}, rounds)
     ratios = [u / f for u, f in zip(seconds["unfused"], seconds["fused"], strict=True)]
     return {"model": name, "size": size, "batch": batch, "seconds": seconds, "ratio": statistics.median(ratios),
             "fused_ms": 1e3 * statistics.median(seconds["fused"]),

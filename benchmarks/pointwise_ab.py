@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import time
 
 import jax
 import numpy as np
 from cpu import model_spec
 from harness import environment, results
+from harness.rounds import alternate
 from memory_probe import build_runner
 
 from jaxnets.ops import onednn
@@ -35,22 +35,18 @@ OPS = [("ResNeXt-50 stage 4, 64 px", 32, 2, 2, 1024, 2048), ("ResNeXt-50 stage 3
        ("MobileNetV2 expansion, 64 px", 32, 32, 32, 16, 96), ("ResNeXt-50 stage 1, 224 px", 32, 56, 56, 64, 256)]
 MODELS = ("resnext50_32x4d", "mobilenet_v2", "resnext50_32x4d@224", "cifar_resnext50", "resnext29_8x64d",
           "cifar_mobilenet_v2", "enas_macro")
-SETTINGS = {"matmul": 2**62, "convolution": 0}  # set_matmul_max_rows for each side of the ops
 
 
-def alternate(calls: dict, rows: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call (a settling call before each), its matmul limit set before it, the order flipped every
-    round."""
-    seconds: dict[str, list[float]] = {kind: [] for kind in calls}
-    kinds = list(calls)
-    for r in range(rounds):
-        for kind in (kinds if r % 2 else kinds[::-1]):
-            onednn.set_matmul_max_rows(rows[kind])
-            calls[kind]()
-            start = time.perf_counter()
-            calls[kind]()
-            seconds[kind].append(time.perf_counter() - start)
-    return seconds
+def with_limits(call, matmul_limit: int) -> dict:
+    """`call` with the matmuls up to `matmul_limit` rows and with none, for harness.rounds.alternate."""
+
+    def limited(rows):
+        def run():
+            onednn.set_matmul_max_rows(rows)
+            call()
+        return run
+
+    return {"matmul": limited(matmul_limit), "convolution": limited(0)}
 
 
 def summary(seconds: dict[str, list[float]]) -> dict:
@@ -73,23 +69,21 @@ def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) 
     for mode, program in passes.items():
         args = (x, kernel) if mode == "fwd" else (x, kernel, dy)
         call = lambda program=program, args=args: jax.block_until_ready(program(*args))  # noqa: E731
-        seconds = alternate({"matmul": call, "convolution": call}, SETTINGS, rounds)
+        seconds = alternate(with_limits(call, 2**62), rounds)  # every 1x1 as matmuls, or none
         rows.append({"op": label, "shape": [n, h, w, c, o], "rows": n * h * w, "mode": mode, **summary(seconds)})
     return rows
 
 
-def measure_model(name: str, rounds: int) -> list[dict]:
+def measure_model(name: str, rounds: int, default_limit: int) -> list[dict]:
     name, _, size = name.partition("@")
     spec = dataclasses.asdict(model_spec(name, False))
     if size:
         spec.update(size=int(size), batch=32)
     runner = build_runner("jaxnets", spec)
-    default = onednn.set_matmul_max_rows(0)
-    onednn.set_matmul_max_rows(default)
     rows = []
     for kind in ("train", "forward"):
         call = getattr(runner, kind)
-        seconds = alternate({"matmul": call, "convolution": call}, {"matmul": default, "convolution": 0}, rounds)
+        seconds = alternate(with_limits(call, default_limit), rounds)
         rows.append({"model": name, "size": spec["size"], "batch": spec["batch"], "kind": kind, **summary(seconds)})
     return rows
 
@@ -105,7 +99,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if not onednn.available():
         parser.error("needs jaxnets' oneDNN extension (Linux x86-64, `pip install -e .`)")
-    default = onednn.set_matmul_max_rows(0)
+    default = onednn.set_matmul_max_rows(0)  # (reads the limit: set back below, and after every A/B)
     onednn.set_matmul_max_rows(default)
     ops, models = [], []
     if "ops" in parts:
@@ -116,7 +110,7 @@ def main() -> None:
                       f"ms, {r['ratio']:.3f}x", flush=True)
     if "models" in parts:
         for name in args.models.split(","):
-            models += measure_model(name, args.rounds)
+            models += measure_model(name, args.rounds, default)
             for r in models[-2:]:
                 print(f"{name} {r['kind']}: matmul {r['matmul_ms']:.1f} ms, convolution {r['convolution_ms']:.1f} ms, "
                       f"{r['ratio']:.3f}x", flush=True)

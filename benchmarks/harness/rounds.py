@@ -73,3 +73,17 @@ def interleave(calls: dict[str, Callable[[], Any]], rounds: int,
                 del live[name]
                 release_memory()
     return result
+
+
+def alternate(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """A/B of programs in one process: every entry once per round, each timed call right after an untimed one of
+    the same entry (its settling call), the order reversed every other round; wall seconds of each timed call."""
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in (names if r % 2 else names[::-1]):
+            calls[name]()
+            start = time.perf_counter()
+            calls[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds

@@ -1,14 +1,15 @@
 """1x1 convolutions as oneDNN matmuls on their buffers as they lie, against oneDNN convolutions with their kernels
 reordered into blocks, one beside the other in one process (`onednn.set_matmul_max_rows`).
 
-    python benchmarks/pointwise_ab.py [--parts ops,models] [--models a,b] [--rounds 5] [--json PATH]
+    python benchmarks/pointwise_ab.py [--parts ops,models] [--models a,b] [--rounds 5] [--against ROWS] [--json PATH]
 
 ops: single 1x1 convolutions (forward, input gradient, kernel gradient, each alone) from ResNeXt-50, its CIFAR form and
 MobileNetV2, from 128 to 100,352 rows (batch x height x width), the same compiled program called with every 1x1
 convolution as matmuls, then as convolutions, alternately. Called over and over, a kernel and its reorder stay in the
 caches, which flatters the convolutions: in a training step every kernel is read from memory. models: the train
 step and the eval forward of each model (cpu.py's sizes; `name@224`: at 224 px, batch 32), the same compiled
-programs with the default limit (1x1 convolutions of up to 2048 rows as matmuls) and with none.
+programs with the default limit (1x1 convolutions of up to 2048 rows as matmuls where oneDNN runs AVX-512 kernels, 512
+on AVX2) and with none, or with `--against ROWS`.
 Each call follows an untimed call of the same setting; the order flips every round. Ratio: median of the per-round
 convolution / matmul times (> 1: the matmuls are faster).
 """
@@ -37,8 +38,9 @@ MODELS = ("resnext50_32x4d", "mobilenet_v2", "resnext50_32x4d@224", "cifar_resne
           "cifar_mobilenet_v2", "enas_macro")
 
 
-def with_limits(call, matmul_limit: int) -> dict:
-    """`call` with the matmuls up to `matmul_limit` rows and with none, for harness.rounds.alternate."""
+def with_limits(call, matmul_limit: int, against: int = 0) -> dict:
+    """`call` with the matmuls up to `matmul_limit` rows ("matmul") and up to `against` rows ("convolution"; 0: none),
+    for harness.rounds.alternate."""
 
     def limited(rows):
         def run():
@@ -46,7 +48,7 @@ def with_limits(call, matmul_limit: int) -> dict:
             call()
         return run
 
-    return {"matmul": limited(matmul_limit), "convolution": limited(0)}
+    return {"matmul": limited(matmul_limit), "convolution": limited(against)}
 
 
 def summary(seconds: dict[str, list[float]]) -> dict:
@@ -74,7 +76,7 @@ def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) 
     return rows
 
 
-def measure_model(name: str, rounds: int, default_limit: int) -> list[dict]:
+def measure_model(name: str, rounds: int, default_limit: int, against: int) -> list[dict]:
     name, _, size = name.partition("@")
     spec = dataclasses.asdict(model_spec(name, False))
     if size:
@@ -83,7 +85,7 @@ def measure_model(name: str, rounds: int, default_limit: int) -> list[dict]:
     rows = []
     for kind in ("train", "forward"):
         call = getattr(runner, kind)
-        seconds = alternate(with_limits(call, default_limit), rounds)
+        seconds = alternate(with_limits(call, default_limit, against), rounds)
         rows.append({"model": name, "size": spec["size"], "batch": spec["batch"], "kind": kind, **summary(seconds)})
     return rows
 
@@ -94,6 +96,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--op-rounds", type=int, default=11)
+    parser.add_argument("--against", type=int, default=0,
+                        help="models: the limit (rows) the default is measured against; 0 (default): no matmuls")
     parser.add_argument("--json", default=results.default_path("pointwise_ab"))
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -110,13 +114,13 @@ def main() -> None:
                       f"ms, {r['ratio']:.3f}x", flush=True)
     if "models" in parts:
         for name in args.models.split(","):
-            models += measure_model(name, args.rounds, default)
+            models += measure_model(name, args.rounds, default, args.against)
             for r in models[-2:]:
-                print(f"{name} {r['kind']}: matmul {r['matmul_ms']:.1f} ms, convolution {r['convolution_ms']:.1f} ms, "
-                      f"{r['ratio']:.3f}x", flush=True)
+                print(f"{name} {r['kind']}: default limit {r['matmul_ms']:.1f} ms, against "
+                      f"{r['convolution_ms']:.1f} ms, {r['ratio']:.3f}x", flush=True)
     onednn.set_matmul_max_rows(default)
-    report = {"environment": environment.capture(), "default_matmul_max_rows": default, "rounds": args.rounds,
-              "op_rounds": args.op_rounds, "ops": ops, "models": models}
+    report = {"environment": environment.capture(), "default_matmul_max_rows": default, "against": args.against,
+              "rounds": args.rounds, "op_rounds": args.op_rounds, "ops": ops, "models": models}
     body = [
         "1x1 convolutions as oneDNN matmuls on their buffers as they lie against oneDNN convolutions (kernels "
         "reordered into blocks), the same compiled program, alternately in one process (`python "
@@ -133,9 +137,12 @@ def main() -> None:
                                   results.num(r["matmul_ms"], ".2f"), results.num(r["convolution_ms"], ".2f"),
                                   results.num(r["ratio"], ".3f", "x")] for r in ops])]
     if models:
+        against = f"up to {args.against} rows" if args.against else "none"
         body += ["", f"Whole models, median of {args.rounds} rounds: 1x1 convolutions of up to {default} rows as "
-                 "matmuls (the default) against none (train: cpu.py's training step; forward: eval mode).", "",
-                 *results.table(["model", "size", "batch", "call", "matmul ms", "convolution ms", "ratio"],
+                 f"matmuls (the default) against {against} (train: cpu.py's training step; forward: eval mode); "
+                 "ratio > 1: the default is faster.", "",
+                 *results.table(["model", "size", "batch", "call", f"up to {default} rows ms", f"{against} ms",
+                                 "ratio"],
                                 [[r["model"], r["size"], r["batch"], r["kind"], results.num(r["matmul_ms"]),
                                   results.num(r["convolution_ms"]), results.num(r["ratio"], ".3f", "x")]
                                  for r in models])]

@@ -56,13 +56,23 @@ dnnl::stream& Stream() {
 }
 
 // A 1x1 convolution (stride 1, unpadded) of at most this many rows (batch x height x width) runs its three passes as
-// oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Alone, with its kernel in cache,
-// a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192 rows and at 0.65-1.12x beyond; in whole
-// steps, where kernels come from memory, ResNeXt-50's (64 px) ran 1.20x faster and its eval forward 1.31x,
-// MobileNetV2's 1.09x and 1.23x, and at 224 px level (benchmarks/results/pointwise_ab.md). Settable
+// oneDNN matmuls on the buffers as they lie (MatmulPlan), its kernel never reordered. Where oneDNN runs AVX-512
+// kernels: alone, with its kernel in cache, a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192
+// rows and at 0.65-1.12x beyond; in whole steps, where kernels come from memory, ResNeXt-50's (64 px) ran 1.20x faster
+// and its eval forward 1.31x, MobileNetV2's 1.09x and 1.23x, and at 224 px level (benchmarks/results/pointwise_ab.md):
+// 2048 rows. On AVX2 (oneDNN 3.2's AVX2 matmul is a gemm, not its AVX-512 brgemm) 512 rows: against 2048, ResNeXt-50's
+// step ran 1.06x faster and its eval forward 1.05x, MobileNetV2's 1.00x and 1.08x (pointwise_ab_avx2.md). Settable
 // (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. Each call reads it once:
 // its plan is cached and built under that one choice (ConvShape::Key).
-std::atomic<int64_t> matmul_max_rows{2048};
+int64_t DefaultMatmulMaxRows() {
+  const auto avx512 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);  // honours ONEDNN_MAX_CPU_ISA
+  return (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & avx512) == avx512 ? 2048 : 512;
+}
+
+std::atomic<int64_t>& MatmulMaxRows() {
+  static std::atomic<int64_t> rows{DefaultMatmulMaxRows()};
+  return rows;
+}
 
 // One convolution's geometry, as the three calls see it.
 struct ConvShape {
@@ -104,10 +114,10 @@ struct ConvShape {
             kh - 1 - pad_top, kw - 1 - pad_left, kh - 1 - pad_bottom, kw - 1 - pad_right, type};
   }
   // A 1x1 convolution of stride 1 and no padding, every pass of which is a product of [N*H*W, C] and [C, O]
-  // matrices, of few enough rows to run as one (matmul_max_rows).
+  // matrices, of few enough rows to run as one (MatmulMaxRows).
   bool IsMatrixProduct() const {
     return kh == 1 && kw == 1 && stride == 1 && groups == 1 && pad_top == 0 && pad_left == 0 && pad_bottom == 0 &&
-           pad_right == 0 && n * h * w <= matmul_max_rows.load();
+           pad_right == 0 && n * h * w <= MatmulMaxRows().load();
   }
   // The activations as rows of `channels` (n * h * w rows), and the kernel as a [C, O] matrix or its transpose,
   // all by strides over the NHWC and HWIO buffers (IsMatrixProduct only).
@@ -735,8 +745,9 @@ NB_MODULE(_onednn, m) {
       return false;
     }
   });
-  // The most rows a 1x1 convolution may have to run as matmuls (matmul_max_rows); returns the previous value.
-  m.def("set_matmul_max_rows", [](int64_t rows) { return matmul_max_rows.exchange(rows); });
+  // The most rows a 1x1 convolution may have to run as matmuls (MatmulMaxRows); returns the previous value.
+  m.def("set_matmul_max_rows", [](int64_t rows) { return MatmulMaxRows().exchange(rows); });
+  m.def("default_matmul_max_rows", &DefaultMatmulMaxRows);
   m.def("version", [] {
     const dnnl_version_t* v = dnnl_version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);

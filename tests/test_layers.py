@@ -2,6 +2,7 @@
 picks one per platform and kind of convolution, overridable by a context or the environment."""
 
 import functools
+import pathlib
 import re
 
 import jax
@@ -340,20 +341,27 @@ for n, h, w, cin, cout in json.loads(sys.argv[1]):
     worst = max(worst, *(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want)))
 print("worst", worst)
 """
-# Rows (batch x height x width) at and just above csrc/onednn_conv.cc's kMatmulMaxRows (2048).
-MATMUL_POINTWISE = [(2, 4, 4, 96, 40), (8, 16, 16, 64, 1000)]
-CONVOLUTION_POINTWISE = [(2, 33, 32, 16, 24)]
+def expected_matmul_max_rows(isa: str) -> int:
+    """The default limit csrc/onednn_conv.cc should pick, read independently of oneDNN: 2048 rows where it runs AVX-512
+    kernels (the CPU has AVX-512 F, BW, VL and DQ, and ONEDNN_MAX_CPU_ISA does not hold it to AVX2), else 512."""
+    if isa == "AVX2":
+        return 512
+    flags = set(re.search(r"^flags\s*:(.*)$", pathlib.Path("/proc/cpuinfo").read_text(), re.M)[1].split())
+    return 2048 if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else 512
 
 
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
 @pytest.mark.parametrize("isa", ["native", "AVX2"])
 def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers_as_they_lie(isa):
-    """A 1x1 convolution (stride 1, unpadded) of up to 2048 rows runs its forward, input gradient and kernel gradient
-    as oneDNN matmuls over the NHWC and HWIO buffers, the kernel read in place: no convolution, no reorder (ResNeXt-50's
-    train step at 64 px: 1.20x faster, benchmarks/results/pointwise_ab.md). Above that many rows it stays a
-    convolution, where oneDNN 3.2's convolution kernels are as fast or a few percent faster. Values and gradients
-    equal XLA's."""
-    executed, worst = onednn_run_logged(POINTWISE_AGAINST_XLA, MATMUL_POINTWISE + CONVOLUTION_POINTWISE,
+    """A 1x1 convolution (stride 1, unpadded) of up to 2048 rows (AVX-512) or 512 (AVX2) runs its forward, input
+    gradient and kernel gradient as oneDNN matmuls over the NHWC and HWIO buffers, the kernel read in place: no
+    convolution, no reorder (ResNeXt-50's train step at 64 px: 1.20x faster, benchmarks/results/pointwise_ab.md). Above
+    that many rows it stays a convolution, where oneDNN 3.2's convolution kernels are as fast or a few percent faster.
+    Values and gradients equal XLA's."""
+    limit = expected_matmul_max_rows(isa)
+    # (batch, height, width, in, out): 32 rows and the limit's rows as matmuls, then 64 rows over it as a convolution
+    matmuls, convolution = [(2, 4, 4, 96, 40), (limit // 256, 16, 16, 64, 1000)], [(1, limit // 32 + 2, 32, 16, 24)]
+    executed, worst = onednn_run_logged(POINTWISE_AGAINST_XLA, matmuls + convolution,
                                         isa=None if isa == "native" else isa)
     kinds = [line.split(",")[3] for line in executed]
     assert kinds[:6] == ["matmul"] * 6, executed  # forward, input gradient, kernel gradient of each: nothing else
@@ -373,7 +381,7 @@ k = jnp.asarray(rng.standard_normal((1, 1, 8, 16), np.float32))
 conv = jax.jit(onednn.conv2d)
 default = onednn.set_matmul_max_rows(0)
 off = conv(x, k)
-assert onednn.set_matmul_max_rows(default) == 0 and default == 2048, default
+assert onednn.set_matmul_max_rows(default) == 0 and default == onednn.default_matmul_max_rows(), default
 print("worst", float(jnp.max(jnp.abs(conv(x, k) - off))))
 """
 

@@ -58,14 +58,24 @@ def version() -> str | None:
 def set_matmul_max_rows(rows: int) -> int:
     """1x1 convolutions (stride 1, unpadded) of at most `rows` rows (batch x height x width) compute each pass as a
     oneDNN matmul on the buffers as they lie, the kernel never reordered; larger ones as oneDNN convolutions. The
-    default, 2048, is where the matmuls stopped being faster on the machines measured (csrc/onednn_conv.cc); 0: never.
-    Applies to every call from then on, already compiled programs included. Returns the previous value."""
+    default (`default_matmul_max_rows`) is where the matmuls stopped being faster on the machines measured
+    (csrc/onednn_conv.cc); 0: never. Applies to every call from then on, already compiled programs included. Returns
+    the previous value."""
     extension = _extension()
     if extension is None:
         raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
     if rows < 0:
         raise ValueError(f"set_matmul_max_rows: rows must be >= 0, got {rows}")
     return extension.set_matmul_max_rows(rows)
+
+
+def default_matmul_max_rows() -> int:
+    """The limit `set_matmul_max_rows` starts from, by the instruction set oneDNN runs (`ONEDNN_MAX_CPU_ISA`
+    honoured): 2048 rows with AVX-512, 512 with AVX2, whose matmul is a plain gemm in oneDNN 3.2."""
+    extension = _extension()
+    if extension is None:
+        raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
+    return extension.default_matmul_max_rows()
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:

@@ -60,8 +60,9 @@ dnnl::stream& Stream() {
 // kernels: alone, with its kernel in cache, a pass ran 1.1-3.6x faster so up to 512 rows, at 0.92-1.01x at 2048-8192
 // rows and at 0.65-1.12x beyond; in whole steps, where kernels come from memory, ResNeXt-50's (64 px) ran 1.20x faster
 // and its eval forward 1.31x, MobileNetV2's 1.09x and 1.23x, and at 224 px level (benchmarks/results/pointwise_ab.md):
-// 2048 rows. On AVX2 (oneDNN 3.2's AVX2 matmul is a gemm, not its AVX-512 brgemm) 512 rows: against 2048, ResNeXt-50's
-// step ran 1.06x faster and its eval forward 1.05x, MobileNetV2's 1.00x and 1.08x (pointwise_ab_avx2.md). Settable
+// 2048 rows. On AVX2 (where oneDNN 3.2's matmul is its JIT sgemm, not the AVX-512 brgemm) 512 rows: against 2048,
+// the eval forwards of MobileNetV2 and its CIFAR form ran 1.07x and 1.14x faster, ResNeXt-50's 1.005x and CIFAR
+// ResNeXt-50's 0.97x, the training steps 0.99-1.01x (pointwise_ab_avx2.md; the forwards' gains held in 4 runs). Settable
 // (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. Each call reads it once:
 // its plan is cached and built under that one choice (ConvShape::Key).
 int64_t DefaultMatmulMaxRows() {

@@ -206,8 +206,8 @@ def conv_ops(tiny: bool) -> list[ConvOp]:
         ConvOp("grouped 3x3, 32 groups", 32, 16, 128, 128, 3, 1, 1, 32),  # ResNeXt-50 layer3's 4 ch/group
         ConvOp("depthwise 3x3", 32, 16, 144, 144, 3, 1, 1, 144),  # MobileNetV2's 144-channel blocks
         ConvOp("dense 3x3", 32, 32, 128, 128, 3, 1, 1, 1, ("fwd", "dX", "dW", "all")),
-        ConvOp("dense 3x3, stride 2", 32, 32, 128, 128, 3, 2, 1, 1),
-        ConvOp("1x1", 32, 16, 256, 256, 1, 1, 0, 1),
+        ConvOp("dense 3x3, stride 2", 32, 32, 128, 128, 3, 2, 1, 1, ("fwd", "dX", "dW", "all")),
+        ConvOp("1x1", 32, 16, 256, 256, 1, 1, 0, 1, ("fwd", "dX", "dW", "all")),
     ]
 
 

@@ -11,7 +11,7 @@ step and the eval forward of each model (cpu.py's sizes; `name@224`: at 224 px, 
 programs with the default limit (1x1 convolutions of up to 2048 rows as matmuls where oneDNN runs AVX-512 kernels, 512
 on AVX2) and with none, or with `--against ROWS`.
 Each call follows an untimed call of the same setting; the order flips every round. Ratio: median of the per-round
-convolution / matmul times (> 1: the matmuls are faster).
+convolution / matmul times (> 1: the matmuls are faster; with --against, that limit's / the default's).
 """
 
 from __future__ import annotations

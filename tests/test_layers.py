@@ -341,9 +341,11 @@ for n, h, w, cin, cout in json.loads(sys.argv[1]):
     worst = max(worst, *(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want)))
 print("worst", worst)
 """
+
+
 def expected_matmul_max_rows(isa: str) -> int:
-    """The default limit csrc/onednn_conv.cc should pick, read independently of oneDNN: 2048 rows where it runs AVX-512
-    kernels (the CPU has AVX-512 F, BW, VL and DQ, and ONEDNN_MAX_CPU_ISA does not hold it to AVX2), else 512."""
+    """The default limit csrc/onednn_conv.cc should pick, read independently of oneDNN: 2048 rows where oneDNN runs
+    AVX-512 kernels (native, on a CPU with AVX-512 F, BW, VL and DQ), else 512."""
     if isa == "AVX2":
         return 512
     flags = set(re.search(r"^flags\s*:(.*)$", pathlib.Path("/proc/cpuinfo").read_text(), re.M)[1].split())

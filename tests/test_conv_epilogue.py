@@ -206,3 +206,26 @@ def test_an_inference_forward_and_its_input_gradient_equal_the_unfused_ones():
 def test_inference_affine_is_refused_for_a_bn_that_normalises_by_its_batch():
     with pytest.raises(ValueError, match="normalises by its batch"):
         BatchNorm(use_running_average=False).init(jax.random.key(0), 4, method=BatchNorm.inference_affine)
+
+
+def test_the_enas_child_runs_each_conv_bn_and_the_relu_after_it_inside_the_convolution():
+    """In the ENAS child's inference forward each ConvBN's BN, and the ReLU its output's consumers apply (`post_relu`),
+    are the convolution's epilogue: the stem's, each convolution layer's inp_conv and out_conv (a separable one's
+    pointwise), each pool layer's inp_conv; not the skip convolutions (a sum of 1x1s) nor the factorized reductions
+    (a concatenation). Its logits equal those of XLA's lowering (randomised BN statistics)."""
+    arc = "1 4 1 2 0 1"  # separable 3x3; average pool with the skip from layer 0; 5x5 with the skip from layer 1
+    model = create_model("enas_macro", num_classes=10, arc=arc, num_layers=3, num_filters=8, num_branches=6)
+    shape = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
+    assert fused_calls(model, shape, train=False) == 1 + 2 + 1 + 2
+    assert fused_calls(model, shape, train=True) == 0
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape.shape), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    variables = {**variables, "batch_stats": jax.tree.map(
+        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables["batch_stats"])}
+
+    def logits(lowering):
+        with layers.conv_lowering(lowering, "cpu"):
+            return jax.jit(lambda x: model.apply(variables, x, train=False))(x)
+
+    np.testing.assert_allclose(logits("onednn"), logits("xla"), rtol=1e-5, atol=1e-5)

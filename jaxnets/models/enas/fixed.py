@@ -41,18 +41,23 @@ class FixedLayer(nn.Module):
             op = self.spec.op
             # Pre-activation: ReLU -> 1x1 -> BN, then ReLU -> kxk -> BN (or the pool). Official pools
             # 4/5 are unimplemented (they crash); jaxnets defines them as ReLU -> 1x1 -> BN -> pool.
-            out = conv_bn(c, pre_relu=True, name="inp_conv")(x, train)
+            # Each output's consumers ReLU it: its ConvBN does (post_relu), where inference runs that ReLU inside the
+            # convolution. out_conv's output feeds only the skip_conv from layer 1 on; layer 0's is the next layers'
+            # raw input too (the factorized reductions, the head).
             if op in KERNEL_SIZE:
+                out = conv_bn(c, pre_relu=True, post_relu=True, name="inp_conv")(x, train)
                 separable = op in SEPARABLE and not self.separable_as_full_conv
-                out = conv_bn(c, KERNEL_SIZE[op], separable, pre_relu=True, name="out_conv")(out, train)
+                out = conv_bn(c, KERNEL_SIZE[op], separable, post_relu=self.layer_id > 0, name="out_conv")(out, train)
             else:
-                out = pool3x3(out, op)
+                out = pool3x3(conv_bn(c, pre_relu=True, name="inp_conv")(x, train), op)
+                if self.layer_id > 0:
+                    out = nn.relu(out)
         else:
             out = self._channel_branches(x, conv_bn, train)
         if self.layer_id == 0:
             return out
-        # Skips in ascending order, then this layer's output; the 1x1 runs even with no skip selected.
-        selected = [t for t, bit in zip(prev[:-1], self.spec.skips, strict=True) if bit] + [out]
+        # Skips in ascending order, then this layer's output (ReLU'd above); the 1x1 runs even with no skip selected.
+        selected = [nn.relu(t) for t, bit in zip(prev[:-1], self.spec.skips, strict=True) if bit] + [out]
         return ConcatConvBN(c, dtype=self.dtype, name="skip_conv")(selected, train)
 
     def _channel_branches(self, x, conv_bn, train):
@@ -67,15 +72,16 @@ class FixedLayer(nn.Module):
             if count == 0:
                 continue
             if b in KERNEL_SIZE:
-                y = nn.relu(conv_bn(self.features, name=f"branch_{b}_inp_conv")(x, train))
+                y = conv_bn(self.features, post_relu=True, name=f"branch_{b}_inp_conv")(x, train)
                 separable = b in SEPARABLE and not self.separable_as_full_conv
-                y = nn.relu(conv_bn(count, KERNEL_SIZE[b], separable, name=f"branch_{b}_out_conv")(y, train))
+                y = conv_bn(count, KERNEL_SIZE[b], separable, post_relu=True, name=f"branch_{b}_out_conv")(y, train)
             else:  # the search's pool branch keeps `count` of its 1x1's channels: a 1x1 to `count` here
-                y = pool3x3(nn.relu(conv_bn(count, name=f"branch_{b}_inp_conv")(x, train)), b)
+                y = pool3x3(conv_bn(count, post_relu=True, name=f"branch_{b}_inp_conv")(x, train), b)
             outs.append(y)
         if not outs:
             raise ValueError(f"arc layer {self.layer_id}: every branch has count 0, the layer has no output")
-        return conv_bn(self.features, pre_relu=True, name="final_conv")(jnp.concatenate(outs, axis=-1), train)
+        final_conv = conv_bn(self.features, pre_relu=True, post_relu=self.layer_id > 0, name="final_conv")
+        return final_conv(jnp.concatenate(outs, axis=-1), train)
 
 
 class ENASMacroChild(nn.Module):

@@ -10,7 +10,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxnets.models.layers import Conv, avg_pool, batch_norm, batch_norm_axis, conv2d, max_pool
+from jaxnets.models.layers import (
+    Conv,
+    avg_pool,
+    batch_norm,
+    batch_norm_axis,
+    conv2d,
+    conv_batch_norm,
+    max_pool,
+)
 from jaxnets.models.normalization import examples_per_channel, unbiased
 
 # Ops by id, as in the official code.
@@ -64,16 +72,19 @@ def pool3x3(x: jax.Array, op: int) -> jax.Array:
 
 
 class ConvBN(nn.Module):
-    """[ReLU ->] conv (no bias) -> BN; the one place the ENAS networks build a conv.
+    """[ReLU ->] conv (no bias) -> BN [-> ReLU]; the one place the ENAS networks build a conv.
 
     `separable`: depthwise kxk (multiplier 1) then pointwise 1x1, nothing between. With a `mask` the BN
-    is a `MaskedBatchNorm` (same variables), for the search network's channel mode.
+    is a `MaskedBatchNorm` (same variables), for the search network's channel mode. `post_relu`: the ReLU that
+    the output's consumers would apply, applied here instead; in inference on the CPU the BN and that ReLU run
+    inside the convolution (oneDNN post-ops: `layers.conv_batch_norm`), saving XLA a pass over the output.
     """
 
     features: int
     kernel_size: int = 1
     separable: bool = False
     pre_relu: bool = False
+    post_relu: bool = False
     epsilon: float = BN_EPSILON
     dtype: Any = jnp.float32
 
@@ -86,12 +97,14 @@ class ConvBN(nn.Module):
         if self.separable:
             c = x.shape[-1]
             x = conv(c, k, padding=k // 2, groups=c, kernel_init=depthwise_he_normal, name="depthwise")(x)
-            x = conv(self.features, 1, name="pointwise")(x)
+            last_conv = conv(self.features, 1, name="pointwise")
         else:
-            x = conv(self.features, k, padding=k // 2, name="conv")(x)
+            last_conv = conv(self.features, k, padding=k // 2, name="conv")
         if mask is not None:
-            return MaskedBatchNorm(epsilon=self.epsilon, dtype=self.dtype, name="bn")(x, mask, train)
-        return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(x)
+            y = MaskedBatchNorm(epsilon=self.epsilon, dtype=self.dtype, name="bn")(last_conv(x), mask, train)
+            return nn.relu(y) if self.post_relu else y
+        norm = batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")
+        return conv_batch_norm(x, last_conv, norm, activation="relu" if self.post_relu else None)
 
 
 class _Kernel(nn.Module):
@@ -105,9 +118,9 @@ class _Kernel(nn.Module):
 
 
 class ConcatConvBN(nn.Module):
-    """ReLU -> 1x1 conv -> BN of the channel concatenation of `inputs`, without building the concatenation.
+    """1x1 conv -> BN of the channel concatenation of `inputs` (ReLU'd by the caller), without building it.
 
-    The same maths and parameters as `ConvBN(pre_relu=True)` on `jnp.concatenate(inputs, -1)` (`conv/kernel`
+    The same maths and parameters as `ConvBN()` on `jnp.concatenate(inputs, -1)` (`conv/kernel`
     [1, 1, sum of the inputs' channels, features], `bn`): the sum of each input's 1x1 conv with its rows of the
     kernel. A layer of the released child concatenates up to 9 x 96 channels at 32x32; not copying them (nor
     their gradient) took its training step (batch 64, 2-core CPU) from 6.6 s to 5.2 s and its peak memory from
@@ -123,7 +136,7 @@ class ConcatConvBN(nn.Module):
         widths = [x.shape[-1] for x in inputs]
         kernel = _Kernel((1, 1, sum(widths), self.features), name="conv")().astype(self.dtype)
         starts = [sum(widths[:i]) for i in range(len(widths))]
-        y = sum(conv2d(nn.relu(x).astype(self.dtype), kernel[:, :, start : start + width, :])
+        y = sum(conv2d(x.astype(self.dtype), kernel[:, :, start : start + width, :])
                 for x, start, width in zip(inputs, starts, widths, strict=True))
         return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(y)
 

@@ -103,8 +103,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     if not onednn.available():
         parser.error("needs jaxnets' oneDNN extension (Linux x86-64, `pip install -e .`)")
-    default = onednn.set_matmul_max_rows(0)  # (reads the limit: set back below, and after every A/B)
-    onednn.set_matmul_max_rows(default)
+    default = onednn.default_matmul_max_rows()  # (set back after every A/B, and at the end)
     ops, models = [], []
     if "ops" in parts:
         for op in OPS:

@@ -180,6 +180,13 @@ def test_every_convolution_of_an_inference_forward_takes_its_bn_and_none_in_trai
     assert fused_calls(model, x, train=True) == 0
 
 
+def with_random_statistics(variables, rng):
+    """`variables` with every BN's running mean and variance drawn from U(0.5, 1.5), so that an eval-mode epilogue
+    has a scale and shift to get wrong."""
+    return {**variables, "batch_stats": jax.tree.map(
+        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables["batch_stats"])}
+
+
 def test_an_inference_forward_and_its_input_gradient_equal_the_unfused_ones():
     """ResNeXt in eval mode (randomised BN statistics) with oneDNN's epilogues against XLA's lowering, logits and
     the gradient of the input (saliency maps differentiate an eval-mode model)."""
@@ -188,8 +195,7 @@ def test_an_inference_forward_and_its_input_gradient_equal_the_unfused_ones():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((2, 16, 16, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), x)
-    variables = {**variables, "batch_stats": jax.tree.map(
-        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables["batch_stats"])}
+    variables = with_random_statistics(variables, rng)
 
     def logits_and_saliency(lowering):
         def top_logit(x):
@@ -221,8 +227,7 @@ def test_the_enas_child_runs_each_conv_bn_and_the_relu_after_it_inside_the_convo
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape.shape), jnp.float32)
     variables = model.init(jax.random.key(0), x)
-    variables = {**variables, "batch_stats": jax.tree.map(
-        lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), variables["batch_stats"])}
+    variables = with_random_statistics(variables, rng)
 
     def logits(lowering):
         with layers.conv_lowering(lowering, "cpu"):

@@ -55,15 +55,21 @@ def version() -> str | None:
     return extension.version() if extension is not None else None
 
 
+def _built_extension():
+    """The extension, for the functions that only mean something where it is built."""
+    extension = _extension()
+    if extension is None:
+        raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
+    return extension
+
+
 def set_matmul_max_rows(rows: int) -> int:
     """1x1 convolutions (stride 1, unpadded) of at most `rows` rows (batch x height x width) compute each pass as a
     oneDNN matmul on the buffers as they lie, the kernel never reordered; larger ones as oneDNN convolutions. The
     default (`default_matmul_max_rows`) is where the matmuls stopped being faster on the machines measured
     (csrc/onednn_conv.cc); 0: never. Applies to every call from then on, already compiled programs included. Returns
     the previous value."""
-    extension = _extension()
-    if extension is None:
-        raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
+    extension = _built_extension()
     if rows < 0:
         raise ValueError(f"set_matmul_max_rows: rows must be >= 0, got {rows}")
     return extension.set_matmul_max_rows(rows)
@@ -72,10 +78,7 @@ def set_matmul_max_rows(rows: int) -> int:
 def default_matmul_max_rows() -> int:
     """The limit `set_matmul_max_rows` starts from, by the instruction set oneDNN runs (`ONEDNN_MAX_CPU_ISA`
     honoured): 2048 rows with AVX-512, 512 with AVX2, whose matmul is a plain gemm in oneDNN 3.2."""
-    extension = _extension()
-    if extension is None:
-        raise RuntimeError("jaxnets' oneDNN extension is not built here (onednn.available() is False)")
-    return extension.default_matmul_max_rows()
+    return _built_extension().default_matmul_max_rows()
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:

@@ -2,7 +2,7 @@
 // oneDNN that jaxnets links have a faster kernel than the one it picks? (benchmarks/README.md: the AVX2 stride-2
 // input gradient.) The shape is cpu.py's "dense 3x3" op: batch 32, 32x32, 128 -> 128 channels, NHWC, padding 1.
 //
-//   V=.venv; pip install "onednn-devel-cpu-gomp==2023.2.0"   # the headers of the oneDNN jaxnets builds against
+//   V=$PWD/.venv; pip install "onednn-devel-cpu-gomp==2023.2.0"   # the headers of the oneDNN jaxnets builds against
 //   g++ -O2 -std=c++17 benchmarks/onednn_impls.cc -I$V/include -L$V/lib -ldnnl -Wl,-rpath,$V/lib -o /tmp/impls
 //   ONEDNN_MAX_CPU_ISA=AVX2 /tmp/impls 2    # STRIDE (default 2)
 //

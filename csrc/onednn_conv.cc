@@ -13,12 +13,15 @@
 // matmul computes on JAX's layouts as they are, its kernel included: no reorder at all (MatmulPlan).
 // In inference a convolution can also apply what follows it - a BatchNorm's per-channel scale and shift, a residual
 // add, a ReLU or ReLU6 - as oneDNN post-ops on its accumulators (ConvForwardFused), saving XLA a pass over the output.
+// In training, the kernel gradient of a convolution whose input is a BatchNorm and activation of `pre` can compute
+// that input itself, from `pre` (ConvKernelGradientOfActivated), so that XLA's program need not keep it.
 // Primitives are created once per shape and cached; a convolution's scratchpad is the caller's (user mode; the
 // epilogue's binary primitive keeps oneDNN's own), so the same primitive may run on several XLA threads at once
 // (each thread has its own scratchpad and kernel buffers).
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -473,9 +476,9 @@ class AlignedBuffer {
   bool mapped_ = false;
 };
 
-// Per-thread buffers for the reordered (or flipped) kernel and the scratchpad.
+// Per-thread buffers for the reordered (or flipped) kernel, the scratchpad and a recomputed input (Activate).
 struct Buffers {
-  AlignedBuffer kernel, scratchpad, flipped_kernel;
+  AlignedBuffer kernel, scratchpad, flipped_kernel, activated;
 };
 thread_local Buffers buffers;
 
@@ -671,32 +674,83 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
   return ffi::Error::Success();
 }
 
+// dkernel = the kernel gradient of convolution `s` at input x, given dy, by KernelGradientPlan(s).
+void RunKernelGradient(const ConvShape& s, void* x, void* dy, void* dkernel) {
+  auto plan = KernelGradientPlan(s);
+  if (plan->matmul) return RunMatmul(*plan, x, dy, dkernel);
+  memory user(s.KernelHWIO(), Engine(), dkernel);
+  memory computed = plan->kernel_reordered
+                        ? memory(plan->kernel_desc, Engine(), buffers.kernel.Sized(plan->kernel_desc.get_size()))
+                        : user;
+  Run(*plan, {{DNNL_ARG_SRC, memory(s.Input(), Engine(), x)},
+              {DNNL_ARG_DIFF_DST, memory(s.Output(), Engine(), dy)},
+              {DNNL_ARG_DIFF_WEIGHTS, computed}});
+  if (plan->kernel_reordered) {
+    dnnl::stream& stream = Stream();
+    plan->kernel_reorder.execute(stream, computed, user);
+    stream.wait();
+  }
+}
+
 ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
                               int64_t stride, int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
                               int64_t pad_right) {
   auto s = Shape(x, *dkernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   try {
-    auto plan = KernelGradientPlan(*s);
-    if (plan->matmul) {
-      RunMatmul(*plan, x.untyped_data(), dy.untyped_data(), dkernel->untyped_data());
-      return ffi::Error::Success();
-    }
-    memory user(s->KernelHWIO(), Engine(), dkernel->untyped_data());
-    memory computed = plan->kernel_reordered
-                          ? memory(plan->kernel_desc, Engine(),
-                                   buffers.kernel.Sized(plan->kernel_desc.get_size()))
-                          : user;
-    Run(*plan, {{DNNL_ARG_SRC, memory(s->Input(), Engine(), x.untyped_data())},
-                {DNNL_ARG_DIFF_DST, memory(s->Output(), Engine(), dy.untyped_data())},
-                {DNNL_ARG_DIFF_WEIGHTS, computed}});
-    if (plan->kernel_reordered) {
-      dnnl::stream& stream = Stream();
-      plan->kernel_reorder.execute(stream, computed, user);
-      stream.wait();
-    }
+    RunKernelGradient(*s, x.untyped_data(), dy.untyped_data(), dkernel->untyped_data());
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// x = activation(pre * scale + shift), float32, `rows` x `channels` (NHWC), into a per-thread buffer. XLA's
+// maths (onednn.apply_epilogue): a NaN stays a NaN through the activation.
+float* Activate(const float* pre, const float* scale, const float* shift, int64_t activation, int64_t rows,
+                int64_t channels) {
+  auto* x = static_cast<float*>(buffers.activated.Sized(rows * channels * sizeof(float)));
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* from = pre + row * channels;
+    float* to = x + row * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float v = from[c] * scale[c] + shift[c];
+      if (activation == Epilogue::kNone || std::isnan(v)) {
+        to[c] = v;
+      } else {
+        const float relu = v > 0.f ? v : 0.f;
+        to[c] = activation == Epilogue::kRelu6 && relu > 6.f ? 6.f : relu;
+      }
+    }
+  }
+  return x;
+}
+
+// dkernel = the kernel gradient of convolution `s` at input activation(pre * scale + shift) (float32; scale and
+// shift [C]), given dy. The input is computed here, where training would otherwise keep it from the forward beside
+// `pre` (jaxnets.ops.onednn.conv2d_of_activated: the backward of a convolution after a BatchNorm and activation).
+ffi::Error KernelGradientOfActivatedImpl(ffi::AnyBuffer pre, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
+                                         ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel, int64_t stride,
+                                         int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
+                                         int64_t pad_right, int64_t activation) {
+  auto s = Shape(pre, *dkernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
+  if (s.has_error()) return s.error();
+  auto is_per_channel = [&](const ffi::AnyBuffer& b) {
+    return b.element_type() == ffi::DataType::F32 && b.dimensions().size() == 1 && b.dimensions()[0] == s->c;
+  };
+  if (pre.element_type() != ffi::DataType::F32 || !is_per_channel(scale) || !is_per_channel(shift) ||
+      activation < Epilogue::kNone || activation > Epilogue::kRelu6) {
+    return ffi::Error::InvalidArgument(
+        "jaxnets oneDNN kernel gradient of an activated input: float32 only, scale and shift float32 [in "
+        "channels], the activation 0 (none), 1 (ReLU) or 2 (ReLU6)");
+  }
+  try {
+    float* x = Activate(static_cast<const float*>(pre.untyped_data()), static_cast<const float*>(scale.untyped_data()),
+                        static_cast<const float*>(shift.untyped_data()), activation, s->n * s->h * s->w, s->c);
+    RunKernelGradient(*s, x, dy.untyped_data(), dkernel->untyped_data());
+  } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
+    return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient of an activated input: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -720,6 +774,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvInputGradient, InputGradientImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradient, KernelGradientImpl,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()
                                   JAXNETS_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradientOfActivated, KernelGradientOfActivatedImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>() JAXNETS_CONV_ATTRS.Attr<int64_t>("activation"));
 
 template <typename T>
 nb::capsule Capsule(T* handler) {
@@ -734,6 +795,7 @@ NB_MODULE(_onednn, m) {
     handlers["jaxnets_onednn_conv_forward_fused"] = Capsule(ConvForwardFused);
     handlers["jaxnets_onednn_conv_input_gradient"] = Capsule(ConvInputGradient);
     handlers["jaxnets_onednn_conv_kernel_gradient"] = Capsule(ConvKernelGradient);
+    handlers["jaxnets_onednn_conv_kernel_gradient_of_activated"] = Capsule(ConvKernelGradientOfActivated);
     return handlers;
   });
   // bfloat16 convolutions need AVX-512 (or AVX2-VNNI-2): true when oneDNN can build one on this CPU.

@@ -26,6 +26,7 @@ from flax import linen as nn
 from jax import lax
 
 from jaxnets.models.normalization import BatchNorm
+from jaxnets.models.recomputed import Recomputed
 from jaxnets.ops import onednn
 
 Lowering = Literal["auto", "xla", "decomposed", "onednn"]
@@ -145,7 +146,7 @@ class Epilogue:
 
 
 def conv2d(
-    x: jax.Array,
+    x: jax.Array | Recomputed,
     kernel: jax.Array,
     *,
     stride: int = 1,
@@ -154,7 +155,8 @@ def conv2d(
     lowering: Lowering = "auto",
     epilogue: Epilogue | None = None,
 ) -> jax.Array:
-    """NHWC convolution with symmetric zero padding (PyTorch's `padding=p`) and HWIO kernel, then `epilogue`.
+    """NHWC convolution with symmetric zero padding (PyTorch's `padding=p`) and HWIO kernel, then `epilogue`. `x` may
+    be a `Recomputed` input, which oneDNN's lowering does not keep for the backward.
 
     The lowering is chosen where the arrays live, when the function is lowered for a platform
     (`lax.platform_dependent`): a notebook on a GPU host that runs a model on the CPU gets the CPU lowering.
@@ -181,11 +183,21 @@ def conv2d(
 def _lower_with(lowering, x, kernel, *, stride, padding, groups, epilogue):
     if lowering is _onednn_conv:
         return _onednn_conv(x, kernel, stride, padding, groups, epilogue)
+    x = x.value() if isinstance(x, Recomputed) else x
     y = lowering(x, kernel, stride, padding, groups)
     return y if epilogue is None else epilogue.apply(y)
 
 
 def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
+    if isinstance(x, Recomputed):
+        if epilogue is not None or x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+            return _onednn_conv(x.value(), kernel, stride, padding, groups, epilogue)
+        pre = x.pre
+        kh, kw, _, _ = kernel.shape
+        if kh == kw == 1 and stride > 1 and padding == 0:  # as below (the activation is elementwise)
+            pre, stride = pre[:, ::stride, ::stride, :], 1
+        return onednn.conv2d_of_activated(pre, x.mul, x.shift, kernel, x.activation, stride=stride, padding=padding,
+                                          groups=groups)
     if x.dtype not in onednn.supported_dtypes():  # e.g. bfloat16 on a CPU without AVX-512
         y = _decomposed_conv(x, kernel, stride, padding, groups)
         return y if epilogue is None else epilogue.apply(y)
@@ -374,7 +386,7 @@ class Conv(nn.Module):
     lowering: Lowering = "auto"
 
     @nn.compact
-    def __call__(self, x, epilogue: Epilogue | None = None):
+    def __call__(self, x: jax.Array | Recomputed, epilogue: Epilogue | None = None):
         in_features = x.shape[-1]
         if in_features % self.groups or self.features % self.groups:
             raise ValueError(
@@ -383,10 +395,14 @@ class Conv(nn.Module):
             )
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, in_features // self.groups, self.features))
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
         bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
         if bias is not None and epilogue is not None:
             epilogue, bias = epilogue.after_bias(bias), None
+        if isinstance(x, Recomputed) and jnp.dtype(x.dtype) != jnp.dtype(self.dtype):
+            x = x.value()
+        if not isinstance(x, Recomputed):
+            x = x.astype(self.dtype)
         y = conv2d(x, kernel, stride=self.stride, padding=self.padding, groups=self.groups, lowering=self.lowering,
                    epilogue=epilogue)
         if bias is not None:
@@ -416,8 +432,9 @@ def separate_batch_norm():
         _SEPARATE_BATCH_NORM.reset(token)
 
 
-def conv_batch_norm(x: jax.Array, conv: Conv, norm: BatchNorm, *, residual: jax.Array | None = None,
-                    activation: Literal["relu", "relu6"] | None = None) -> jax.Array:
+def conv_batch_norm(x: jax.Array | Recomputed, conv: Conv, norm: BatchNorm, *, residual: jax.Array | None = None,
+                    activation: Literal["relu", "relu6"] | None = None,
+                    recompute_output: bool = False) -> jax.Array | Recomputed:
     """`activation(norm(conv(x)) + residual)`: how every layer of ResNe(X)t and MobileNetV2 ends.
 
     In inference on the CPU (BN with its running statistics, oneDNN convolutions), the BN, the residual and the
@@ -427,12 +444,21 @@ def conv_batch_norm(x: jax.Array, conv: Conv, norm: BatchNorm, *, residual: jax.
     one after another. Fused, the BN module's `__call__` never runs and the Conv's output is the whole layer's: code
     that inspects modules' calls (`capture_intermediates`, `nn.tabulate`, `nn.intercept_methods`) sees the layers
     apart inside `separate_batch_norm()`.
+
+    With `recompute_output`, in training (and outside `separate_batch_norm()`), a layer without a residual returns
+    its output as a `Recomputed`, for the next Conv alone to take: with oneDNN's lowering, the backward then computes
+    it again instead of keeping it beside the convolution's output (jaxnets/models/recomputed.py). Its BN module's
+    `__call__` never runs either (its statistics move as they do when it runs).
     """
     fusable = (norm.use_running_average and not _SEPARATE_BATCH_NORM.get()
                and jnp.dtype(norm.dtype) == jnp.dtype(conv.dtype))
     if fusable and conv.lowering_on_cpu(x.shape[-1]) == "onednn":
         scale, shift = norm.inference_affine(conv.features)
         return conv(x, epilogue=Epilogue(scale, shift, residual, activation))
+    if recompute_output and not norm.use_running_average and residual is None and not _SEPARATE_BATCH_NORM.get():
+        y = conv(x)
+        mul, shift = norm.affine(y.shape[-1], y)
+        return Recomputed(y, mul, shift, activation, norm.dtype)
     y = norm(conv(x))
     return onednn.ACTIVATIONS[activation](y if residual is None else y + residual)
 

@@ -134,6 +134,58 @@ def conv2d_fused(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.A
     return _fused(_varying_alike(*operands), activation, stride, padding, groups)
 
 
+def conv2d_of_activated(pre: jax.Array, scale: jax.Array, shift: jax.Array, kernel: jax.Array,
+                        activation: str | None = None, *, stride: int = 1, padding: int = 0,
+                        groups: int = 1) -> jax.Array:
+    """`conv2d(apply_epilogue(pre, scale, shift, activation=activation), kernel)`, float32: a convolution whose input
+    is a BatchNorm's (scale, shift: float32 [channels]) and activation's output, whose backward keeps `pre` instead
+    of that input.
+
+    Training keeps each convolution's input for its kernel gradient; when the input is the activation of a BN of
+    `pre`, the BN's backward keeps `pre` too: the same values twice. Here the backward's kernel gradient computes
+    its input again inside its oneDNN call, from `pre` (one pass, into a buffer the calls reuse), and nothing in
+    XLA's program holds it. The forward is `conv2d` of XLA's activation, to the bit; the kernel gradient is computed
+    at the same input up to rounding (the recomputation's multiply-add may round where XLA's fused one did not).
+    """
+    y_shape = conv2d_shape(pre, kernel, stride=stride, padding=padding, groups=groups)
+    channels = pre.shape[-1]
+    if pre.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        raise ValueError(f"conv2d_of_activated computes float32, not {pre.dtype} x {kernel.dtype}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"conv2d_of_activated: activation {activation!r} is not one of {list(ACTIVATIONS)}")
+    if scale.shape != (channels,) or shift.shape != (channels,):
+        raise ValueError(f"conv2d_of_activated: scale {scale.shape} and shift {shift.shape} must be ({channels},)")
+    pre = _cropped(pre, kernel, y_shape, stride, padding)  # (elementwise maps commute with the crop)
+    operands = _varying_alike(pre, scale.astype(jnp.float32), shift.astype(jnp.float32), kernel)
+    return _conv_of_activated(*operands, activation, stride, padding, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _conv_of_activated(pre, scale, shift, kernel, activation, stride, padding, groups):
+    return _conv(apply_epilogue(pre, scale, shift, activation=activation), kernel, stride, padding, groups)
+
+
+def _conv_of_activated_forward(pre, scale, shift, kernel, activation, stride, padding, groups):
+    return _conv_of_activated(pre, scale, shift, kernel, activation, stride, padding, groups), (pre, scale, shift,
+                                                                                               kernel)
+
+
+def _conv_of_activated_backward(activation, stride, padding, groups, residuals, dy):
+    pre, scale, shift, kernel = residuals
+    attrs, _ = _geometry(pre.shape, kernel.shape, stride, padding, groups)
+    dx = jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(pre.shape, pre),
+                          vmap_method="sequential")(dy, kernel, **attrs)
+    dkernel = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient_of_activated", _result(kernel.shape, kernel),
+                               vmap_method="sequential")(pre, scale, shift, dy, activation=np.int64(
+                                   _ACTIVATION_CODES[activation]), **attrs)
+    # The activation's backward, from `pre` (XLA fuses the recomputed mask into the gradient's pass).
+    _, pullback = jax.vjp(lambda p, a, b: apply_epilogue(p, a, b, activation=activation), pre, scale, shift)
+    return (*pullback(dx), dkernel)
+
+
+_conv_of_activated.defvjp(_conv_of_activated_forward, _conv_of_activated_backward)
+
+
 def conv2d_shape(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1):
     """The output shape of `conv2d(x, kernel, ...)`, after checking that oneDNN computes it here."""
     if _extension() is None:

@@ -1,0 +1,41 @@
+"""A convolution's input that training computes again in the backward instead of keeping.
+
+Training keeps each convolution's input for its kernel gradient. Where that input is `activation(BN(pre))` and `pre`
+is the previous convolution's output, the BN's backward keeps `pre` as well: the same values twice, in two forms.
+`layers.conv_batch_norm(..., recompute_output=True)` returns its output in training as a `Recomputed`, and a `Conv`
+given one with oneDNN's lowering keeps `pre` and the BN's per-channel map only: its kernel gradient computes the input
+again inside its oneDNN call (`onednn.conv2d_of_activated`). MobileNetV2's blocks pass their two expanded tensors
+(6x the block's channels) this way. Other lowerings (XLA's, on a GPU) compute the value and keep it, as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from jaxnets.ops import onednn
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Recomputed:
+    """`activation((pre * mul + shift).astype(dtype))`, not computed yet: a BN in training (`mul`, `shift`: float32
+    [channels], from the batch's statistics) and an activation, after a convolution whose output is `pre`."""
+
+    pre: jax.Array
+    mul: jax.Array
+    shift: jax.Array
+    activation: str | None = dataclasses.field(metadata={"static": True})
+    dtype: Any = dataclasses.field(metadata={"static": True})
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pre.shape
+
+    def value(self) -> jax.Array:
+        """The input itself: BatchNorm's maths (its `__call__`), then the activation."""
+        channels = (1,) * (self.pre.ndim - 1) + (self.pre.shape[-1],)
+        normalized = (self.pre * self.mul.reshape(channels) + self.shift.reshape(channels)).astype(self.dtype)
+        return onednn.ACTIVATIONS[self.activation](normalized)

@@ -143,9 +143,10 @@ def conv2d_of_activated(pre: jax.Array, scale: jax.Array, shift: jax.Array, kern
 
     Training keeps each convolution's input for its kernel gradient; when the input is the activation of a BN of
     `pre`, the BN's backward keeps `pre` too: the same values twice. Here the backward's kernel gradient computes
-    its input again inside its oneDNN call, from `pre` (one pass, into a buffer the calls reuse), and nothing in
-    XLA's program holds it. The forward is `conv2d` of XLA's activation, to the bit; the kernel gradient is computed
-    at the same input up to rounding (the recomputation's multiply-add may round where XLA's fused one did not).
+    its input again inside its oneDNN call, from `pre` (one pass of oneDNN's binary primitive, into a buffer the calls
+    reuse), and nothing in XLA's program holds it. The forward is `conv2d` of XLA's activation, to the bit; the kernel
+    gradient is computed at that input again, to float32 rounding (oneDNN's ReLU may turn a NaN into 0 there: the
+    loss is NaN by then).
     """
     y_shape = conv2d_shape(pre, kernel, stride=stride, padding=padding, groups=groups)
     channels = pre.shape[-1]

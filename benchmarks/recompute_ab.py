@@ -1,6 +1,6 @@
-"""MobileNetV2's train step with its expanded tensors recomputed in the backward (`layers.conv_batch_norm`'s
-`recompute_output`: the default), against the same step keeping them (`layers.separate_batch_norm`), one program
-beside the other.
+"""A model's train step with its blocks' inner activations recomputed in the backward (`layers.conv_batch_norm`'s
+`recompute_output`, as MobileNetV2's and ResNe(X)t's blocks ask: their expanded tensors, the bottlenecks), against
+the same step keeping them (`layers.separate_batch_norm`), one program beside the other.
 
     python benchmarks/recompute_ab.py [--models a,b] [--rounds 11] [--json PATH]
 
@@ -26,7 +26,7 @@ from harness.runners import host_variables, sgd_train_step
 
 from jaxnets.models import create_model, layers, model_entry
 
-MODELS = ("mobilenet_v2", "cifar_mobilenet_v2")
+MODELS = ("mobilenet_v2", "cifar_mobilenet_v2", "resnext50_32x4d")
 SIZES = {224: (64, 32), 32: (32, 64)}  # (image size, batch) by the reference image size, as cpu.py
 
 
@@ -84,9 +84,10 @@ def main() -> None:
     report = {"environment": environment.capture(), "rounds": args.rounds, "models": rows}
     body = [
         f"Train step, float32, median of {args.rounds} alternating rounds in one process (`python "
-        "benchmarks/recompute_ab.py`): MobileNetV2's expanded tensors recomputed in the backward (the default) "
-        "against kept (`layers.separate_batch_norm`); ratio = median per-round kept / recomputed (> 1: recomputing "
-        "is faster); scratch = XLA's temp allocation per step; losses: |recomputed - kept| of the first step.",
+        "benchmarks/recompute_ab.py`): the blocks' inner activations (MobileNetV2's expanded tensors, ResNeXt's "
+        "bottleneck) recomputed in the backward (as the models do) against kept (`layers.separate_batch_norm`); "
+        "ratio = median per-round kept / recomputed (> 1: recomputing is faster); scratch = XLA's temp allocation per "
+        "step; losses: |recomputed - kept| of the first step.",
         "",
         *results.table(["model", "size", "batch", "recomputed ms", "kept ms", "ratio", "scratch MiB recomputed",
                         "kept", "losses differ by"],
@@ -94,7 +95,7 @@ def main() -> None:
                          results.num(r["ratio"], ".3f", "x"), results.num(r["scratch_mib"]["recomputed"]),
                          results.num(r["scratch_mib"]["kept"]), f"{r['loss_difference']:.1e}"] for r in rows]),
     ]
-    print(results.write(args.json, report, "MobileNetV2 train step: expanded tensors recomputed against kept", body))
+    print(results.write(args.json, report, "Train step: the blocks' inner activations recomputed against kept", body))
 
 
 if __name__ == "__main__":

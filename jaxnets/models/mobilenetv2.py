@@ -69,7 +69,7 @@ class InvertedResidual(nn.Module):
         hidden = int(round(in_features * self.expand_ratio))
         # The two expanded tensors (t x the block's channels: most of the activations) are recomputed in the backward
         # rather than kept (layers.conv_batch_norm's recompute_output): a 64 px, batch 32 train step kept 136 MiB
-        # of scratch, 80 MiB so, at the same speed (benchmarks/results/cpu_xeon_mobilenet_v2_recomputed.md).
+        # of scratch, 80 MiB so, and ran 1.00-1.09x faster (benchmarks/results/recompute_ab.md).
         conv_bn = layers.conv_batch_norm
         y = x
         if self.expand_ratio != 1 or self.expand_when_t1:

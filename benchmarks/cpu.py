@@ -409,8 +409,9 @@ def markdown_body(report: dict) -> list[str]:
     if report["ops"]:
         lines += [
             "",
-            "Convolutions, NHWC float32 (PyTorch: channels_last), ms per call; all = forward + dX + dW; "
-            "ratio = PyTorch ms / jaxnets ms.",
+            f"Convolutions, NHWC float32 (PyTorch: channels_last), ms per call, median of {report['op_rounds']} "
+            "interleaved rounds (the line above counts the models'); all = forward + dX + dW; ratio = PyTorch ms / "
+            "jaxnets ms.",
             "",
             *results.table(
                 ["op", "input NHWC", "kernel HWIO", "stride", "groups", "mode", "jaxnets (ms)", "PyTorch (ms)",

@@ -5,8 +5,8 @@ is the previous convolution's output, the BN's backward keeps `pre` as well: the
 `layers.conv_batch_norm(..., recompute_output=True)` returns its output in training as a `Recomputed`, and a `Conv`
 given one with oneDNN's lowering keeps `pre` and the BN's per-channel map only: its kernel gradient computes the input
 again inside its oneDNN call (`onednn.conv2d_of_activated`). MobileNetV2's blocks pass their expanded tensors
-(6x the block's channels; a t=1 block's depthwise output) this way. Other lowerings (XLA's, on a GPU) compute the
-value and keep it, as before.
+(6x the block's channels; a t=1 block's depthwise output) this way, and ResNe(X)t's bottlenecks their two inner
+activations. Other lowerings (XLA's, on a GPU) compute the value and keep it, as before.
 """
 
 from __future__ import annotations

@@ -154,18 +154,19 @@ struct Epilogue {
   int64_t activation;
 
   std::string Key() const { return ",epilogue," + std::to_string(residual) + ',' + std::to_string(activation); }
-  // The scale's and shift's desc, shaped for an output of `output_dims` dimensions (a convolution's 4, a matmul's 2).
-  static memory::desc PerChannel(const ConvShape& s, int output_dims = 4) {
-    if (output_dims == 2) return {{1, s.o}, memory::data_type::f32, memory::format_tag::ab};
-    return {{1, s.o, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
+  // The scale's and shift's desc (float32 [channels]), shaped for a tensor of `dims` dimensions (a convolution's
+  // NHWC 4, a matmul's 2) whose last axis they apply along.
+  static memory::desc PerChannel(int64_t channels, int dims = 4) {
+    if (dims == 2) return {{1, channels}, memory::data_type::f32, memory::format_tag::ab};
+    return {{1, channels, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
   }
   // The argument id of a post-op's input.
   static int PostOpInput(int index) { return DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | DNNL_ARG_SRC_1; }
   // As post-ops: the multiplication by scale first unless `scaled` (a binary primitive whose own operation it is),
   // then the others.
-  // `output`: the desc of the output they apply to (a convolution's or a matmul's).
-  dnnl::post_ops PostOps(const ConvShape& s, const memory::desc& output, bool scaled = false) const {
-    const memory::desc per_channel = PerChannel(s, output.get_ndims());
+  // `output`: the desc of the tensor they apply to (a convolution's or a matmul's output), of `channels` channels.
+  dnnl::post_ops PostOps(int64_t channels, const memory::desc& output, bool scaled = false) const {
+    const memory::desc per_channel = PerChannel(channels, output.get_ndims());
     dnnl::post_ops ops;
     if (!scaled) ops.append_binary(dnnl::algorithm::binary_mul, per_channel);
     ops.append_binary(dnnl::algorithm::binary_add, per_channel);
@@ -176,15 +177,9 @@ struct Epilogue {
   }
 };
 
-// A per-channel float32 operand of the input of `s` (a BatchNorm's scale or shift before it), as oneDNN's binary
-// primitive broadcasts it over NHWC.
-memory::desc PerInputChannel(const ConvShape& s) {
-  return {{1, s.c, 1, 1}, memory::data_type::f32, memory::format_tag::nchw};
-}
-
 dnnl::convolution_forward::primitive_desc FusedForwardDesc(const ConvShape& s, const Epilogue& e) {
   dnnl::primitive_attr attr = UserScratchpad();
-  attr.set_post_ops(e.PostOps(s, s.Output()));
+  attr.set_post_ops(e.PostOps(s.o, s.Output()));
   return {Engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, s.Input(),
           s.KernelAny(), s.Output(), s.Strides(), s.PadBegin(), s.PadEnd(), attr};
 }
@@ -397,7 +392,7 @@ std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue&
     if (matmul) {
       const MatmulOperands operands{s.Rows(s.c), s.KernelMatrix(), s.Rows(s.o)};
       dnnl::primitive_attr attr = UserScratchpad();
-      attr.set_post_ops(e.PostOps(s, operands.dst));
+      attr.set_post_ops(e.PostOps(s.o, operands.dst));
       if (auto plan = MatmulPlan(operands, attr)) return *std::move(plan);
     }
     auto plain = ForwardPlan(s);
@@ -410,11 +405,11 @@ std::shared_ptr<const Plan> FusedForwardPlan(const ConvShape& s, const Epilogue&
       return MakePlan(s, dnnl::convolution_forward(*pd), pd->weights_desc(), pd->scratchpad_desc(), false);
     }
     dnnl::primitive_attr attr;
-    attr.set_post_ops(e.PostOps(s, s.Output(), /*scaled=*/true));
+    attr.set_post_ops(e.PostOps(s.o, s.Output(), /*scaled=*/true));
     Plan plan;
     plan.unfused_forward = plain;
     plan.epilogue = dnnl::binary(dnnl::binary::primitive_desc(Engine(), dnnl::algorithm::binary_mul, s.Output(),
-                                                              Epilogue::PerChannel(s), s.Output(), attr));
+                                                              Epilogue::PerChannel(s.o), s.Output(), attr));
     return plan;
   });
 }
@@ -635,7 +630,7 @@ ffi::Error FusedForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::AnyBuf
     std::unordered_map<int, memory> post_op_inputs;
     // The post-ops' inputs are described like the output they apply to: a matmul's [rows, O], or NHWC.
     const memory::desc output_desc = plan->matmul ? plan->matmul->dst : s->Output();
-    const memory::desc per_channel = Epilogue::PerChannel(*s, output_desc.get_ndims());
+    const memory::desc per_channel = Epilogue::PerChannel(s->o, output_desc.get_ndims());
     // A fused convolution's post-ops are [scale, shift, residual]; the epilogue primitive's [shift, residual].
     const int first = plan->unfused_forward ? -1 : 0;
     if (first == 0) post_op_inputs[Epilogue::PostOpInput(0)] = memory(per_channel, Engine(), scale.untyped_data());
@@ -710,19 +705,17 @@ ffi::Error KernelGradientImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
   return ffi::Error::Success();
 }
 
-// activation(pre * scale + shift) over the input of `s` (scale and shift float32 [C]), as one pass of oneDNN's binary
-// primitive (its JIT kernels: a plain C++ loop was not vectorised, and took 14 ms where XLA's pass takes 0.8). As the
-// inference epilogue's activations, oneDNN's ReLU and ReLU6 may turn a NaN into 0.
+// activation(pre * scale + shift) over the input of `s` (scale and shift float32 [C]): an epilogue without residual on
+// the input, as one pass of oneDNN's binary primitive (its JIT kernels: a plain C++ loop was not vectorised, and took
+// 14 ms where XLA's pass takes 0.8). As the inference epilogue's activations, oneDNN's ReLU and ReLU6 may turn a NaN
+// into 0.
 std::shared_ptr<const Plan> InputActivationPlan(const ConvShape& s, int64_t activation) {
-  return CachedPlan(s.Key("activate", false) + ",activation," + std::to_string(activation), [&] {
-    const memory::desc per_channel = PerInputChannel(s);
-    dnnl::post_ops ops;
-    ops.append_binary(dnnl::algorithm::binary_add, per_channel);
-    if (activation == Epilogue::kRelu) ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    if (activation == Epilogue::kRelu6) ops.append_eltwise(dnnl::algorithm::eltwise_clip_v2, 0.f, 6.f);
+  const Epilogue e{false, activation};
+  return CachedPlan(s.Key("activate", false) + e.Key(), [&] {
     dnnl::primitive_attr attr = UserScratchpad();
-    attr.set_post_ops(ops);
-    dnnl::binary::primitive_desc pd(Engine(), dnnl::algorithm::binary_mul, s.Input(), per_channel, s.Input(), attr);
+    attr.set_post_ops(e.PostOps(s.c, s.Input(), /*scaled=*/true));
+    dnnl::binary::primitive_desc pd(Engine(), dnnl::algorithm::binary_mul, s.Input(), Epilogue::PerChannel(s.c),
+                                    s.Input(), attr);
     Plan plan{dnnl::binary(pd)};
     plan.scratchpad_desc = pd.scratchpad_desc();
     return plan;
@@ -754,7 +747,7 @@ ffi::Error KernelGradientOfActivatedImpl(ffi::AnyBuffer pre, ffi::AnyBuffer scal
         "channels], the second result shaped like the input, the activation 0 (none), 1 (ReLU) or 2 (ReLU6)");
   }
   try {
-    const memory::desc per_channel = PerInputChannel(*s);
+    const memory::desc per_channel = Epilogue::PerChannel(s->c);
     void* x = activated->untyped_data();
     Run(*InputActivationPlan(*s, activation),
         {{DNNL_ARG_SRC_0, memory(s->Input(), Engine(), pre.untyped_data())},

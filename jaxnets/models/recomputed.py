@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from jaxnets.models.normalization import normalize
 from jaxnets.ops import onednn
 
 
@@ -37,7 +38,5 @@ class Recomputed:
         return self.pre.shape
 
     def value(self) -> jax.Array:
-        """The input itself: BatchNorm's maths (its `__call__`), then the activation."""
-        channels = (1,) * (self.pre.ndim - 1) + (self.pre.shape[-1],)
-        normalized = (self.pre * self.mul.reshape(channels) + self.shift.reshape(channels)).astype(self.dtype)
-        return onednn.ACTIVATIONS[self.activation](normalized)
+        """The input itself: the BN's maths (as its `__call__`), then the activation."""
+        return onednn.ACTIVATIONS[self.activation](normalize(self.pre, self.mul, self.shift, self.dtype))

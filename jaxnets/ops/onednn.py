@@ -174,8 +174,7 @@ def _conv_of_activated_forward(pre, scale, shift, kernel, activation, stride, pa
 def _conv_of_activated_backward(activation, stride, padding, groups, residuals, dy):
     pre, scale, shift, kernel = residuals
     attrs, _ = _geometry(pre.shape, kernel.shape, stride, padding, groups)
-    dx = jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(pre.shape, pre),
-                          vmap_method="sequential")(dy, kernel, **attrs)
+    dx = _input_gradient(dy, kernel, pre, attrs)
     # The second result is the room the call computes the input in: XLA's, so that its scratch counts it.
     dkernel, _ = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient_of_activated",
                                   (_result(kernel.shape, kernel), _result(pre.shape, pre)), vmap_method="sequential")(
@@ -275,11 +274,16 @@ def _conv_forward(x, kernel, stride, padding, groups):
 def _conv_backward(stride, padding, groups, residuals, dy):
     x, kernel = residuals
     attrs, _ = _geometry(x.shape, kernel.shape, stride, padding, groups)
-    dx = jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(x.shape, x),
-                          vmap_method="sequential")(dy, kernel, **attrs)
+    dx = _input_gradient(dy, kernel, x, attrs)
     dkernel = jax.ffi.ffi_call("jaxnets_onednn_conv_kernel_gradient", _result(kernel.shape, kernel),
                                vmap_method="sequential")(x, dy, **attrs)
     return dx, dkernel
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
+
+
+def _input_gradient(dy, kernel, x, attrs):
+    """The gradient of the convolution's input `x` (shaped and typed like it) given dy: oneDNN's backward-data."""
+    return jax.ffi.ffi_call("jaxnets_onednn_conv_input_gradient", _result(x.shape, x),
+                            vmap_method="sequential")(dy, kernel, **attrs)

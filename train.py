@@ -4,7 +4,6 @@ Any config field overrides from the command line (`--config.num_train_steps=100`
 command on every host of a pod (jaxnets/train/distributed.py).
 """
 
-import gc
 import logging
 import os
 import sys
@@ -46,12 +45,10 @@ def malloc_huge_pages_environment(environ: Mapping[str, str] = os.environ,
 if __name__ == "__main__" and (environment := malloc_huge_pages_environment()) is not None:
     os.execve(sys.executable, sys.orig_argv, environment)  # before the imports below: they would run twice
 
-# Python's cycle collector, tuned for a process that builds a few hundred thousand objects and keeps them for the whole
-# run (the imports below, the traced step, jit caches): by default it collects every 700 new objects and rescans
-# the survivors, 1.1-1.2 s of a warm quickstart launch's CPU (gc.callbacks, 2026-12-06), 0.4 s collecting every
-# 20,000. Garbage is collected all the same, a little later.
+import jaxnets.collector  # noqa: E402  (standard library only)
+
 if __name__ == "__main__":
-    gc.set_threshold(20_000, 10, 10)
+    jaxnets.collector.tune()  # before the imports below, which build most of what it would rescan
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -101,9 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        app.run(main, flags_parser=parse_flags)
-    finally:
-        # The interpreter's exit then skips collecting what it is about to free anyway: 1 s of CPU and 1.5-2 s of
-        # wall clock after the last line of a run (TensorFlow's and JAX's objects).
-        gc.freeze()
+    app.run(main, flags_parser=parse_flags)

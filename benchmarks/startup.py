@@ -28,11 +28,11 @@ import time
 from harness import REPO, environment, results
 
 QUICKSTART = [sys.executable, "train.py", "--config", "configs/quickstart.py"]
-# train.py's imports, under the cycle collector's threshold that train.py sets before them; timed until the line
-# printed after them, as the quickstart is timed until its line (a process's exit collects and frees its objects for
-# another 1-2 s, which train.py's steps do not wait for).
-IMPORTS = ("import gc; gc.set_threshold(20_000, 10, 10); import sys; sys.argv = ['train.py']; sys.path.insert(0, '.');"
-           " import train, jaxnets.data.pipeline; print('imported', flush=True)")
+# train.py's imports, with the cycle collector tuned first as train.py tunes it; timed until the line printed after
+# them, as the quickstart is timed until its line (a process's exit frees its objects for another 1-2 s, which
+# train.py's steps do not wait for).
+IMPORTS = ("import jaxnets.collector; jaxnets.collector.tune(); import sys; sys.argv = ['train.py'];"
+           " sys.path.insert(0, '.'); import train, jaxnets.data.pipeline; print('imported', flush=True)")
 
 
 def seconds_until_exit(command: list[str], expect_in_stderr: str) -> float:

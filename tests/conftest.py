@@ -35,22 +35,20 @@ os.environ.setdefault("XLA_FLAGS", cpu_xla_flags(8))
 
 import jax  # noqa: E402
 
+import jaxnets.collector  # noqa: E402
+
 # Shapes must match exactly; an accidental broadcast is a bug, not a convenience.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# The cycle collector tuned as train.py tunes it (its comment): each worker imports TensorFlow, JAX and PyTorch and
-# traces hundreds of programs. test_models.py + test_enas_models.py spent 7.3 s of 124 s of CPU collecting with the
-# default threshold, 1.2 s like this (gc.callbacks). What the collection of the tests imported is frozen: it lives
-# until the worker ends, and a full collection need not rescan it; at the end, the worker's exit skips collecting it.
-gc.set_threshold(20_000, 10, 10)
+# The cycle collector tuned as train.py tunes it (jaxnets/collector.py): each worker imports TensorFlow, JAX and
+# PyTorch and traces hundreds of programs. test_models.py + test_enas_models.py spent 7.3 s of 124 s of CPU collecting
+# with the default threshold, 1.2 s like this (gc.callbacks). What the collection of the tests imported is frozen
+# too: it lives until the worker ends, and a full collection need not rescan it.
+jaxnets.collector.tune()
 
 
 def pytest_collection_finish(session):
     gc.collect()  # (garbage frozen would never be freed)
-    gc.freeze()
-
-
-def pytest_unconfigure(config):
     gc.freeze()
 
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from helpers import REPO, cpu_devices_env
 
 from train import malloc_huge_pages_environment
@@ -91,6 +92,22 @@ def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     assert len(only_round["bare_step_measurements"]) == 6 and math.isfinite(report["ratio_loop_over_bare"])
     assert report["steps_per_dispatch"] == 10 and report["checkpoint_every_steps"] == 210  # the recipe's
     assert report["log_every_steps"] == 20 and report["bare_steps"] == 20
+
+
+def test_profile_step_has_a_row_for_each_of_jaxnets_onednn_calls(monkeypatch):
+    """Every FFI target the extension registers is a convolution direction in profile_step.py's table (one it did
+    not know was counted as "other backward": ResNeXt-29's recomputed-input dW, 8 s of a 27 s AVX2 step), and a
+    target added later stops the profile instead of hiding there."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import profile_step
+
+    from jaxnets.ops import onednn
+
+    assert set(profile_step.FFI_CONV) == set(onednn._built_extension().handlers())
+    assert profile_step.jax_category("custom-call", "jaxnets_onednn_conv_kernel_gradient_of_activated",
+                                     "jvp(step)/transpose(jvp(conv))") == "  of which dW"
+    with pytest.raises(ValueError, match="no category for jaxnets' FFI target jaxnets_onednn_conv_new"):
+        profile_step.jax_category("custom-call", "jaxnets_onednn_conv_new", "jvp(step)/conv")
 
 
 def test_profile_of_a_step_classifies_both_frameworks_work(tmp_path):

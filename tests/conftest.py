@@ -12,10 +12,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# TensorFlow (the input pipeline's) imports Keras 3 eagerly, and scikit-learn through it: 1.1 s of each of the ~50
-# processes the suite starts that read data, for a library jaxnets never calls. With TF_USE_LEGACY_KERAS set,
-# TensorFlow looks for tf_keras instead, which is not installed, and skips the import (only `tf.keras` would fail, and
-# nothing here touches it). Users' runs import Keras as TensorFlow does by default; the data they read is the same.
+# TensorFlow imports Keras 3 eagerly: 1.1 s or more of each of the ~50 processes the suite starts, for a library
+# jaxnets never calls. The input pipeline skips it for the import it makes (jaxnets/data/tf_imports.py); this does the
+# same for the tests' own TensorFlow imports and the export's (with TF_USE_LEGACY_KERAS set, TensorFlow looks for
+# tf_keras instead, which is not installed, and skips the import: only `tf.keras` would fail, and nothing here
+# touches it).
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)

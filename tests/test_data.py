@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import io
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import ml_collections
 import numpy as np
 import pytest
+from helpers import REPO
 from PIL import Image
 
 tf = pytest.importorskip("tensorflow")
@@ -477,3 +479,16 @@ def test_color_jitter_scales_brightness_contrast_and_saturation_by_the_drawn_fac
     out = preprocess.cifar(tf.constant(image), spec, 32, jitter, tf.constant([[0.5, 0.5, 0.0]], tf.float32))
     grey = tf.image.rgb_to_grayscale(tf.constant(image, tf.float32)).numpy()
     np.testing.assert_allclose(out.numpy() * spec.std + spec.mean, (grey + (image - grey) * 0.5) / 255, atol=1e-5)
+
+
+def test_the_input_pipeline_imports_tensorflow_without_keras_and_tf_keras_still_works():
+    """TensorFlow's eager import of Keras (1.4-3.0 s of train.py's imports here) is skipped for the pipeline; the
+    environment is left as it was, so `tf.keras` still gives Keras 3 to code that uses it."""
+    code = ("import os, sys; import jaxnets.data.pipeline; "
+            "print('keras' in sys.modules, os.environ.get('TF_USE_LEGACY_KERAS')); "
+            "import tensorflow as tf; print(type(tf.keras.layers.Dense(3)).__module__.split('.')[0])")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # (conftest sets it for the suite)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False", "None", "keras"]

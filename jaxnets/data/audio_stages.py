@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import types
 
-import tensorflow as tf
-import tensorflow_datasets as tfds
-
 from jaxnets.data.audio_folder import decode
 from jaxnets.data.availability import scan_sound, split_name
 from jaxnets.data.datasets import DataConfig
 from jaxnets.data.preprocess import Preprocessing
+from jaxnets.data.tf_imports import tf, tfds
 from jaxnets.errors import ConfigError
 from jaxnets.sound.config import SoundConfig
 

@@ -26,14 +26,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from etils import epath
 
 from jaxnets.data import audio_stages, preprocess
 from jaxnets.data import digits as _digits  # noqa: F401  (registers the jaxnets_digits builder)
 from jaxnets.data.availability import available_data, not_prepared_error, scan_sound, split_name, tfds_is_mocked
 from jaxnets.data.datasets import DataConfig, DatasetInfo, check_data_config
+from jaxnets.data.tf_imports import tf, tfds
 from jaxnets.errors import ConfigError
 
 Batch = dict[str, np.ndarray]

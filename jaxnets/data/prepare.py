@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-import tensorflow_datasets as tfds
-
 from jaxnets.data import digits as _digits  # noqa: F401  (registers jaxnets_digits)
 from jaxnets.data.datasets import DATASETS
+from jaxnets.data.tf_imports import tfds
 
 
 def main(argv: list[str] | None = None) -> None:

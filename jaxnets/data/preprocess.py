@@ -11,10 +11,9 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-import tensorflow as tf
-
 from jaxnets.data.augmentation import ASPECT_RATIOS, Augmentation
 from jaxnets.data.datasets import EVAL_CROP_FRACTION, DatasetSpec
+from jaxnets.data.tf_imports import tf
 
 # TensorFlow's JPEG decoder defaults to libjpeg's fast integer IDCT, which differs from PIL's (torchvision's and
 # timm's loaders) by up to 65 levels on fine detail; the accurate one decodes to PIL's pixels exactly

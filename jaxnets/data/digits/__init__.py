@@ -11,8 +11,9 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
+
+from jaxnets.data.tf_imports import tfds
 
 NPZ = resources.files(__name__) / "digits.npz"
 

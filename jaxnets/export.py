@@ -202,8 +202,9 @@ def _onnx(served: Served, output: str) -> None:
 def _tf_module(served: Served, batch: int | None = None):
     """A tf.Module with the served function as `serve` (images -> {"logits"}) and the `class_names`; `batch`
     fixes the batch size (None: free)."""
-    import tensorflow as tf  # heavy: only the TensorFlow formats need it
-    from jax.experimental import jax2tf  # (imports TensorFlow)
+    from jax.experimental import jax2tf  # heavy (TensorFlow, which the callers below have imported without Keras)
+
+    from jaxnets.data.tf_imports import tf  # heavy: only the TensorFlow formats need it (without Keras)
 
     shape = _polymorphic_batch(served) if batch is None else None
     logits = jax2tf.convert(served.logits, polymorphic_shapes=[f"({shape})" if shape else None],
@@ -216,7 +217,7 @@ def _tf_module(served: Served, batch: int | None = None):
 
 
 def _savedmodel(served: Served, output: str) -> None:
-    import tensorflow as tf  # heavy: only the TensorFlow formats need it
+    from jaxnets.data.tf_imports import tf  # heavy: only the TensorFlow formats need it (without Keras)
 
     module = _tf_module(served)
     temporary = f"{output}.tmp"
@@ -228,7 +229,7 @@ def _savedmodel(served: Served, output: str) -> None:
 
 
 def _tflite(served: Served, output: str) -> None:
-    import tensorflow as tf  # heavy: only the TensorFlow formats need it
+    from jaxnets.data.tf_imports import tf  # heavy: only the TensorFlow formats need it (without Keras)
 
     # One image a call, as on a phone: with a free batch size the converter meets gathers it cannot express in
     # TFLite's operators (the ENAS child's strided slices of an array of unknown batch become dynamic gathers).

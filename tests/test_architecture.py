@@ -10,8 +10,9 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).parents[1] / "jaxnets"
 # Imports that may sit inside a function: optional or heavy dependencies, each with its reason beside it.
-LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.ops._onednn", "jax._src.clusters", "tensorboardX",
-                "torch", "tensorflow", "jax.experimental.jax2tf", "jax2onnx", "soundfile", "soxr"}
+LAZY_IMPORTS = {"IPython.display", "jaxnets.data.pipeline", "jaxnets.data.tf_imports", "jaxnets.ops._onednn",
+                "jax._src.clusters", "tensorboardX", "torch", "tensorflow", "jax.experimental.jax2tf", "jax2onnx",
+                "soundfile", "soxr"}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -5,7 +5,9 @@ the step benchmarks/cpu.py times (harness/runners.py: same inputs, SGD with mome
 
 jaxnets: `jax.profiler.trace` of `--steps` compiled steps (its Perfetto JSON): the time of each XLA:CPU thunk,
 classified by the instruction of the compiled program it runs (its span's `hlo_op`, looked up in
-`compiled.as_text()`): oneDNN convolutions by FFI target (forward, backward-data, backward-weights), then by the
+`compiled.as_text()`): oneDNN convolutions by FFI target (forward, backward-data, backward-weights; a forward's
+BN, residual and activation run as its post-ops count as its forward, and the BN + activation a backward-weights
+call recomputes on its input as that call), then by the
 source `op_name` XLA keeps: instructions outside the differentiated function are the optimizer's update; inside,
 by the Flax module path (a `bn`/`norm` module: BatchNorm; `relu`: activations) and by the pass (`transpose(...)`:
 backward). PyTorch: `torch.profiler` over the same steps, each op's self time classified alike (under

@@ -202,7 +202,7 @@ def _onnx(served: Served, output: str) -> None:
 def _tf_module(served: Served, batch: int | None = None):
     """A tf.Module with the served function as `serve` (images -> {"logits"}) and the `class_names`; `batch`
     fixes the batch size (None: free)."""
-    from jax.experimental import jax2tf  # heavy (TensorFlow, which the callers below have imported without Keras)
+    from jax.experimental import jax2tf  # heavy (TensorFlow: _savedmodel and _tflite, which call this, import it first)
 
     from jaxnets.data.tf_imports import tf  # heavy: only the TensorFlow formats need it (without Keras)
 

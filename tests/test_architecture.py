@@ -104,12 +104,17 @@ def test_imports_inside_functions_are_only_heavy_or_optional_ones_with_their_rea
 
 def test_tensorflow_is_imported_by_the_data_package_and_the_tensorflow_export_formats_only():
     """Models, steps, checkpoints and notebooks import without TensorFlow; the export's SavedModel and TFLite
-    writers import it inside their functions."""
+    writers import it inside their functions. And always through jaxnets/data/tf_imports.py, which skips Keras'
+    import: a direct import in any module would bring Keras back wherever that module is imported first."""
+    tf_imports, export = PACKAGE / "data" / "tf_imports.py", PACKAGE / "export.py"
     for path in MODULES.values():
         for target, line, inside_function in imports(path):
-            if target.split(".")[0] == "tensorflow" or target == "jax.experimental.jax2tf":
-                in_data = PACKAGE / "data" in path.parents
-                assert in_data or (inside_function and path == PACKAGE / "export.py"), f"{path}:{line} imports {target}"
+            in_an_export_writer = inside_function and path == export  # (after the writer's import of tf_imports)
+            if target.split(".")[0] in ("tensorflow", "tensorflow_datasets") and path != tf_imports:
+                assert in_an_export_writer and target not in ("tensorflow", "tensorflow_datasets"), (
+                    f"{path}:{line} imports {target}: import TensorFlow from jaxnets.data.tf_imports")
+            if target in ("jaxnets.data.tf_imports", "jax.experimental.jax2tf"):
+                assert PACKAGE / "data" in path.parents or in_an_export_writer, f"{path}:{line} imports {target}"
 
 
 def test_the_package_holds_no_pytorch_code():

@@ -12,13 +12,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# TensorFlow imports Keras 3 eagerly: 1.1 s or more of each of the ~50 processes the suite starts, for a library
-# jaxnets never calls. jaxnets' own imports of TensorFlow skip it (jaxnets/data/tf_imports.py, tested in
-# test_data.py without this variable); this skips it for the tests' own imports too (with TF_USE_LEGACY_KERAS set,
-# TensorFlow looks for tf_keras instead, which is not installed, and skips the import: only `tf.keras` would fail,
-# and nothing here touches it).
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
 from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)
 
 # 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is

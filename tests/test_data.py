@@ -18,13 +18,11 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-
 from jaxnets import data  # noqa: E402
 from jaxnets.data import digits  # noqa: E402
 from jaxnets.data.augmentation import Augmentation  # noqa: E402
 from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD  # noqa: E402
+from jaxnets.data.tf_imports import tf, tfds  # noqa: E402
 
 
 def make_config(dataset: str, data_dir, **overrides) -> ml_collections.ConfigDict:
@@ -490,7 +488,7 @@ def test_the_input_pipeline_imports_tensorflow_without_keras_and_tf_keras_still_
             "print(sorted(m for m, module in list(sys.modules.items()) "
             "             if m.startswith('tensorflow') and None in (getattr(module, '__path__', None) or []))); "
             "import tensorflow as tf; print(type(tf.keras.layers.Dense(3)).__module__.split('.')[0])")
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # (conftest sets it for the suite)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # (TensorFlow would skip Keras)
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -68,7 +68,7 @@ def run_exported(format: str, path, images: np.ndarray) -> np.ndarray:  # noqa: 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(["logits"], {"images": images})[0]
     if format == "savedmodel":
-        import tensorflow as tf
+        from jaxnets.data.tf_imports import tf
 
         return tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(images))[
             "logits"].numpy()
@@ -112,7 +112,7 @@ def test_each_familys_export_gives_the_models_logits(format, runs, tmp_path):  #
     if format == "stablehlo":
         assert set(jax.export.deserialize(path.read_bytes()).platforms) == {"cpu", "cuda", "tpu"}
     if format == "savedmodel":
-        import tensorflow as tf
+        from jaxnets.data.tf_imports import tf
 
         assert [n.decode() for n in tf.saved_model.load(str(path)).class_names.numpy()] == names
     if format in ("onnx", "tflite"):

@@ -114,7 +114,6 @@ def test_report_of_a_missing_run_is_one_line(tmp_path):
 
 
 def test_torchvision_weights_notebook_classifies_with_converted_weights(tmp_path, monkeypatch):
-    import tensorflow as tf
     import torch
     from matplotlib.cbook import get_sample_data
     from safetensors.torch import save_file
@@ -122,6 +121,7 @@ def test_torchvision_weights_notebook_classifies_with_converted_weights(tmp_path
 
     from jaxnets.data import DATASETS, imagenet_class_names
     from jaxnets.data.preprocess import imagenet_eval
+    from jaxnets.data.tf_imports import tf
 
     torch.manual_seed(0)
     reference = mobilenet_v2().eval()  # torchvision's architecture and key names, random weights

@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 import soundfile
-import tensorflow_datasets as tfds
 from helpers import load_recipe
 from PIL import Image
 
 from jaxnets.data import DATASETS, dataset_spec
+from jaxnets.data.tf_imports import tfds
 from jaxnets.models import create_model
 from jaxnets.train import train_and_evaluate
 

@@ -12,6 +12,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+# librosa (the sound front end's reference) has numba compile a dozen gufuncs when its utilities are first imported,
+# and a fresh install, as CI's, has no numba cache: 21 s of CPU at numba's default -O3, 13 s at -O0 (a Xeon, numba
+# 0.68). The suite calls none of them where speed matters; what they compute does not depend on the level (numba
+# enables no fast-math by itself).
+os.environ.setdefault("NUMBA_OPT", "0")
+
 from helpers import cpu_xla_flags  # noqa: E402  (JAX reads XLA_FLAGS when it starts a backend, not on import)
 
 # 8 CPU devices for the data-parallel tests (must be set before JAX starts); single-device code is

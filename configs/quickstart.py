@@ -3,7 +3,7 @@
     python train.py --config configs/quickstart.py --workdir /tmp/jaxnets-quickstart
 
 Offline: the dataset ships inside the package. Expected: >= 97% test top-1 in well under a minute
-on a 2-core CPU (tests/test_checkpoint.py holds a 12-epoch run to it through 5 SIGKILLs).
+on a 2-core CPU (tests/test_checkpoint.py holds a 12-epoch run to it through 3 SIGKILLs).
 """
 
 from jaxnets.config import base_config

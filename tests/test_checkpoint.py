@@ -1,5 +1,5 @@
 """Checkpoints: resume is bit-exact (after SIGKILL too), broken steps are skipped, storage that fails to answer is
-read again, and a model change is refused. train.py through SIGKILL and SIGTERM: the quickstart through 5 SIGKILLs
+read again, and a model change is refused. train.py through SIGKILL and SIGTERM: the quickstart through 3 SIGKILLs
 here, on gs:// in test_cloud_storage, on two hosts in test_multihost; a checkpoint written on 8 devices opening on 1:
 test_notebooks.
 
@@ -483,24 +483,25 @@ def test_sigint_asks_to_stop_and_a_second_one_interrupts():
     assert signal.getsignal(signal.SIGINT) is previous, "the handlers are restored"
 
 
-def test_quickstart_survives_five_random_sigkills(tmp_path):
-    """The quickstart (at 12 of its 40 epochs, which reach 98.7% uninterrupted; 10 steps per call), SIGKILLed at 5
+def test_quickstart_survives_three_random_sigkills(tmp_path):
+    """The quickstart (at 12 of its 40 epochs, which reach 98.7% uninterrupted; 10 steps per call), SIGKILLed at 3
     random moments: every restart of the same command resumes from the newest checkpoint (never from step 0), and
-    the run still reaches >= 97% test top-1."""
+    the run still reaches >= 97% test top-1. (5 kills until 2026-12-06: each launch costs ~10 s of CPU, mostly
+    imports, and the two-host and gs:// tests kill train.py too.)"""
     command = [sys.executable, "train.py", "--config", "configs/quickstart.py", "--workdir", str(tmp_path / "run"),
                "--config.num_epochs=12", "--config.checkpoint_every_steps=10"]
     rng = random.Random(0)
     newest_at_kill = []
-    for attempt in range(6):
+    for attempt in range(4):
         newest = max(committed_steps(tmp_path / "run"), default=0) if (tmp_path / "run" / "checkpoints").exists() else 0
         with open(tmp_path / f"stderr{attempt}.log", "w") as log:
             # One device: what is tested is the resume, and 8 forced devices on 2 cores train at 0.7x the speed.
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log,
                                        env={**os.environ, "XLA_FLAGS": ""})
-            if attempt < 5:  # a random moment after this attempt has saved something new
+            if attempt < 3:  # a random moment after this attempt has saved something new
                 wait_for(lambda n=newest: (tmp_path / "run" / "checkpoints").exists()
                          and max(committed_steps(tmp_path / "run"), default=0) > n, process, timeout=240)
-                time.sleep(rng.uniform(0.0, 0.25))  # (at most ~40 steps on a fast day: 5 kills never reach the end)
+                time.sleep(rng.uniform(0.0, 0.25))  # (at most ~40 steps on a fast day: 3 kills never reach the end)
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 newest_at_kill.append(max(committed_steps(tmp_path / "run")))
@@ -510,7 +511,7 @@ def test_quickstart_survives_five_random_sigkills(tmp_path):
             log_text = (tmp_path / f"stderr{attempt}.log").read_text()
             assert f"at step {newest_at_kill[attempt - 1]}" in log_text and "resuming from" in log_text
 
-    assert len(set(newest_at_kill)) == 5 and min(newest_at_kill) > 0, newest_at_kill
+    assert len(set(newest_at_kill)) == 3 and min(newest_at_kill) > 0, newest_at_kill
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if "eval_top1" in r][-1]
     assert final["step"] == 252 and final["eval_top1"] >= 0.97, final

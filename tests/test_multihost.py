@@ -209,11 +209,12 @@ def wait_for_a_save_in_flight(workdir, processes, log_path, timeout: float = 240
         time.sleep(0.002)
 
 
-def test_two_hosts_through_three_sigkills_and_a_sigterm_during_a_save_end_as_the_uninterrupted_run(
+def test_two_hosts_through_two_sigkills_and_a_sigterm_during_a_save_end_as_the_uninterrupted_run(
         reference, tmp_path, monkeypatch):
-    """2 processes x 2 devices, both restarted after each of: three SIGKILLs of a random process at a random moment
-    after a new checkpoint (its partner killed a random moment later, as a job scheduler tears a job down), then a
-    SIGTERM to one process while a checkpoint is being saved (both save the same step and exit 0), then to the end.
+    """2 processes x 2 devices, both restarted after each of: two SIGKILLs at a random moment after a new checkpoint,
+    the first of process 1, the second of process 0 (which holds the job's coordination service), each partner
+    killed a random moment later, as a job scheduler tears a job down; then a SIGTERM to one process while a
+    checkpoint is being saved (both save the same step and exit 0); then to the end.
     Every launch resumes at the newest committed step; no committed step is lost (only never-committed saves are
     set aside); metrics.jsonl is the reference's, step for step and bit for bit (the same programs on the same
     devices); every process reads its rows of the reference's batches. The checkpoint then opens in 1 process, and
@@ -222,12 +223,11 @@ def test_two_hosts_through_three_sigkills_and_a_sigterm_during_a_save_end_as_the
     workdir = tmp_path / "run"
     rng = random.Random(0)
     ever_committed, launches, resumed_from = set(), [], 0  # launches: (name, first step trained, last step saved)
-    for kill in range(3):
+    for kill, victim in enumerate((1, 0)):  # (a third, of a random process, until 2026-12-06: a fifth of the time)
         name = f"kill{kill}"
         processes, logs = two_processes(workdir, data_dir, tmp_path, name=name, record=True)
         wait_for_commit_after(workdir, processes, tmp_path / f"{name}0.log", resumed_from)
         time.sleep(rng.uniform(0.0, 0.2))
-        victim = rng.randrange(2)
         processes[victim].send_signal(signal.SIGKILL)
         time.sleep(rng.uniform(0.0, 0.5))
         processes[1 - victim].send_signal(signal.SIGKILL)  # (unless it has stopped by itself already)
@@ -237,7 +237,7 @@ def test_two_hosts_through_three_sigkills_and_a_sigterm_during_a_save_end_as_the
         ever_committed.update(committed(workdir))
         launches.append((name, resumed_from + 1, committed(workdir)[-1]))
         resumed_from = committed(workdir)[-1]
-    assert resumed_from < STEPS, f"3 kills at {[last for *_, last in launches]}: the run must not end before them"
+    assert resumed_from < STEPS, f"2 kills at {[last for *_, last in launches]}: the run must not end before them"
 
     processes, logs = two_processes(workdir, data_dir, tmp_path, name="term", record=True)
     wait_for_a_save_in_flight(workdir, processes, tmp_path / "term0.log")

@@ -18,11 +18,11 @@ import pytest
 from helpers import REPO
 from PIL import Image
 
-from jaxnets import data  # noqa: E402
-from jaxnets.data import digits  # noqa: E402
-from jaxnets.data.augmentation import Augmentation  # noqa: E402
-from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD  # noqa: E402
-from jaxnets.data.tf_imports import tf, tfds  # noqa: E402
+from jaxnets import data
+from jaxnets.data import digits
+from jaxnets.data.augmentation import Augmentation
+from jaxnets.data.datasets import DIGITS_MEAN, DIGITS_STD
+from jaxnets.data.tf_imports import tf, tfds
 
 
 def make_config(dataset: str, data_dir, **overrides) -> ml_collections.ConfigDict:

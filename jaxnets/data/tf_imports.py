@@ -22,7 +22,7 @@ try:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 finally:
-    if _SKIP_KERAS and _KERAS_OPTIMIZERS in sys.modules and sys.modules[_KERAS_OPTIMIZERS] is None:
-        del sys.modules[_KERAS_OPTIMIZERS]
+    if _SKIP_KERAS and sys.modules.get(_KERAS_OPTIMIZERS) is None:  # (our mark, unless something imported it since)
+        sys.modules.pop(_KERAS_OPTIMIZERS, None)
 
 __all__ = ["tf", "tfds"]

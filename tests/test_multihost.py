@@ -39,9 +39,16 @@ SHORT = {"num_train_steps": STEPS, "log_every_steps": 1, "eval_every_epochs": 10
          "learning_rate": 0.01}
 LOCAL_BATCH = 32  # the quickstart's global batch of 64 over 2 processes
 
-# train.py, recording the batches it reads (helpers.recording_train_iterator) as jsonl in $BATCH_RECORD.
+# train.py, recording the batches it reads (helpers.recording_train_iterator) as jsonl in $BATCH_RECORD; and
+# compiling once per program, not once per launch in process 1. JAX keys a CPU executable in its persistent cache by
+# the topology of the process that compiled it, which differs between the processes of one job, and only process 0
+# writes entries: process 1 never found one and compiled every program at each of the 5 launches (10 of its 19 s of
+# CPU each; jax 0.10.2). Keyed by device kinds instead, as JAX does where a backend has no topology, process 1 loads
+# process 0's executables: the same SPMD program, as the bit-exact comparisons with the reference confirm.
 RECORDING_TRAIN_PY = """
 import json, os, runpy, sys
+import jax._src.cache_key
+jax._src.cache_key._hash_accelerator_config = jax._src.cache_key._hash_devices
 sys.path.append(os.path.abspath("tests"))  # helpers (the working directory is the repository)
 import jaxnets.data
 from helpers import recording_train_iterator

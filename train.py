@@ -68,7 +68,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "How many processes
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Where JAX keeps compiled programs between runs, 'off' for none (default: "
-    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/jaxnets/compilation-cache; jaxnets/train/compilation_cache.py).")
+    "$JAX_COMPILATION_CACHE_DIR, else on several hosts WORKDIR/compilation_cache, else "
+    "~/.cache/jaxnets/compilation-cache; jaxnets/train/compilation_cache.py).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -87,11 +88,12 @@ def main(argv):
     # absl's handler formats the log lines (absl.app installs it); these two libraries are quieted to warnings:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
-    use_compilation_cache(_COMPILATION_CACHE.value)  # a resumed or repeated run loads its programs, compiles none
     try:
-        if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):  # before any backend
-            if jax.process_index() > 0:  # process 0 tells the story; the others speak up for warnings only
-                logging.getLogger("jaxnets").setLevel(logging.WARNING)
+        several_processes = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if several_processes and jax.process_index() > 0:  # process 0 tells the story; the others warn only
+            logging.getLogger("jaxnets").setLevel(logging.WARNING)
+        # A resumed or repeated run loads its programs, compiles none; on several hosts from a cache they all read.
+        use_compilation_cache(_COMPILATION_CACHE.value, shared_workdir=_WORKDIR.value if several_processes else None)
         jaxnets.train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         sys.exit(f"train.py: {e}")  # the user's to fix: one line, no traceback, exit code 1

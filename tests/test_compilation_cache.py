@@ -24,9 +24,24 @@ def test_the_flag_then_jax_then_the_user_cache(flag, environ, expected, monkeypa
     assert cache_directory(flag, environ) == expected
 
 
-def test_a_relative_flag_is_made_absolute(tmp_path, monkeypatch):
+def test_a_relative_flag_is_made_absolute_and_a_url_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cache_directory("cache", {}) == str(tmp_path / "cache")
+    assert cache_directory("gs://bucket/cache", {}) == "gs://bucket/cache"
+
+
+@pytest.mark.parametrize(
+    "flag, environ, expected",
+    [
+        (None, {"XDG_CACHE_HOME": "/xdg"}, "gs://bucket/run/compilation_cache"),  # one that every host reads
+        (None, {"JAX_COMPILATION_CACHE_DIR": "/jax"}, "/jax"),  # the user's choice, as on one host
+        ("gs://bucket/cache", {"JAX_COMPILATION_CACHE_DIR": "/jax"}, "gs://bucket/cache"),
+        ("off", {}, None),
+    ],
+)
+def test_several_processes_share_a_cache_in_the_workdir(flag, environ, expected):
+    """On several hosts JAX writes from process 0 only: a cache of each host's own would serve process 0 alone."""
+    assert cache_directory(flag, environ, shared_workdir="gs://bucket/run") == expected
 
 
 APPLY = """

@@ -76,6 +76,9 @@ def train_py(workdir, data_dir, devices: int, *extra: str, process_id: int | Non
         command += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={num_processes}",
                     f"--process_id={process_id}"]
     env = {**cpu_devices_env(devices), "PYTHONUNBUFFERED": "1"}  # (every comparison: runs compiled alike)
+    if process_id is not None:  # the job's cache where train.py puts it by default: in its workdir, for every host
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["JAX_DEBUG_LOG_MODULES"] = "jax._src.compiler"  # (each cache hit and miss, in the log)
     if record is not None:
         command[1:1] = ["-c", RECORDING_TRAIN_PY]
         env["BATCH_RECORD"] = str(record)
@@ -224,7 +227,8 @@ def test_two_hosts_through_two_sigkills_and_a_sigterm_during_a_save_end_as_the_u
     checkpoint is being saved (both save the same step and exit 0); then to the end.
     Every launch resumes at the newest committed step; no committed step is lost (only never-committed saves are
     set aside); metrics.jsonl is the reference's, step for step and bit for bit (the same programs on the same
-    devices); every process reads its rows of the reference's batches. The checkpoint then opens in 1 process, and
+    devices); every process reads its rows of the reference's batches; a resumed launch loads its steps from the
+    compilation cache in the workdir on both hosts. The checkpoint then opens in 1 process, and
     1 process x 4 devices (this one: 4 of its 8 CPU devices) trains on from it like 2 x 2 does."""
     data_dir, expected, expected_batches = reference.data_dir, reference.metrics, reference.batches
     workdir = tmp_path / "run"
@@ -252,6 +256,10 @@ def test_two_hosts_through_two_sigkills_and_a_sigterm_during_a_save_end_as_the_u
     assert wait_all(processes, logs) == [0, 0], (tmp_path / "term0.log").read_text()[-3000:]
     saved = [re.findall(r"saved step (\d+), stopping", (tmp_path / f"term{i}.log").read_text()) for i in range(2)]
     assert saved[0] == saved[1] and len(saved[0]) == 1, saved
+    assert any((workdir / "compilation_cache").iterdir()), "the job's programs are cached in its workdir"
+    for i in range(2):  # a resumed job compiles no step on any host: all read the cache in the workdir
+        log = (tmp_path / f"term{i}.log").read_text()
+        assert "cache hit for 'jit_steps'" in log and "MISS for 'jit_steps'" not in log, f"process {i}: {log[-3000:]}"
     stopped_at = int(saved[0][0])
     assert resumed_from < stopped_at < STEPS and committed(workdir)[-1] == stopped_at
     ever_committed.update(committed(workdir))

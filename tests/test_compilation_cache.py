@@ -50,19 +50,23 @@ import jax
 from jaxnets.train.compilation_cache import use_compilation_cache
 print(use_compilation_cache(None if sys.argv[1] == "-" else sys.argv[1]))
 print(jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+print(jax.config.jax_persistent_cache_enable_xla_caches)
 """
 
 
-@pytest.mark.parametrize("flag", ["-", "off"])
+@pytest.mark.parametrize("flag", ["-", "off", "gs://bucket/cache"])
 def test_train_py_turns_it_on_by_default_and_off_on_request(flag, tmp_path):
-    """What JAX itself is then told, in a process without $JAX_COMPILATION_CACHE_DIR (which the suite sets)."""
+    """What JAX itself is then told, in a process without $JAX_COMPILATION_CACHE_DIR (which the suite sets). In a
+    bucket, without the GPU autotuner's cache, which JAX would put there for XLA's file layer (no gs:// in it)."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     result = subprocess.run([sys.executable, "-c", APPLY, flag], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
-    directory, enabled = result.stdout.splitlines()
+    directory, enabled, xla_caches = result.stdout.splitlines()
     if flag == "off":
         assert directory == "None" and enabled.startswith("False")
-    else:
+    elif flag == "-":
         assert directory == str(tmp_path / "xdg" / "jaxnets" / "compilation-cache")
-        assert enabled == f"True {directory}"
+        assert enabled == f"True {directory}" and xla_caches == "xla_gpu_per_fusion_autotune_cache_dir"  # JAX's
+    else:
+        assert directory == flag and enabled == f"True {flag}" and xla_caches == "none"

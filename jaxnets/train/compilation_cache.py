@@ -44,4 +44,8 @@ def use_compilation_cache(flag: str | None, *, shared_workdir: str | None = None
     jax.config.update("jax_enable_compilation_cache", directory is not None)
     if directory is not None:
         jax.config.update("jax_compilation_cache_dir", directory)
+        if "://" in directory:
+            # JAX also hands XLA a folder inside it for the GPU autotuner's results, which XLA's own file layer
+            # writes, and it knows no gs:// (the compiled programs themselves go through etils.epath, which does).
+            jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
     return directory

@@ -135,3 +135,28 @@ def test_a_failed_first_upload_of_tensorboard_events_is_retried(emulator, monkey
     assert not emulator.proxy.planned, "the planned 503 was served"
     (name,) = [n for n in emulator.names("bucket", "tensorboard/") if "events.out.tfevents" in n]
     assert b"train/loss" in emulator.read("bucket", name)
+
+
+# A job of several processes with a gs:// workdir keeps its compiled programs there (jaxnets.train.compilation_cache).
+COMPILE_WITH_THE_CACHE_IN_A_BUCKET = """
+import jax, jax.numpy as jnp
+from jaxnets.train.compilation_cache import use_compilation_cache
+use_compilation_cache(None, shared_workdir="gs://bucket/pod-run")
+def doubled_sine(x):
+    return 2.0 * jnp.sin(x)
+print(float(jax.jit(doubled_sine)(jnp.arange(3.0)).sum()))
+"""
+
+
+def test_a_compilation_cache_in_a_bucket_serves_the_next_process(emulator, monkeypatch):
+    """What one process compiles, the next loads from gs:// (as each host of a resumed job does)."""
+    monkeypatch.setattr(emulator.proxy, "fault_rate", 0.0)
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": emulator.url, "JAX_DEBUG_LOG_MODULES": "jax._src.compiler"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # (the suite's own cache, which would come first)
+    runs = [subprocess.run([sys.executable, "-c", COMPILE_WITH_THE_CACHE_IN_A_BUCKET], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0 and run.stdout == runs[0].stdout, run.stderr[-3000:]
+    assert "MISS for 'jit_doubled_sine'" in runs[0].stderr, runs[0].stderr[-3000:]
+    assert "cache hit for 'jit_doubled_sine'" in runs[1].stderr, runs[1].stderr[-3000:]
+    assert [n for n in emulator.names("bucket", "pod-run/compilation_cache/") if "jit_doubled_sine" in n]

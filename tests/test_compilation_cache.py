@@ -44,6 +44,11 @@ def test_several_processes_share_a_cache_in_the_workdir(flag, environ, expected)
     assert cache_directory(flag, environ, shared_workdir="gs://bucket/run") == expected
 
 
+def test_a_relative_workdir_gives_an_absolute_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cache_directory(None, {}, shared_workdir="runs/a") == str(tmp_path / "runs" / "a" / "compilation_cache")
+
+
 APPLY = """
 import sys
 import jax

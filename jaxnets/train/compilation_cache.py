@@ -28,13 +28,18 @@ def cache_directory(flag: str | None, environ: Mapping[str, str] = os.environ, *
     if flag == OFF:
         return None
     if flag:
-        return flag if "://" in flag else os.path.abspath(os.path.expanduser(flag))
+        return _absolute(flag)
     if environ.get("JAX_COMPILATION_CACHE_DIR"):
         return environ["JAX_COMPILATION_CACHE_DIR"]
     if shared_workdir is not None:
-        return os.path.join(shared_workdir, WORKDIR_CACHE)
+        return os.path.join(_absolute(shared_workdir), WORKDIR_CACHE)
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache_home, "jaxnets", "compilation-cache")
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute; a URL (gs://...) as given."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def use_compilation_cache(flag: str | None, *, shared_workdir: str | None = None) -> str | None:

@@ -89,9 +89,8 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step by step at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'" on every CPU run
     try:
-        # (a detected cluster may hold one process: a single-host TPU VM, SLURM's srun -n 1)
-        several_processes = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value) \
-            and jax.process_count() > 1
+        joined = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        several_processes = joined and jax.process_count() > 1  # (a detected cluster may be one single-host TPU VM)
         if several_processes and jax.process_index() > 0:  # process 0 tells the story; the others warn only
             logging.getLogger("jaxnets").setLevel(logging.WARNING)
         # A resumed or repeated run loads its programs, compiles none; on several hosts from a cache they all read.

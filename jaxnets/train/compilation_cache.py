@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 import jax
 
+from jaxnets.checkpoints.layout import absolute, is_local
+
 OFF = "off"
 WORKDIR_CACHE = "compilation_cache"  # inside the workdir of a job of several processes
 
@@ -28,18 +30,13 @@ def cache_directory(flag: str | None, environ: Mapping[str, str] = os.environ, *
     if flag == OFF:
         return None
     if flag:
-        return _absolute(flag)
+        return str(absolute(os.path.expanduser(flag)))
     if environ.get("JAX_COMPILATION_CACHE_DIR"):
         return environ["JAX_COMPILATION_CACHE_DIR"]
     if shared_workdir is not None:
-        return os.path.join(_absolute(shared_workdir), WORKDIR_CACHE)
+        return str(absolute(shared_workdir) / WORKDIR_CACHE)
     cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache_home, "jaxnets", "compilation-cache")
-
-
-def _absolute(path: str) -> str:
-    """A local path made absolute; a URL (gs://...) as given."""
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def use_compilation_cache(flag: str | None, *, shared_workdir: str | None = None) -> str | None:
@@ -49,7 +46,7 @@ def use_compilation_cache(flag: str | None, *, shared_workdir: str | None = None
     jax.config.update("jax_enable_compilation_cache", directory is not None)
     if directory is not None:
         jax.config.update("jax_compilation_cache_dir", directory)
-        if "://" in directory:
+        if not is_local(directory):
             # JAX also hands XLA a folder inside it for the GPU autotuner's results, which XLA's own file layer
             # writes, and it knows no gs:// (the compiled programs themselves go through etils.epath, which does).
             jax.config.update("jax_persistent_cache_enable_xla_caches", "none")

@@ -8,8 +8,12 @@
 //   N=/tmp/onednn313; python3 -m venv $N && $N/bin/pip install onednn==2026.1.0 onednn-devel==2026.1.0  # 2 GB
 //   g++ -O2 -std=c++17 benchmarks/onednn_versions.cc -I$V/include -L$V/lib -ldnnl -Wl,-rpath,$V/lib -o /tmp/conv32
 //   g++ -O2 -std=c++17 benchmarks/onednn_versions.cc -I$N/include -L$N/lib -ldnnl -Wl,-rpath,$N/lib -o /tmp/conv313
-//   export OCL_ICD_FILENAMES=$N/lib/libintelocl.so LD_LIBRARY_PATH=$N/lib   # (the wheel's .icd names no real path)
-//   for i in 1 2 3; do for b in conv32 conv313; do ONEDNN_MAX_CPU_ISA=AVX2 /tmp/$b 32 32 128 128 3 1 1; done; done
+//   conv313() { LD_LIBRARY_PATH=$N/lib OCL_ICD_FILENAMES=$N/lib/libintelocl.so /tmp/conv313 "$@"; }
+//   for i in 1 2 3; do ONEDNN_MAX_CPU_ISA=AVX2 /tmp/conv32 32 32 128 128 3 1 1; ONEDNN_MAX_CPU_ISA=AVX2 conv313 32 32 128 128 3 1 1; done
+//
+// 3.13's libraries (SYCL, TBB, OpenCL) are found through LD_LIBRARY_PATH, and the wheel's OpenCL .icd names no real
+// path, hence OCL_ICD_FILENAMES; set them for conv313 only: exported, they make conv32 load 3.13 too (each run prints
+// the version it loaded).
 //
 // Arguments: BATCH SIZE IN_CHANNELS OUT_CHANNELS KERNEL STRIDE GROUPS [CALLS, default 15]; padding KERNEL / 2, NHWC
 // float32 activations, weights given as jaxnets gives them (HWIO) and reordered to the layout the primitive picks in

@@ -28,10 +28,12 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include <omp.h>
 #include <sys/mman.h>
 
 #include "nanobind/nanobind.h"
@@ -67,14 +69,27 @@ dnnl::stream& Stream() {
 // ResNeXt-50's 0.97x, the training steps 0.99-1.01x (pointwise_ab_avx2.md; the forwards' gains held in 4 runs). Settable
 // (set_matmul_max_rows; 0: never) for that benchmark and for CPUs that move the crossover. Each call reads it once:
 // its plan is cached and built under that one choice (ConvShape::Key).
-int64_t DefaultMatmulMaxRows() {
+bool RunsAvx512() {
   const auto avx512 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core);  // honours ONEDNN_MAX_CPU_ISA
-  return (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & avx512) == avx512 ? 2048 : 512;
+  return (static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & avx512) == avx512;
 }
+
+int64_t DefaultMatmulMaxRows() { return RunsAvx512() ? 2048 : 512; }
 
 std::atomic<int64_t>& MatmulMaxRows() {
   static std::atomic<int64_t> rows{DefaultMatmulMaxRows()};
   return rows;
+}
+
+// Where oneDNN runs AVX2 kernels, a float32 1x1 convolution of more rows than a matmul takes computes its kernel
+// gradient x^T dy as oneDNN's sgemm over chunks of rows (ChunkedKernelGradient), not with oneDNN 3.2's jit_1x1:avx2
+// backward-weights kernel: alone, the chunks ran ResNeXt-29's 1x1 kernel gradients (batch 64) 1.13-1.28x faster and
+// ResNeXt-50's (64 px, batch 32) 1.0-1.08x (benchmarks/README.md). Not with AVX-512, where oneDNN's kernel won at
+// most of these shapes. Settable (set_chunked_kernel_gradients) for the benchmark that compares the two; each call
+// reads it.
+std::atomic<bool>& ChunkedKernelGradients() {
+  static std::atomic<bool> chunked{!RunsAvx512()};
+  return chunked;
 }
 
 // One convolution's geometry, as the three calls see it.
@@ -118,9 +133,10 @@ struct ConvShape {
   }
   // A 1x1 convolution of stride 1 and no padding, every pass of which is a product of [N*H*W, C] and [C, O]
   // matrices, of few enough rows to run as one (MatmulMaxRows).
-  bool IsMatrixProduct() const {
+  bool IsMatrixProduct() const { return IsPointwise() && n * h * w <= MatmulMaxRows().load(); }
+  bool IsPointwise() const {
     return kh == 1 && kw == 1 && stride == 1 && groups == 1 && pad_top == 0 && pad_left == 0 && pad_bottom == 0 &&
-           pad_right == 0 && n * h * w <= MatmulMaxRows().load();
+           pad_right == 0;
   }
   // The activations as rows of `channels` (n * h * w rows), and the kernel as a [C, O] matrix or its transpose,
   // all by strides over the NHWC and HWIO buffers (IsMatrixProduct only).
@@ -674,8 +690,51 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
   return ffi::Error::Success();
 }
 
+// The rows of x and dy one sgemm of ChunkedKernelGradient takes: a chunk of both (1 MiB at 128 channels each) stays in
+// the caches while the sgemm packs and multiplies it. 512 and 2048 timed alike at ResNeXt-29's shapes.
+constexpr int64_t kChunkRows = 1024;
+
+// dkernel [C, O] = x^T dy for a 1x1 convolution (IsPointwise; float32), x and dy as their [rows, C] and [rows, O]
+// matrices: each of OpenMP's threads sums the products of a contiguous run of row chunks (dnnl_sgemm, one thread
+// each), the first into dkernel and the others into buffers, then all threads add the buffers into dkernel, each a
+// slice of it. The sums' order depends only on the shape and the number of threads: a run gives the same bits again.
+void ChunkedKernelGradient(const ConvShape& s, const float* x, const float* dy, float* dkernel) {
+  const int64_t rows = s.n * s.h * s.w, size = s.c * s.o;
+  const int most_threads = omp_get_max_threads();
+  const int64_t chunk = std::max<int64_t>(1, std::min(kChunkRows, (rows + most_threads - 1) / most_threads));
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+  auto* partial = static_cast<float*>(buffers.scratchpad.Sized((most_threads - 1) * size * sizeof(float)));
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(most_threads)
+  {
+    const int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
+    float* sum = thread == 0 ? dkernel : partial + (thread - 1) * size;
+    const int64_t first = chunks * thread / threads, end = chunks * (thread + 1) / threads;
+    if (first == end) std::fill(sum, sum + size, 0.0f);
+    for (int64_t index = first; index < end; ++index) {
+      const int64_t row = index * chunk, count = std::min(chunk, rows - row);
+      const float keep = index == first ? 0.0f : 1.0f;  // (sgemm's beta)
+      if (dnnl_sgemm('T', 'N', s.c, s.o, count, 1.0f, x + row * s.c, s.c, dy + row * s.o, s.o, keep, sum, s.o) !=
+          dnnl_success) {
+        failed = true;
+      }
+    }
+#pragma omp barrier
+    const int64_t from = size * thread / threads, to = size * (thread + 1) / threads;
+    for (int64_t other = 1; other < threads; ++other) {
+      const float* add = partial + (other - 1) * size;
+      for (int64_t i = from; i < to; ++i) dkernel[i] += add[i];
+    }
+  }
+  if (failed) throw std::runtime_error("dnnl_sgemm failed");
+}
+
 // dkernel = the kernel gradient of convolution `s` at input x, given dy, by KernelGradientPlan(s).
 void RunKernelGradient(const ConvShape& s, void* x, void* dy, void* dkernel) {
+  if (s.type == memory::data_type::f32 && s.IsPointwise() && !s.IsMatrixProduct() && ChunkedKernelGradients().load()) {
+    return ChunkedKernelGradient(s, static_cast<const float*>(x), static_cast<const float*>(dy),
+                                 static_cast<float*>(dkernel));
+  }
   auto plan = KernelGradientPlan(s);
   if (plan->matmul) return RunMatmul(*plan, x, dy, dkernel);
   memory user(s.KernelHWIO(), Engine(), dkernel);
@@ -818,6 +877,10 @@ NB_MODULE(_onednn, m) {
   // The most rows a 1x1 convolution may have to run as matmuls (MatmulMaxRows); returns the previous value.
   m.def("set_matmul_max_rows", [](int64_t rows) { return MatmulMaxRows().exchange(rows); });
   m.def("default_matmul_max_rows", &DefaultMatmulMaxRows);
+  // Whether large 1x1 convolutions compute their float32 kernel gradients by ChunkedKernelGradient; returns the
+  // previous value.
+  m.def("set_chunked_kernel_gradients", [](bool chunked) { return ChunkedKernelGradients().exchange(chunked); });
+  m.def("default_chunked_kernel_gradients", [] { return !RunsAvx512(); });
   m.def("version", [] {
     const dnnl_version_t* v = dnnl_version();
     return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);

@@ -369,35 +369,55 @@ def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers
     assert kinds[:6] == ["matmul"] * 6, executed  # forward, input gradient, kernel gradient of each: nothing else
     in_place = re.compile(r"src_f32::blocked:(ab|ba)::f0 wei_f32::blocked:(ab|ba)::f0 dst_f32::blocked:ab::f0")
     assert all(in_place.search(line) for line in executed[:6]), executed
-    assert "matmul" not in kinds[6:] and kinds[6:].count("convolution") == 3, executed
+    # Over the limit, the kernel gradient is oneDNN's sgemm over chunks of rows where oneDNN runs AVX2 kernels (the
+    # same CPUs as the 512-row limit): not a primitive, so ONEDNN_VERBOSE logs no line of it.
+    chunked = limit == 512
+    assert "matmul" not in kinds[6:] and kinds[6:].count("convolution") == (2 if chunked else 3), executed
+    assert any("backward_weights" in line for line in executed[6:]) != chunked, executed
     assert worst < 1e-5, f"a 1x1 convolution by matmul differs from XLA's by {worst} of the largest value"
 
 
-# Runs one 1x1 convolution with the matmuls turned off, then on again, in the same compiled program.
-MATMULS_OFF_THEN_ON = """
+# Runs each 1x1 convolution's kernel gradient with the chunked sgemms off, then twice on, in one compiled program, and
+# prints the largest difference of each from XLA's gradient (infinite where the two chunked calls differ in a bit).
+CHUNKED_AGAINST_XLA = """
+import json, math, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxnets.ops import onednn
-rng = np.random.default_rng(0)
-x = jnp.asarray(rng.standard_normal((2, 4, 4, 8), np.float32))
-k = jnp.asarray(rng.standard_normal((1, 1, 8, 16), np.float32))
-conv = jax.jit(onednn.conv2d)
-default = onednn.set_matmul_max_rows(0)
-off = conv(x, k)
-assert onednn.set_matmul_max_rows(default) == 0 and default == onednn.default_matmul_max_rows(), default
-print("worst", float(jnp.max(jnp.abs(conv(x, k) - off))))
+assert onednn.set_matmul_max_rows(64) == onednn.default_matmul_max_rows()
+worst = 0.0
+for n, h, w, cin, cout in json.loads(sys.argv[1]):
+    rng = np.random.default_rng(h * cin + cout)
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin), dtype=np.float32))
+    k = jnp.asarray(rng.standard_normal((1, 1, cin, cout), dtype=np.float32) / np.sqrt(cin))
+    dy = jnp.asarray(rng.standard_normal((n, h, w, cout), dtype=np.float32))
+    xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    gradient = lambda conv: jax.jit(lambda x, k, dy: jax.vjp(conv, x, k)[1](dy)[1])
+    want, by_onednn = gradient(xla)(x, k, dy), gradient(onednn.conv2d)
+    onednn.set_chunked_kernel_gradients(False)
+    convolution = jax.block_until_ready(by_onednn(x, k, dy))  # (the setting is read when the call runs)
+    onednn.set_chunked_kernel_gradients(True)
+    chunked, again = by_onednn(x, k, dy), by_onednn(x, k, dy)
+    worst = max(worst, *(float(jnp.max(jnp.abs(a - want)) / jnp.max(jnp.abs(want))) for a in (convolution, chunked)))
+    worst = worst if bool(jnp.all(chunked == again)) else math.inf
+print("worst", worst)
 """
 
 
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
-def test_set_matmul_max_rows_switches_compiled_programs_and_refuses_a_negative_limit():
-    """`onednn.set_matmul_max_rows(0)` turns the matmuls off for the calls after it, already compiled programs
-    included (benchmarks/pointwise_ab.py relies on it), and returns the previous limit; the results agree."""
-    executed, worst = onednn_run_logged(MATMULS_OFF_THEN_ON, [])
-    kinds = [line.split(",")[3] for line in executed if ",reorder," not in line]
-    assert kinds == ["convolution", "matmul"], executed
-    assert worst < 1e-5
-    with pytest.raises(ValueError, match=r"set_matmul_max_rows: rows must be >= 0, got -1"):
-        onednn.set_matmul_max_rows(-1)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_onednn_chunked_kernel_gradients_equal_xla_and_switch_compiled_programs(threads, monkeypatch):
+    """`onednn.set_chunked_kernel_gradients` switches a compiled program's 1x1 kernel gradients (over the matmuls' row
+    limit) between oneDNN's convolution and sgemms over chunks of rows summed per thread, AVX2's default
+    (benchmarks/results/kernel_gradient_ab_*.md). Both equal XLA's gradient, and the chunks give the same bits again,
+    with rows that fill no whole chunk, fewer chunks than threads, and one thread."""
+    # (batch, height, width, in, out), over the 64 rows the script lets the matmuls take: 3 chunks of 1024 rows and a
+    # part; fewer rows than a chunk; one row over the limit (with 3 threads, 3 chunks of 22 rows, the last of 21)
+    shapes = [(3, 35, 33, 24, 40), (1, 65, 7, 16, 8), (1, 13, 5, 8, 1)]
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+    executed, worst = onednn_run_logged(CHUNKED_AGAINST_XLA, shapes)
+    # oneDNN's convolution kernel gradient once a shape, with the chunks off (their sgemms may log matmuls)
+    assert sum("backward_weights" in line for line in executed) == len(shapes), executed
+    assert worst < 1e-5, f"a 1x1 kernel gradient differs from XLA's by {worst} of the largest value (inf: not alike)"
 
 
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)

@@ -81,6 +81,21 @@ def default_matmul_max_rows() -> int:
     return _built_extension().default_matmul_max_rows()
 
 
+def set_chunked_kernel_gradients(chunked: bool) -> bool:
+    """Whether the float32 kernel gradient of a 1x1 convolution (stride 1, unpadded) of more rows than
+    `set_matmul_max_rows` allows is computed by oneDNN's sgemm over chunks of rows, summed per thread, rather than by
+    oneDNN's convolution kernel. The default (`default_chunked_kernel_gradients`) is where the chunks were faster on
+    the machines measured (csrc/onednn_conv.cc). Applies to every call from then on, already compiled programs
+    included. Returns the previous value."""
+    return _built_extension().set_chunked_kernel_gradients(bool(chunked))
+
+
+def default_chunked_kernel_gradients() -> bool:
+    """The setting `set_chunked_kernel_gradients` starts from: on where oneDNN runs AVX2 kernels (no AVX-512;
+    `ONEDNN_MAX_CPU_ISA` honoured), whose 1x1 kernel-gradient kernel the chunks beat; off with AVX-512."""
+    return _built_extension().default_chunked_kernel_gradients()
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1, padding: int = 0, groups: int = 1) -> jax.Array:
     """NHWC x HWIO convolution with PyTorch's symmetric `padding`, through oneDNN (CPU only).
 

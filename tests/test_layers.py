@@ -420,6 +420,33 @@ def test_onednn_chunked_kernel_gradients_equal_xla_and_switch_compiled_programs(
     assert worst < 1e-5, f"a 1x1 kernel gradient differs from XLA's by {worst} of the largest value (inf: not alike)"
 
 
+# Runs one 1x1 convolution with the matmuls turned off, then on again, in the same compiled program.
+MATMULS_OFF_THEN_ON = """
+import jax, jax.numpy as jnp, numpy as np
+from jaxnets.ops import onednn
+rng = np.random.default_rng(0)
+x = jnp.asarray(rng.standard_normal((2, 4, 4, 8), np.float32))
+k = jnp.asarray(rng.standard_normal((1, 1, 8, 16), np.float32))
+conv = jax.jit(onednn.conv2d)
+default = onednn.set_matmul_max_rows(0)
+off = jax.block_until_ready(conv(x, k))  # (the limit is read when the call runs)
+assert onednn.set_matmul_max_rows(default) == 0 and default == onednn.default_matmul_max_rows(), default
+print("worst", float(jnp.max(jnp.abs(conv(x, k) - off))))
+"""
+
+
+@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
+def test_set_matmul_max_rows_switches_compiled_programs_and_refuses_a_negative_limit():
+    """`onednn.set_matmul_max_rows(0)` turns the matmuls off for the calls after it, already compiled programs
+    included (benchmarks/pointwise_ab.py relies on it), and returns the previous limit; the results agree."""
+    executed, worst = onednn_run_logged(MATMULS_OFF_THEN_ON, [])
+    kinds = [line.split(",")[3] for line in executed if ",reorder," not in line]
+    assert kinds == ["convolution", "matmul"], executed
+    assert worst < 1e-5
+    with pytest.raises(ValueError, match=r"set_matmul_max_rows: rows must be >= 0, got -1"):
+        onednn.set_matmul_max_rows(-1)
+
+
 POOLS = [(3, 2, 1, 9), (3, 2, 1, 8), (3, 1, 1, 5), (2, 2, 0, 6)]  # (size, stride, padding, input height)
 
 

@@ -83,10 +83,11 @@ std::atomic<int64_t>& MatmulMaxRows() {
 
 // Where oneDNN runs AVX2 kernels, a float32 1x1 convolution of more rows than a matmul takes computes its kernel
 // gradient x^T dy as oneDNN's sgemm over chunks of rows (ChunkedKernelGradient), not with oneDNN 3.2's jit_1x1:avx2
-// backward-weights kernel: alone, the chunks ran ResNeXt-29's 1x1 kernel gradients (batch 64) 1.13-1.28x faster and
-// ResNeXt-50's (64 px, batch 32) 1.0-1.08x (benchmarks/README.md). Not with AVX-512, where oneDNN's kernel won at
-// most of these shapes. Settable (set_chunked_kernel_gradients) for the benchmark that compares the two; each call
-// reads it.
+// backward-weights kernel: alone, the chunks ran ResNeXt-29's 1x1 kernel gradients (batch 64) 1.055-1.29x faster,
+// ResNeXt-50's (64 px, batch 32) 1.07-1.16x and a MobileNetV2 projection 1.27x; training steps 1.005-1.035x
+// (benchmarks/results/kernel_gradient_ab_*_avx2_*.md). Not with AVX-512, where oneDNN's kernel was as fast or faster at
+// half of those shapes (0.88-1.17x). Settable (set_chunked_kernel_gradients) for the benchmark that compares the two;
+// each call reads it.
 std::atomic<bool>& ChunkedKernelGradients() {
   static std::atomic<bool> chunked{!RunsAvx512()};
   return chunked;

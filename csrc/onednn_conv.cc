@@ -691,38 +691,46 @@ ffi::Error InputGradientImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel, ffi::Resu
   return ffi::Error::Success();
 }
 
-// The rows of x and dy one sgemm of ChunkedKernelGradient takes: a chunk of both (1 MiB at 128 channels each) stays in
-// the caches while the sgemm packs and multiplies it. 512 and 2048 timed alike at ResNeXt-29's shapes.
-constexpr int64_t kChunkRows = 1024;
+// How ChunkedKernelGradient divides the work. Each sgemm takes at most kChunkRows rows of x and dy: a chunk of both
+// (1 MiB at 128 channels each) stays in the caches while the sgemm packs and multiplies it (512 and 2048 timed alike
+// at ResNeXt-29's shapes). The rows are split into at most kMostRowGroups runs of at least kFewestRows rows, each
+// summed into a [C, O] of its own, which are then added up; more threads than that split the output's columns too,
+// at least kFewestColumns each, so that the sums' buffers stay at most 3 x [C, O] however many cores there are.
+constexpr int64_t kChunkRows = 1024, kMostRowGroups = 4, kFewestRows = 256, kFewestColumns = 64;
 
 // dkernel [C, O] = x^T dy for a 1x1 convolution (IsPointwise; float32), x and dy as their [rows, C] and [rows, O]
-// matrices: each of OpenMP's threads sums the products of a contiguous run of row chunks (dnnl_sgemm, one thread
-// each), the first into dkernel and the others into buffers, then all threads add the buffers into dkernel, each a
-// slice of it. The sums' order depends only on the shape and the number of threads: a run gives the same bits again.
+// matrices, on OpenMP's threads: thread (g, b) sums, chunk after chunk (dnnl_sgemm, one thread each), run of rows g
+// into columns b of its run's sum (run 0's is dkernel itself); after a barrier every thread adds the other runs' sums
+// into its slice of dkernel. The sums' order depends on the shape and on the number of threads in the team only: with
+// the same OpenMP settings a call gives the same bits again.
 void ChunkedKernelGradient(const ConvShape& s, const float* x, const float* dy, float* dkernel) {
   const int64_t rows = s.n * s.h * s.w, size = s.c * s.o;
-  const int most_threads = omp_get_max_threads();
-  const int64_t chunk = std::max<int64_t>(1, std::min(kChunkRows, (rows + most_threads - 1) / most_threads));
-  const int64_t chunks = (rows + chunk - 1) / chunk;
-  auto* partial = static_cast<float*>(buffers.scratchpad.Sized((most_threads - 1) * size * sizeof(float)));
+  if (rows == 0) return std::fill(dkernel, dkernel + size, 0.0f);
+  const int64_t most_runs = std::min(kMostRowGroups, std::max<int64_t>(1, rows / kFewestRows));
+  auto* partial = static_cast<float*>(buffers.scratchpad.Sized((most_runs - 1) * size * sizeof(float)));
   std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(most_threads)
+#pragma omp parallel num_threads(omp_get_max_threads())
   {
     const int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
-    float* sum = thread == 0 ? dkernel : partial + (thread - 1) * size;
-    const int64_t first = chunks * thread / threads, end = chunks * (thread + 1) / threads;
-    if (first == end) std::fill(sum, sum + size, 0.0f);
-    for (int64_t index = first; index < end; ++index) {
-      const int64_t row = index * chunk, count = std::min(chunk, rows - row);
-      const float keep = index == first ? 0.0f : 1.0f;  // (sgemm's beta)
-      if (dnnl_sgemm('T', 'N', s.c, s.o, count, 1.0f, x + row * s.c, s.c, dy + row * s.o, s.o, keep, sum, s.o) !=
-          dnnl_success) {
-        failed = true;
+    const int64_t runs = std::min(most_runs, threads);
+    const int64_t blocks = std::max<int64_t>(1, std::min(threads / runs, s.o / kFewestColumns));
+    if (thread < runs * blocks) {  // (the rest only help to add the sums up)
+      const int64_t run = thread / blocks, block = thread % blocks;
+      float* sum = run == 0 ? dkernel : partial + (run - 1) * size;
+      const int64_t first_row = rows * run / runs, end_row = rows * (run + 1) / runs;
+      const int64_t first_column = s.o * block / blocks, columns = s.o * (block + 1) / blocks - first_column;
+      for (int64_t row = first_row; row < end_row; row += kChunkRows) {
+        const int64_t count = std::min(kChunkRows, end_row - row);
+        const float keep = row == first_row ? 0.0f : 1.0f;  // (sgemm's beta)
+        if (dnnl_sgemm('T', 'N', s.c, columns, count, 1.0f, x + row * s.c, s.c, dy + row * s.o + first_column, s.o,
+                       keep, sum + first_column, s.o) != dnnl_success) {
+          failed = true;
+        }
       }
     }
 #pragma omp barrier
     const int64_t from = size * thread / threads, to = size * (thread + 1) / threads;
-    for (int64_t other = 1; other < threads; ++other) {
+    for (int64_t other = 1; other < runs; ++other) {
       const float* add = partial + (other - 1) * size;
       for (int64_t i = from; i < to; ++i) dkernel[i] += add[i];
     }

@@ -370,7 +370,7 @@ def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers
     in_place = re.compile(r"src_f32::blocked:(ab|ba)::f0 wei_f32::blocked:(ab|ba)::f0 dst_f32::blocked:ab::f0")
     assert all(in_place.search(line) for line in executed[:6]), executed
     # Over the limit, the kernel gradient is oneDNN's sgemm over chunks of rows where oneDNN runs AVX2 kernels (the
-    # same CPUs as the 512-row limit): not a primitive, so ONEDNN_VERBOSE logs no line of it.
+    # same CPUs as the 512-row limit): ONEDNN_VERBOSE logs those as gemm_api, not as a convolution.
     chunked = limit == 512
     assert "matmul" not in kinds[6:] and kinds[6:].count("convolution") == (2 if chunked else 3), executed
     assert any("backward_weights" in line for line in executed[6:]) != chunked, executed
@@ -404,18 +404,20 @@ print("worst", worst)
 
 
 @pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
-@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("threads", [1, 3, 16])
 def test_onednn_chunked_kernel_gradients_equal_xla_and_switch_compiled_programs(threads, monkeypatch):
     """`onednn.set_chunked_kernel_gradients` switches a compiled program's 1x1 kernel gradients (over the matmuls' row
-    limit) between oneDNN's convolution and sgemms over chunks of rows summed per thread, AVX2's default
-    (benchmarks/results/kernel_gradient_ab_*.md). Both equal XLA's gradient, and the chunks give the same bits again,
-    with rows that fill no whole chunk, fewer chunks than threads, and one thread."""
-    # (batch, height, width, in, out), over the 64 rows the script lets the matmuls take: 3 chunks of 1024 rows and a
-    # part; fewer rows than a chunk; one row over the limit (with 3 threads, 3 chunks of 22 rows, the last of 21)
-    shapes = [(3, 35, 33, 24, 40), (1, 65, 7, 16, 8), (1, 13, 5, 8, 1)]
+    limit) between oneDNN's convolution and sgemms over chunks of rows, summed per run of rows, AVX2's default
+    (benchmarks/results/kernel_gradient_ab_*.md). Both equal XLA's gradient, and the chunks give the same bits again:
+    on one thread, on 3 (runs of rows that fill no whole chunk, a team larger than the work needs), on 16 (4 runs of
+    rows, the output's columns split among the threads as well)."""
+    # (batch, height, width, in, out), over the 64 rows the script lets the matmuls take: 3,465 rows (one run of 3
+    # chunks of 1,024 and a part; 3 runs of 1,155 rows; 4 of 866-867); 1,600 rows x 200 columns (16 threads: 4 runs of
+    # 400 rows x 3 blocks of 66-67 columns, 4 threads idle until the sums are added); 455 rows (1 run); 65 rows
+    shapes = [(3, 35, 33, 24, 40), (1, 40, 40, 8, 200), (1, 65, 7, 16, 8), (1, 13, 5, 8, 1)]
     monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
     executed, worst = onednn_run_logged(CHUNKED_AGAINST_XLA, shapes)
-    # oneDNN's convolution kernel gradient once a shape, with the chunks off (their sgemms may log matmuls)
+    # oneDNN's convolution kernel gradient once a shape, with the chunks off (their sgemms log gemm_api lines)
     assert sum("backward_weights" in line for line in executed) == len(shapes), executed
     assert worst < 1e-5, f"a 1x1 kernel gradient differs from XLA's by {worst} of the largest value (inf: not alike)"
 

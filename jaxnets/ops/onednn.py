@@ -82,11 +82,12 @@ def default_matmul_max_rows() -> int:
 
 
 def set_chunked_kernel_gradients(chunked: bool) -> bool:
-    """Whether the float32 kernel gradient of a 1x1 convolution (stride 1, unpadded) of more rows than
-    `set_matmul_max_rows` allows is computed by oneDNN's sgemm over chunks of rows, summed per thread, rather than by
-    oneDNN's convolution kernel. The default (`default_chunked_kernel_gradients`) is where the chunks were faster on
-    the machines measured (csrc/onednn_conv.cc). Applies to every call from then on, already compiled programs
-    included. Returns the previous value."""
+    """Whether the float32 kernel gradient of a 1x1 convolution (stride 1, unpadded, ungrouped) of more rows than
+    `set_matmul_max_rows` allows is computed by oneDNN's sgemm over chunks of rows, summed per run of rows, rather than
+    by oneDNN's convolution kernel. The default (`default_chunked_kernel_gradients`) is where the chunks were faster
+    on the machine measured, a 2-core Xeon with and without `ONEDNN_MAX_CPU_ISA=AVX2` (csrc/onednn_conv.cc). Applies
+    to every call that runs from then on, already compiled programs included (JAX dispatches asynchronously: wait for
+    earlier results first). Returns the previous value."""
     return _built_extension().set_chunked_kernel_gradients(bool(chunked))
 
 

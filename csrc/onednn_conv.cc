@@ -135,6 +135,7 @@ struct ConvShape {
   // A 1x1 convolution of stride 1 and no padding, every pass of which is a product of [N*H*W, C] and [C, O]
   // matrices, of few enough rows to run as one (MatmulMaxRows).
   bool IsMatrixProduct() const { return IsPointwise() && n * h * w <= MatmulMaxRows().load(); }
+  // The same, of any number of rows.
   bool IsPointwise() const {
     return kh == 1 && kw == 1 && stride == 1 && groups == 1 && pad_top == 0 && pad_left == 0 && pad_bottom == 0 &&
            pad_right == 0;

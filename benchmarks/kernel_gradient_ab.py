@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 
 import jax
-import numpy as np
 from cpu import model_spec
 from harness import environment, results
-from harness.rounds import alternate
+from harness.rounds import alternate, compared, under_settings
 from memory_probe import build_runner
+from pointwise_ab import pointwise_operands
 
 from jaxnets.ops import onednn
 
@@ -34,26 +33,15 @@ MODELS = ("resnext29_8x64d", "resnext50_32x4d", "cifar_resnext50", "mobilenet_v2
 
 
 def both_settings(call) -> dict:
-    def setting(chunked):
-        def run():
-            onednn.set_chunked_kernel_gradients(chunked)
-            call()
-        return run
-
-    return {"chunked": setting(True), "convolution": setting(False)}
+    return under_settings(call, onednn.set_chunked_kernel_gradients, {"chunked": True, "convolution": False})
 
 
 def summary(seconds: dict[str, list[float]]) -> dict:
-    ratios = [c / m for c, m in zip(seconds["convolution"], seconds["chunked"], strict=True)]
-    return {"seconds": seconds, "chunked_ms": 1e3 * statistics.median(seconds["chunked"]),
-            "convolution_ms": 1e3 * statistics.median(seconds["convolution"]), "ratio": statistics.median(ratios)}
+    return compared(seconds, "chunked", "convolution")
 
 
 def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> dict:
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal((n, h, w, c), dtype=np.float32))
-    kernel = jax.device_put(rng.standard_normal((1, 1, c, o), dtype=np.float32) / np.float32(np.sqrt(c)))
-    dy = jax.device_put(rng.standard_normal((n, h, w, o), dtype=np.float32))
+    x, kernel, dy = pointwise_operands(n, h, w, c, o)
     # The kernel's gradient alone: XLA drops the input gradient's call.
     program = jax.jit(lambda x, kernel, dy: jax.vjp(onednn.conv2d, x, kernel)[1](dy)[1])
     seconds = alternate(both_settings(lambda: jax.block_until_ready(program(x, kernel, dy))), rounds)

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 
 import jax
 import numpy as np
 from cpu import model_spec
 from harness import environment, results
-from harness.rounds import alternate
+from harness.rounds import alternate, compared, under_settings
 from memory_probe import build_runner
 
 from jaxnets.ops import onednn
@@ -41,27 +40,24 @@ MODELS = ("resnext50_32x4d", "mobilenet_v2", "resnext50_32x4d@224", "cifar_resne
 def with_limits(call, matmul_limit: int, against: int = 0) -> dict:
     """`call` with the matmuls up to `matmul_limit` rows ("matmul") and up to `against` rows ("convolution"; 0: none),
     for harness.rounds.alternate."""
-
-    def limited(rows):
-        def run():
-            onednn.set_matmul_max_rows(rows)
-            call()
-        return run
-
-    return {"matmul": limited(matmul_limit), "convolution": limited(against)}
+    return under_settings(call, onednn.set_matmul_max_rows, {"matmul": matmul_limit, "convolution": against})
 
 
 def summary(seconds: dict[str, list[float]]) -> dict:
-    ratios = [c / m for c, m in zip(seconds["convolution"], seconds["matmul"], strict=True)]
-    return {"seconds": seconds, "matmul_ms": 1e3 * statistics.median(seconds["matmul"]),
-            "convolution_ms": 1e3 * statistics.median(seconds["convolution"]), "ratio": statistics.median(ratios)}
+    return compared(seconds, "matmul", "convolution")
 
 
-def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> list[dict]:
+def pointwise_operands(n: int, h: int, w: int, c: int, o: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Random float32 x [n, h, w, c], 1x1 kernel [1, 1, c, o] (scaled as an initialiser would) and dy [n, h, w, o]."""
     rng = np.random.default_rng(0)
     x = jax.device_put(rng.standard_normal((n, h, w, c), dtype=np.float32))
     kernel = jax.device_put(rng.standard_normal((1, 1, c, o), dtype=np.float32) / np.float32(np.sqrt(c)))
     dy = jax.device_put(rng.standard_normal((n, h, w, o), dtype=np.float32))
+    return x, kernel, dy
+
+
+def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> list[dict]:
+    x, kernel, dy = pointwise_operands(n, h, w, c, o)
 
     def gradient(index):  # the input's (0) or the kernel's (1) alone: XLA drops the calls the other needs
         return jax.jit(lambda x, kernel, dy: jax.vjp(onednn.conv2d, x, kernel)[1](dy)[index])

@@ -87,3 +87,25 @@ def alternate(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, lis
             calls[name]()
             seconds[name].append(time.perf_counter() - start)
     return seconds
+
+
+def under_settings(call: Callable[[], Any], apply: Callable[[Any], Any],
+                   settings: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """For `alternate`: `call` once per named setting of a process-wide switch (`onednn.set_matmul_max_rows`,
+    say), `apply(value)` right before each call."""
+
+    def under(value):
+        def run():
+            apply(value)
+            return call()
+        return run
+
+    return {name: under(value) for name, value in settings.items()}
+
+
+def compared(seconds: dict[str, list[float]], candidate: str, baseline: str) -> dict:
+    """`alternate`'s seconds of two entries: each one's median in ms (`<name>_ms`) and the median of the per-round
+    ratios baseline / candidate (> 1: the candidate is faster)."""
+    ratios = [b / c for b, c in zip(seconds[baseline], seconds[candidate], strict=True)]
+    return {"seconds": seconds, f"{candidate}_ms": 1e3 * statistics.median(seconds[candidate]),
+            f"{baseline}_ms": 1e3 * statistics.median(seconds[baseline]), "ratio": statistics.median(ratios)}

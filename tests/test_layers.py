@@ -323,19 +323,26 @@ def test_onednn_copies_kernels_into_output_channel_blocks_instead_of_reordering(
     assert worst < 1e-4, f"a forward with a copied kernel differs from XLA's by {worst}"
 
 
-# Runs each 1x1 convolution (batch, height, width, in channels, out channels) forward and backward through oneDNN
-# and through XLA, and prints the largest difference of the output and of both gradients.
-POINTWISE_AGAINST_XLA = """
-import json, sys
+# The start of a script over 1x1 convolutions (batch, height, width, in channels, out channels; JSON in argv[1]):
+# `pointwise_cases()` yields each one's random input, kernel and output gradient, and `xla` is XLA's convolution.
+POINTWISE_CASES = """
+import json, math, sys
 import jax, jax.numpy as jnp, numpy as np
 from jaxnets.ops import onednn
+def pointwise_cases():
+    for n, h, w, cin, cout in json.loads(sys.argv[1]):
+        rng = np.random.default_rng(h * cin + cout)
+        yield (jnp.asarray(rng.standard_normal((n, h, w, cin), dtype=np.float32)),
+               jnp.asarray(rng.standard_normal((1, 1, cin, cout), dtype=np.float32) / np.sqrt(cin)),
+               jnp.asarray(rng.standard_normal((n, h, w, cout), dtype=np.float32)))
+xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+"""
+
+# Runs each 1x1 convolution forward and backward through oneDNN and through XLA, and prints the largest difference of
+# the output and of both gradients.
+POINTWISE_AGAINST_XLA = POINTWISE_CASES + """
 worst = 0.0
-for n, h, w, cin, cout in json.loads(sys.argv[1]):
-    rng = np.random.default_rng(h * cin + cout)
-    x = jnp.asarray(rng.standard_normal((n, h, w, cin), dtype=np.float32))
-    k = jnp.asarray(rng.standard_normal((1, 1, cin, cout), dtype=np.float32) / np.sqrt(cin))
-    dy = jnp.asarray(rng.standard_normal((n, h, w, cout), dtype=np.float32))
-    xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+for x, k, dy in pointwise_cases():
     got, want = (jax.jit(lambda x, k, dy: (lambda y, pull: (y, *pull(dy)))(*jax.vjp(f, x, k)))(x, k, dy)
                  for f in (onednn.conv2d, xla))
     worst = max(worst, *(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want)))
@@ -379,18 +386,10 @@ def test_onednn_computes_a_1x1_convolution_of_few_rows_as_matmuls_on_its_buffers
 
 # Runs each 1x1 convolution's kernel gradient with the chunked sgemms off, then twice on, in one compiled program, and
 # prints the largest difference of each from XLA's gradient (infinite where the two chunked calls differ in a bit).
-CHUNKED_AGAINST_XLA = """
-import json, math, sys
-import jax, jax.numpy as jnp, numpy as np
-from jaxnets.ops import onednn
+CHUNKED_AGAINST_XLA = POINTWISE_CASES + """
 assert onednn.set_matmul_max_rows(64) == onednn.default_matmul_max_rows()
 worst = 0.0
-for n, h, w, cin, cout in json.loads(sys.argv[1]):
-    rng = np.random.default_rng(h * cin + cout)
-    x = jnp.asarray(rng.standard_normal((n, h, w, cin), dtype=np.float32))
-    k = jnp.asarray(rng.standard_normal((1, 1, cin, cout), dtype=np.float32) / np.sqrt(cin))
-    dy = jnp.asarray(rng.standard_normal((n, h, w, cout), dtype=np.float32))
-    xla = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+for x, k, dy in pointwise_cases():
     gradient = lambda conv: jax.jit(lambda x, k, dy: jax.vjp(conv, x, k)[1](dy)[1])
     want, by_onednn = gradient(xla)(x, k, dy), gradient(onednn.conv2d)
     onednn.set_chunked_kernel_gradients(False)

@@ -18,9 +18,9 @@ import dataclasses
 import jax
 from cpu import model_spec
 from harness import environment, results
+from harness.batches import pointwise_operands
 from harness.rounds import alternate, compared, under_settings
 from memory_probe import build_runner
-from pointwise_ab import pointwise_operands
 
 from jaxnets.ops import onednn
 
@@ -41,7 +41,7 @@ def summary(seconds: dict[str, list[float]]) -> dict:
 
 
 def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> dict:
-    x, kernel, dy = pointwise_operands(n, h, w, c, o)
+    x, kernel, dy = jax.device_put(pointwise_operands(n, h, w, c, o))
     # The kernel's gradient alone: XLA drops the input gradient's call.
     program = jax.jit(lambda x, kernel, dy: jax.vjp(onednn.conv2d, x, kernel)[1](dy)[1])
     seconds = alternate(both_settings(lambda: jax.block_until_ready(program(x, kernel, dy))), rounds)

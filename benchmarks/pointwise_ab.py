@@ -20,9 +20,9 @@ import argparse
 import dataclasses
 
 import jax
-import numpy as np
 from cpu import model_spec
 from harness import environment, results
+from harness.batches import pointwise_operands
 from harness.rounds import alternate, compared, under_settings
 from memory_probe import build_runner
 
@@ -47,17 +47,8 @@ def summary(seconds: dict[str, list[float]]) -> dict:
     return compared(seconds, "matmul", "convolution")
 
 
-def pointwise_operands(n: int, h: int, w: int, c: int, o: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Random float32 x [n, h, w, c], 1x1 kernel [1, 1, c, o] (scaled as an initialiser would) and dy [n, h, w, o]."""
-    rng = np.random.default_rng(0)
-    x = jax.device_put(rng.standard_normal((n, h, w, c), dtype=np.float32))
-    kernel = jax.device_put(rng.standard_normal((1, 1, c, o), dtype=np.float32) / np.float32(np.sqrt(c)))
-    dy = jax.device_put(rng.standard_normal((n, h, w, o), dtype=np.float32))
-    return x, kernel, dy
-
-
 def measure_op(label: str, n: int, h: int, w: int, c: int, o: int, rounds: int) -> list[dict]:
-    x, kernel, dy = pointwise_operands(n, h, w, c, o)
+    x, kernel, dy = jax.device_put(pointwise_operands(n, h, w, c, o))
 
     def gradient(index):  # the input's (0) or the kernel's (1) alone: XLA drops the calls the other needs
         return jax.jit(lambda x, kernel, dy: jax.vjp(onednn.conv2d, x, kernel)[1](dy)[index])

@@ -9,6 +9,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+import jaxnets.scratch_cache  # standard library only
+
 # XLA:CPU allocates each step's scratch (activations kept for the backward pass, gradients: ~300 MiB for a
 # ResNeXt-50 step at 64 px, batch 32) with malloc and frees it when the step ends; glibc serves blocks that large
 # with a fresh mmap, so the kernel faults in and zeroes every 4 KiB page of it again each step (~79,000 faults,
@@ -42,7 +44,17 @@ def malloc_huge_pages_environment(environ: Mapping[str, str] = os.environ,
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, MALLOC_HUGE_PAGES]))}
 
 
-if __name__ == "__main__" and (environment := malloc_huge_pages_environment()) is not None:
+def restart_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """The environment train.py restarts itself in, None where it keeps its caller's: glibc's malloc asking for huge
+    pages (`malloc_huge_pages_environment`), and XLA:CPU's scratch kept from one step to the next by a library
+    preloaded (jaxnets/scratch_cache.py: without it each step's block, 2.8 GiB for the ENAS child, is faulted in
+    and zeroed again; benchmarks/results/scratch_cache_ab_resnext29_avx2_twin.md)."""
+    environment = malloc_huge_pages_environment(environ) or environ
+    environment = jaxnets.scratch_cache.preload_environment(environment, jaxnets.scratch_cache.library()) or environment
+    return None if environment is environ else dict(environment)
+
+
+if __name__ == "__main__" and (environment := restart_environment()) is not None:
     os.execve(sys.executable, sys.orig_argv, environment)  # before the imports below: they would run twice
 
 import jaxnets.collector  # noqa: E402  (standard library only)

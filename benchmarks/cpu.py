@@ -378,6 +378,9 @@ def markdown_body(report: dict) -> list[str]:
     if tunables:
         lines[0] += (" Workers' GLIBC_TUNABLES: "
                      + ", ".join(f"{fw} {tunables.get(fw) or 'unset'}" for fw in FRAMEWORKS)
+                     + "; LD_PRELOAD: "
+                     + ", ".join(f"{fw} {(report.get('worker_ld_preload') or {}).get(fw) or 'unset'}"
+                                 for fw in FRAMEWORKS)
                      + " (unless --plain-malloc, jaxnets' as train.py gives its steps: see train.py).")
     if report["models"]:
         rows = []
@@ -493,6 +496,7 @@ def main() -> None:
     report = {"environment": env, "tiny": args.tiny, "rounds": rounds,
               "worker_glibc_tunables": {fw: (environments[fw] or os.environ).get("GLIBC_TUNABLES")
                                         for fw in FRAMEWORKS},
+              "worker_ld_preload": {fw: (environments[fw] or os.environ).get("LD_PRELOAD") for fw in FRAMEWORKS},
               "op_rounds": op_rounds,
               "ratio": "jaxnets images/s / PyTorch images/s (ops: PyTorch ms / jaxnets ms); > 1: jaxnets faster",
               "models": [], "ops": [], "enas_search": None}

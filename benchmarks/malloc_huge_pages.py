@@ -18,7 +18,7 @@ import statistics
 import sys
 
 import cpu
-from harness import environment, results, train_py_environment
+from harness import environment, results, train_py_huge_pages_environment
 from harness.memory import share_compilations
 from harness.rounds import interleave
 from harness.workers import workers
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="default benchmarks/results/malloc_huge_pages.json")
     parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes (about a minute)")
     args = parser.parse_args()
-    huge_pages = train_py_environment()
+    huge_pages = train_py_huge_pages_environment()
     if huge_pages is None:
         sys.exit("malloc_huge_pages.py: train.py keeps its caller's malloc here (the kernel gives huge pages "
                  "always or never, glibc is older than 2.35, or GLIBC_TUNABLES names glibc.malloc.hugetlb): "

@@ -9,7 +9,7 @@ import sys
 import pytest
 from helpers import REPO, cpu_devices_env
 
-from train import malloc_huge_pages_environment
+from train import restart_environment
 
 
 def read_results(json_path):
@@ -49,9 +49,11 @@ def test_cpu_benchmark_tiny(tmp_path):
     assert math.isfinite(report["enas_search"]["ratio_traced_over_fixed"])
     assert not report["environment"]["tensorflow_imported"]
     # jaxnets' workers stand in for train.py's steps: in the environment train.py restarts itself in
-    assert report["worker_glibc_tunables"] == {
-        "jaxnets": (malloc_huge_pages_environment() or os.environ).get("GLIBC_TUNABLES"),
-        "pytorch": os.environ.get("GLIBC_TUNABLES")}
+    trainer = restart_environment() or os.environ
+    assert report["worker_glibc_tunables"] == {"jaxnets": trainer.get("GLIBC_TUNABLES"),
+                                               "pytorch": os.environ.get("GLIBC_TUNABLES")}
+    assert report["worker_ld_preload"] == {"jaxnets": trainer.get("LD_PRELOAD"),
+                                           "pytorch": os.environ.get("LD_PRELOAD")}
 
 
 def test_gpu_benchmark_tiny(tmp_path):

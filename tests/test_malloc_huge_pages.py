@@ -1,5 +1,6 @@
 """train.py restarts itself once with glibc's malloc asking for transparent huge pages, where the kernel gives
-them on request only (XLA:CPU's per-step scratch then faults in 2 MiB pages: train.py's comment)."""
+them on request only (XLA:CPU's per-step scratch then faults in 2 MiB pages: train.py's comment), and with XLA's
+scratch kept between steps (tests/test_scratch_cache.py)."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 from helpers import REPO
 
-from train import MALLOC_HUGE_PAGES, malloc_huge_pages_environment
+from train import MALLOC_HUGE_PAGES, malloc_huge_pages_environment, restart_environment
 
 ON_REQUEST = "always [madvise] never\n"
 
@@ -50,17 +51,21 @@ def test_leaves_the_environment_alone_where_asking_changes_nothing(setting, tuna
 # before anything compiles.
 SHOW_AND_RUN = """
 import os, runpy, sys
-print("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES"), flush=True)
+print("GLIBC_TUNABLES", os.environ.get("GLIBC_TUNABLES"), "LD_PRELOAD", os.environ.get("LD_PRELOAD"), flush=True)
 sys.argv = ["train.py", "--config", "configs/quickstart.py", "--config.learning_rate=-1", "--workdir", sys.argv[1]]
 runpy.run_path("train.py", run_name="__main__")
 """
 
 
-def test_train_py_restarts_itself_once_with_the_tunable(tmp_path):
-    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+def test_train_py_restarts_itself_once_with_the_tunable_and_the_scratch_cache(tmp_path):
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     result = subprocess.run([sys.executable, "-c", SHOW_AND_RUN, str(tmp_path / "run")], cwd=REPO, env=environ,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "learning_rate" in result.stderr.splitlines()[-1], result.stderr[-2000:]
-    restarted = malloc_huge_pages_environment(environ)  # what this machine's kernel and glibc call for
-    expected = ["GLIBC_TUNABLES None"] + ([f"GLIBC_TUNABLES {MALLOC_HUGE_PAGES}"] if restarted else [])
-    assert result.stdout.splitlines() == expected
+    restarted = restart_environment(environ)  # what this machine's kernel, glibc and build call for
+    shown = ["GLIBC_TUNABLES None LD_PRELOAD None"]
+    if restarted:
+        shown.append(f"GLIBC_TUNABLES {restarted.get('GLIBC_TUNABLES')} LD_PRELOAD {restarted.get('LD_PRELOAD')}")
+    assert result.stdout.splitlines() == shown
+    if malloc_huge_pages_environment(environ):
+        assert restarted["GLIBC_TUNABLES"] == MALLOC_HUGE_PAGES

@@ -39,12 +39,24 @@ def load_recipe(path):
     return module.get_config()
 
 
-def train_py_environment() -> dict[str, str] | None:
-    """The environment train.py runs its steps in (it restarts itself with glibc's malloc asking for huge pages,
-    where that changes something: train.py's `malloc_huge_pages_environment`), for the worker processes that
-    stand in for its steps; None where train.py keeps its caller's."""
+def _train_py():
+    """train.py as a module, once per process (its absl flags are defined on import); not as __main__: it starts
+    nothing."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    import train  # once per process (its absl flags are defined on import); not as __main__: starts nothing
+    import train
 
-    return train.malloc_huge_pages_environment()
+    return train
+
+
+def train_py_environment() -> dict[str, str] | None:
+    """The environment train.py runs its steps in (it restarts itself with glibc's malloc asking for huge pages and
+    XLA's scratch kept between steps, where that changes something: train.py's `restart_environment`), for the
+    worker processes that stand in for its steps; None where train.py keeps its caller's."""
+    return _train_py().restart_environment()
+
+
+def train_py_huge_pages_environment() -> dict[str, str] | None:
+    """This process's environment with train.py's malloc tunable alone (its `malloc_huge_pages_environment`); None
+    where train.py would not set it."""
+    return _train_py().malloc_huge_pages_environment()

@@ -8,6 +8,13 @@
 // split the freed block, after which the next step's block is mapped beside it (the ENAS step's peak 3977 ->
 // 6760 MiB; benchmarks/README.md).
 //
+// glibc's mmap threshold, which rises to the size of the last mapped block freed, stops at 32 MiB: every block
+// from there up is mapped afresh. Blocks that large are taken here, not only the step's: an eval forward's
+// (33 MiB for CIFAR MobileNetV2 at batch 64) left to glibc beside a kept step block took 4x the kernel time for
+// the same faults on the 2-core VMs these figures come from (forward 0.10 s against 0.063 s without the library,
+// 0.060 s with the block taken here). Those VMs report freed memory to their host (`page_reporting` on the
+// kernel's command line), likely why pages freed long ago fault in slower than a block just unmapped.
+//
 // Here a posix_memalign of LARGE bytes or more is mapped whole and, when freed, kept idle for the next request
 // of the same size (rounded to 2 MiB), which gets the same pages back: no faults, no zeroing. Idle blocks are
 // unmapped as soon as a large request finds none of its size, so at no time is more mapped than glibc would
@@ -31,7 +38,7 @@
 #include <time.h>
 
 enum { SLOTS = 64 };                        // blocks mapped at once, live or idle; beyond that, glibc's
-static const size_t LARGE = 64UL << 20;    // glibc's thread arenas map blocks from here up themselves
+static const size_t LARGE = 32UL << 20;    // glibc maps every block from here up afresh (see the header)
 static const size_t HUGE_PAGE = 2UL << 20;  // blocks are sized and aligned to transparent huge pages
 static const double ZEROING_BYTES_PER_SECOND = 10e9;  // the most a request waits for a twin: this block's zeroing
 

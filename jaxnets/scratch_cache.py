@@ -2,7 +2,7 @@
 
 XLA:CPU allocates each execution's temporary block (a training step's activations and gradients, an eval
 forward's layer outputs) and frees it when the execution ends; glibc maps a block that large afresh each time, and
-the kernel faults in and zeroes every page of it again. The preloaded library keeps a freed block of 64 MiB or more
+the kernel faults in and zeroes every page of it again. The preloaded library keeps a freed block of 32 MiB or more
 for the next request of its size (see its header). Standard library only: train.py reads this before its imports.
 """
 

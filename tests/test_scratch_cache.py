@@ -1,4 +1,4 @@
-"""XLA:CPU's scratch kept between calls (csrc/scratch_cache.c, preloaded by train.py): a freed block of 64 MiB or
+"""XLA:CPU's scratch kept between calls (csrc/scratch_cache.c, preloaded by train.py): a freed block of 32 MiB or
 more comes back, pages and all, to the next request of its size; anything else is the C library's."""
 
 import os
@@ -60,6 +60,12 @@ libc.free(small)
 libc.free(aligned)
 e = allocate(100 * MiB)
 print("after the C library's frees", not mapped(c) or e != c)
+libc.free(e)
+f = allocate(40 * MiB)  # above glibc's largest mmap threshold (32 MiB): kept too
+ctypes.memset(f, 3, 40 * MiB)
+libc.free(f)
+g = allocate(40 * MiB)
+print("40 MiB kept", g == f and ctypes.string_at(g, 4) == b"\\x03" * 4)
 """
 
 
@@ -82,6 +88,7 @@ def test_a_freed_large_block_comes_back_with_its_pages_to_the_next_request_of_it
     assert got["idle block unmapped"] == "True"
     assert got["realloc kept contents"] == "True"
     assert got["after the C library's frees"] == "True"
+    assert got["40 MiB kept"] == "True"
 
 
 def test_without_it_the_same_block_comes_back_zeroed():
@@ -124,7 +131,7 @@ def test_a_request_waits_for_the_block_of_its_size_that_is_about_to_be_freed():
     assert 0.1 <= float(got["seconds before a second block"]) < 5
 
 
-# A jitted program whose scratch is 64 MiB or more, its third call's page faults: XLA:CPU allocates that scratch
+# A jitted program whose scratch is 32 MiB or more, its third call's page faults: XLA:CPU allocates that scratch
 # per call with posix_memalign, and the library keeps it between calls.
 STEPS = """
 import resource, jax, jax.numpy as jnp

@@ -35,17 +35,8 @@ def measure(name: str, rounds: int, tiny: bool, huge_pages: dict[str, str]) -> d
     answers = {c: [] for c in contenders}  # each timed call's answer: seconds, minor_faults, system_seconds
     with workers({c: [cpu.__file__, "--model-worker", name, fw, *tiny_flag] for c, (fw, _) in contenders.items()},
                  {c: env for c, (_, env) in contenders.items()}) as started:
-
-        def step(contender):
-            timed_step = started[contender].timed("train", untimed_before=cpu.SETTLING)
-
-            def call() -> float:
-                seconds = timed_step()
-                answers[contender].append(started[contender].last)
-                return seconds
-            return call
-
-        times = interleave({c: step(c) for c in contenders}, rounds)
+        times = interleave({c: started[c].timed("train", untimed_before=cpu.SETTLING, answers=answers[c])
+                            for c in contenders}, rounds)
     return {"model": name, "contenders": {c: {
         "step_seconds": times.median(c), "step_seconds_all": times.values[c],
         "minor_faults_per_step": statistics.median(a["minor_faults"] for a in answers[c]),

@@ -38,17 +38,8 @@ def measure(name: str, rounds: int, tiny: bool, environments: dict[str, dict]) -
                  environments) as started:
         for call in CALLS:
             answers = {c: [] for c in environments}  # each timed call's: seconds, minor_faults, system_seconds
-
-            def timed(contender, call=call, answers=answers):
-                timed_call = started[contender].timed(call, untimed_before=cpu.SETTLING)
-
-                def run() -> float:
-                    seconds = timed_call()
-                    answers[contender].append(started[contender].last)
-                    return seconds
-                return run
-
-            times = interleave({c: timed(c) for c in environments}, rounds)
+            times = interleave({c: started[c].timed(call, untimed_before=cpu.SETTLING, answers=answers[c])
+                                for c in environments}, rounds)
             row[call] = {"speedup": times.speedup(KEPT, FRESH), "contenders": {c: {
                 "seconds": times.median(c), "seconds_all": times.values[c],
                 "minor_faults": statistics.median(a["minor_faults"] for a in answers[c]),

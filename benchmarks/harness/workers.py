@@ -58,10 +58,11 @@ class Worker:
         self.info = self._read()["ready"]
         self.last: dict = {}
 
-    def timed(self, name: str, untimed_before: int = 0) -> Callable[[], float]:
+    def timed(self, name: str, untimed_before: int = 0, answers: list[dict] | None = None) -> Callable[[], float]:
         """A call that has the worker run `name` once and returns its wall seconds there; with `untimed_before`,
         after running it that many times untimed, so that the timed run follows the framework's own, as a step
-        follows a step in a training loop (see `SETTLING` in cpu.py)."""
+        follows a step in a training loop (see `SETTLING` in cpu.py). `answers`: each timed run's whole answer
+        (seconds, minor_faults, system_seconds) is appended to it."""
 
         def run() -> float:
             self.process.stdin.write(name + "\n")
@@ -72,7 +73,10 @@ class Worker:
         def call() -> float:
             for _ in range(untimed_before):
                 run()
-            return run()
+            seconds = run()
+            if answers is not None:
+                answers.append(self.last)
+            return seconds
 
         return call
 

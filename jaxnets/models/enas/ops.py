@@ -154,7 +154,8 @@ class FactorizedReduction(nn.Module):
         conv = functools.partial(
             Conv, self.features // 2, 1, dtype=self.dtype, kernel_init=he_normal
         )
-        path1 = conv(name="path1_conv")(x[:, ::2, ::2, :])
+        # Path 1 is the 1x1 at stride 2, the same sums as on x[:, ::2, ::2] (bit for bit) without XLA's copy of it.
+        path1 = conv(stride=2, name="path1_conv")(x)
         # Path 2 is shifted by one pixel: pad bottom/right, drop the first row/column, then stride.
         shifted = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))[:, 1:, 1:, :]
         path2 = conv(name="path2_conv")(shifted[:, ::2, ::2, :])

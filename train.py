@@ -44,14 +44,19 @@ def malloc_huge_pages_environment(environ: Mapping[str, str] = os.environ,
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, MALLOC_HUGE_PAGES]))}
 
 
+RESTARTED = "JAXNETS_TRAIN_PY_RESTARTED"  # in the environment of the process train.py restarted itself as
+
+
 def restart_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
     """The environment train.py restarts itself in, None where it keeps its caller's: glibc's malloc asking for huge
     pages (`malloc_huge_pages_environment`), and XLA:CPU's scratch kept from one step to the next by a library
     preloaded (jaxnets/scratch_cache.py: without it each step's block, 2.8 GiB for the ENAS child, is faulted in
     and zeroed again; benchmarks/results/scratch_cache_ab_resnext29_avx2_twin.md)."""
+    if environ.get(RESTARTED):  # once: even where the loader drops LD_PRELOAD (a setuid or setcap interpreter)
+        return None
     environment = malloc_huge_pages_environment(environ) or environ
     environment = jaxnets.scratch_cache.preload_environment(environment, jaxnets.scratch_cache.library()) or environment
-    return None if environment is environ else dict(environment)
+    return None if environment is environ else {**environment, RESTARTED: "1"}
 
 
 if __name__ == "__main__" and (environment := restart_environment()) is not None:

@@ -20,7 +20,8 @@
 // unmapped as soon as a large request finds none of its size, so at no time is more mapped than glibc would
 // have kept: a step whose block is idle while another program runs (an evaluation between epochs) maps its
 // own again afterwards, as before. Everything else (malloc, smaller or more aligned requests, frees of other
-// pointers) goes to the C library underneath.
+// pointers) goes to the C library underneath. Not interposed: malloc_usable_size and the like, which must not be
+// given a block of ours (XLA does not call them on its buffers).
 //
 // XLA frees a call's block on one of its threads just after the call's outputs are ready, and the next call,
 // started on another thread by those outputs, asks for its block at once: 0.1-3 ms before the free, as measured.
@@ -190,7 +191,10 @@ static int give_back(void* address) {
 
 int posix_memalign(void** out, size_t alignment, size_t size) {
   if (next_posix_memalign == NULL) find_next();
-  if (size >= LARGE && alignment <= HUGE_PAGE) {
+  // A valid alignment (a power of two, a multiple of sizeof(void*): otherwise the C library's EINVAL) that a huge
+  // page satisfies, and a size that rounding up to huge pages cannot wrap (otherwise the C library's ENOMEM).
+  const int valid_alignment = alignment != 0 && alignment % sizeof(void*) == 0 && (alignment & (alignment - 1)) == 0;
+  if (size >= LARGE && size <= SIZE_MAX - 2 * HUGE_PAGE && valid_alignment && alignment <= HUGE_PAGE) {
     void* address = take(size);
     if (address != NULL) {
       *out = address;
@@ -202,8 +206,9 @@ int posix_memalign(void** out, size_t alignment, size_t size) {
 
 void free(void* address) {
   if (address == NULL || give_back(address)) return;
-  if (next_free == NULL) find_next();
-  if (next_free != NULL) next_free(address);  // (NULL only while dlsym itself frees, before any block exists)
+  // next_free is NULL only before this library's constructor, where finding it (dlsym) could free and recurse: a
+  // C library's pointer freed that early is left alone.
+  if (next_free != NULL) next_free(address);
 }
 
 void* realloc(void* address, size_t size) {
@@ -211,6 +216,10 @@ void* realloc(void* address, size_t size) {
     pthread_mutex_lock(&lock);
     const size_t old_size = live_size(address);
     pthread_mutex_unlock(&lock);
+    if (old_size > 0 && size == 0) {  // as glibc: freed, NULL returned
+      give_back(address);
+      return NULL;
+    }
     if (old_size > 0) {  // one of ours: moved into the C library's memory
       void* moved = next_realloc(NULL, size);
       if (moved != NULL) {

@@ -13,12 +13,11 @@ memory probe). Writes --json (default benchmarks/results/malloc_huge_pages.json)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import cpu
-from harness import environment, results, train_py_huge_pages_environment
+from harness import environment, model_ab_arguments, results, train_py_huge_pages_environment
 from harness.memory import share_compilations
 from harness.rounds import interleave
 from harness.workers import workers
@@ -64,19 +63,13 @@ def markdown_body(report: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=None, help=f"default {','.join(DEFAULT_MODELS)} (--tiny: enas_macro)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --tiny 1)")
-    parser.add_argument("--json", default=None, help="default benchmarks/results/malloc_huge_pages.json")
-    parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes (about a minute)")
-    args = parser.parse_args()
+    args = model_ab_arguments(__doc__, DEFAULT_MODELS, "malloc_huge_pages")
     huge_pages = train_py_huge_pages_environment()
     if huge_pages is None:
         sys.exit("malloc_huge_pages.py: train.py keeps its caller's malloc here (the kernel gives huge pages "
                  "always or never, glibc is older than 2.35, or GLIBC_TUNABLES names glibc.malloc.hugetlb): "
                  "nothing to compare")
-    models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
-    rounds = args.rounds or (1 if args.tiny else 5)
+    models, rounds = args.models, args.rounds
     env = environment.capture()
     env["compilation_cache"] = share_compilations()
     report = {"environment": env, "tiny": args.tiny, "rounds": rounds,

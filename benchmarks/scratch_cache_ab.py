@@ -14,12 +14,11 @@ about a minute; it is not in the test suite, which keeps its budget for the libr
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 import cpu
-from harness import environment, results, train_py_environment
+from harness import environment, model_ab_arguments, results, train_py_environment
 from harness.memory import share_compilations
 from harness.rounds import interleave
 from harness.workers import workers
@@ -68,19 +67,13 @@ def markdown_body(report: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default=None, help=f"default {','.join(DEFAULT_MODELS)} (--tiny: enas_macro)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --tiny 1)")
-    parser.add_argument("--json", default=None, help="default benchmarks/results/scratch_cache_ab.json")
-    parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes (about a minute)")
-    args = parser.parse_args()
+    args = model_ab_arguments(__doc__, DEFAULT_MODELS, "scratch_cache_ab")
     kept = train_py_environment()
     if kept is None or "LD_PRELOAD" not in kept:
         sys.exit("scratch_cache_ab.py: train.py preloads no scratch cache here (not built, or LD_PRELOAD is set "
                  "already): nothing to compare")
     fresh = {k: v for k, v in kept.items() if k != "LD_PRELOAD"}
-    models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
-    rounds = args.rounds or (1 if args.tiny else 5)
+    models, rounds = args.models, args.rounds
     env = environment.capture()
     env["compilation_cache"] = share_compilations()
     report = {"environment": env, "tiny": args.tiny, "rounds": rounds, "library": kept["LD_PRELOAD"],

@@ -14,6 +14,7 @@ this package. Nothing here imports TensorFlow: cpu.py and gpu.py run where it is
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import pathlib
 import sys
@@ -60,3 +61,17 @@ def train_py_huge_pages_environment() -> dict[str, str] | None:
     """This process's environment with train.py's malloc tunable alone (its `malloc_huge_pages_environment`); None
     where train.py would not set it."""
     return _train_py().malloc_huge_pages_environment()
+
+
+def model_ab_arguments(doc: str, default_models: tuple[str, ...], result_name: str) -> argparse.Namespace:
+    """The command line the model A/B scripts share (`--models`, `--rounds`, `--json`, `--tiny`), parsed: `models`
+    as a list (default `default_models`; --tiny: the ENAS child) and `rounds` resolved (default 5; --tiny: 1)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--models", default=None, help=f"default {','.join(default_models)} (--tiny: enas_macro)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --tiny 1)")
+    parser.add_argument("--json", default=None, help=f"default benchmarks/results/{result_name}.json")
+    parser.add_argument("--tiny", action="store_true", help="every code path on tiny shapes (about a minute)")
+    args = parser.parse_args()
+    args.models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(default_models)
+    args.rounds = args.rounds or (1 if args.tiny else 5)
+    return args

@@ -49,7 +49,7 @@ from harness.memory import in_child, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
 from harness.runners import JaxRunner
 from harness.torch_runners import twin
-from harness.workers import serve, workers
+from harness.workers import OPENMP_SPIN_SECONDS, serve, workers
 from memory_probe import MEMORY_STEPS, build_runner
 
 from jaxnets.models import create_model, layers, list_models, model_entry
@@ -64,6 +64,7 @@ WARM_UP_CALLS = 2  # per model worker, of its train step and of its forward, bef
 # 1.2 s of kernel time, and 11-16 s with 11-16 s of kernel time (half its samples in clear_page_erms) alternating
 # with PyTorch's; after one untimed step of its own, 7.2-7.8 s (benchmarks/README.md).
 SETTLING = 1
+OP_BURST = 5  # single convolutions: each round's time is the median of this many calls in a row
 FRAMEWORKS = ("jaxnets", "pytorch")
 # The models results/cpu.md reports; --models takes any registered model.
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "cifar_resnext50", "resnext29_8x64d", "cifar_mobilenet_v2",
@@ -293,7 +294,12 @@ def measure_ops(rounds: int, tiny: bool, environments: dict[str, dict | None]) -
         for i, op in enumerate(conv_ops(tiny)):
             for mode in op.modes:
                 name = _op_name(i, mode)
-                times = interleave({fw: started[fw].timed(name) for fw in FRAMEWORKS}, rounds)
+                # Single convolutions take milliseconds, less than the other worker's OpenMP threads may spin
+                # on after its call: each round waits for them, then times OP_BURST calls back to back after
+                # one of its own, as in a loop of them.
+                times = interleave({fw: started[fw].timed(name, untimed_before=SETTLING, repeat=OP_BURST,
+                                                          quiet_before=OPENMP_SPIN_SECONDS)
+                                    for fw in FRAMEWORKS}, rounds)
                 rows.append(row := {
                     "op": op.name,
                     "mode": mode,
@@ -414,7 +420,8 @@ def markdown_body(report: dict) -> list[str]:
             "",
             f"Convolutions, NHWC float32 (PyTorch: channels_last), ms per call, median of {report['op_rounds']} "
             "interleaved rounds (the line above counts the models'); all = forward + dX + dW; ratio = PyTorch ms / "
-            "jaxnets ms.",
+            f"jaxnets ms. Each round waits {OPENMP_SPIN_SECONDS} s for the other worker's OpenMP threads to stop "
+            f"spinning, makes one untimed call, then times {OP_BURST} in a row (their median).",
             "",
             *results.table(
                 ["op", "input NHWC", "kernel HWIO", "stride", "groups", "mode", "jaxnets (ms)", "PyTorch (ms)",
@@ -498,6 +505,7 @@ def main() -> None:
                                         for fw in FRAMEWORKS},
               "worker_ld_preload": {fw: (environments[fw] or os.environ).get("LD_PRELOAD") for fw in FRAMEWORKS},
               "op_rounds": op_rounds,
+              "op_calls_per_round": OP_BURST, "op_quiet_seconds_before_each_round": OPENMP_SPIN_SECONDS,
               "ratio": "jaxnets images/s / PyTorch images/s (ops: PyTorch ms / jaxnets ms); > 1: jaxnets faster",
               "models": [], "ops": [], "enas_search": None}
     if "models" in parts:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -27,20 +28,31 @@ from collections.abc import Callable
 from typing import Any
 
 PREFIX = "BENCHMARK_WORKER "
+# How long the OpenMP threads of a worker that has just answered may keep a core: both frameworks' oneDNN run on
+# libgomp, whose idle threads spin before they sleep (GOMP_SPINCOUNT, 300,000 pauses by default: ~14 ms on CPUs
+# whose pause takes 140 cycles). A call of a few milliseconds timed right after the other worker's ran slower by
+# up to 1.7x for it on the 2-core VMs (cpu.py's grouped 3x3: 3.7-3.9 ms alone, 4.3-6.5 ms so).
+OPENMP_SPIN_SECONDS = 0.1
 
 
 def serve(calls: dict[str, Callable[[], Any]], info: dict) -> None:
     """In the worker: reports `info`, then runs the call named by each line of stdin and answers its wall
     seconds, with the minor page faults and kernel CPU seconds of this process during the call, until stdin
-    closes. An error ends the worker (its traceback on stderr)."""
+    closes. A line "NAME<tab>N" runs the call N times back to back and answers the median of their seconds, and
+    the faults and kernel seconds per call. An error ends the worker (its traceback on stderr)."""
     _reply({"ready": info})
     for line in sys.stdin:
-        call = calls[line.strip()]
-        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        call()
-        seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-        _reply({"seconds": seconds, "minor_faults": after.ru_minflt - before.ru_minflt,
-                "system_seconds": after.ru_stime - before.ru_stime})
+        name, _, count = line.rstrip("\n").partition("\t")
+        call, repeat = calls[name], int(count or 1)
+        seconds = []
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(repeat):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        _reply({"seconds": statistics.median(seconds), "minor_faults": (after.ru_minflt - before.ru_minflt) / repeat,
+                "system_seconds": (after.ru_stime - before.ru_stime) / repeat})
 
 
 def _reply(message: dict) -> None:
@@ -58,22 +70,26 @@ class Worker:
         self.info = self._read()["ready"]
         self.last: dict = {}
 
-    def timed(self, name: str, untimed_before: int = 0, answers: list[dict] | None = None) -> Callable[[], float]:
+    def timed(self, name: str, untimed_before: int = 0, answers: list[dict] | None = None,
+              quiet_before: float = 0.0, repeat: int = 1) -> Callable[[], float]:
         """A call that has the worker run `name` once and returns its wall seconds there; with `untimed_before`,
         after running it that many times untimed, so that the timed run follows the framework's own, as a step
-        follows a step in a training loop (see `SETTLING` in cpu.py). `answers`: each timed run's whole answer
+        follows a step in a training loop (see `SETTLING` in cpu.py). `quiet_before`: seconds to wait first, for
+        the other workers' OpenMP threads to stop spinning (see `OPENMP_SPIN_SECONDS`). `repeat`: the timed run
+        is that many runs back to back, and its seconds their median. `answers`: each timed run's whole answer
         (seconds, minor_faults, system_seconds) is appended to it."""
 
-        def run() -> float:
-            self.process.stdin.write(name + "\n")
+        def run(times: int = 1) -> float:
+            self.process.stdin.write(name + (f"\t{times}" if times > 1 else "") + "\n")
             self.process.stdin.flush()
             self.last = self._read()
             return self.last["seconds"]
 
         def call() -> float:
+            time.sleep(quiet_before)
             for _ in range(untimed_before):
                 run()
-            seconds = run()
+            seconds = run(repeat)
             if answers is not None:
                 answers.append(self.last)
             return seconds

@@ -19,7 +19,8 @@ then the next round), one step per call; medians are reported, ratio = jaxnets i
 
 Also an op-level conv table (ms per call, median; ratio = PyTorch ms / jaxnets ms, > 1: jaxnets faster)
 through `jaxnets.models.layers.conv2d` (its default lowering) and `torch.nn.functional.conv2d` in
-channels_last, again one worker process per framework, and the ENAS shared-weight search step (arc a traced
+channels_last, again one worker process per framework (each round: a pause for the other worker's OpenMP threads
+to stop spinning, one untimed call, then OP_BURST calls in a row), and the ENAS shared-weight search step (arc a traced
 argument) beside the fixed child built from the same arc (ratio traced / fixed seconds; target <= 1.5).
 
 Writes --json (default benchmarks/results/cpu.json, --tiny: cpu_tiny.json) and the markdown next to it

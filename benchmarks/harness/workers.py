@@ -30,8 +30,9 @@ from typing import Any
 PREFIX = "BENCHMARK_WORKER "
 # How long the OpenMP threads of a worker that has just answered may keep a core: both frameworks' oneDNN run on
 # libgomp, whose idle threads spin before they sleep (GOMP_SPINCOUNT, 300,000 pauses by default: ~14 ms on CPUs
-# whose pause takes 140 cycles). A call of a few milliseconds timed right after the other worker's ran slower by
-# up to 1.7x for it on the 2-core VMs (cpu.py's grouped 3x3: 3.7-3.9 ms alone, 4.3-6.5 ms so).
+# whose pause takes 140 cycles). A call of a few milliseconds timed right after the other worker's ran about 2x
+# slower for it on the 2-core VMs (cpu.py's grouped 3x3 with AVX2: 3.7-3.9 ms alone in a process, 7.4-8.4 ms so,
+# 4.3-6.5 ms after one untimed call of its own).
 OPENMP_SPIN_SECONDS = 0.1
 
 

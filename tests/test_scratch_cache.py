@@ -9,7 +9,7 @@ import pytest
 from helpers import REPO, cpu_devices_env
 
 import jaxnets.scratch_cache
-from train import restart_environment
+from train import TRANSPARENT_HUGE_PAGES, restart_environment
 
 LIBRARY = jaxnets.scratch_cache.library()
 pytestmark = pytest.mark.skipif(LIBRARY is None, reason="the scratch cache is built on Linux with a C compiler only")
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(LIBRARY is None, reason="the scratch cache is bu
 def _huge_pages_always() -> bool:
     """Whether the kernel backs every anonymous mapping with huge pages: fresh blocks then fault in 2 MiB at a time."""
     try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        with open(TRANSPARENT_HUGE_PAGES) as f:
             return "[always]" in f.read()
     except OSError:
         return False

@@ -15,6 +15,16 @@
 // path, hence OCL_ICD_FILENAMES; set them for conv313 only: exported, they make conv32 load 3.13 too (each run prints
 // the version it loaded).
 //
+// PyTorch's own oneDNN (3.12, OpenMP, results/onednn_versions_omp_*.md) is built from its source: the tag v3.12 of
+// github.com/uxlfoundation/oneDNN (the commit `torch.__config__.show()` names; not on PyPI or this project's
+// registries), about 16 minutes on 2 cores with convolutions and reorders only:
+//   cmake -S oneDNN -B /tmp/onednn312/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDNNL_CPU_RUNTIME=OMP \
+//     -DDNNL_GPU_RUNTIME=NONE -DONEDNN_BUILD_GRAPH=OFF -DDNNL_BUILD_TESTS=OFF -DDNNL_BUILD_EXAMPLES=OFF \
+//     -DDNNL_ENABLE_PRIMITIVE="CONVOLUTION;REORDER" -DDNNL_ENABLE_PRIMITIVE_CPU_ISA=AVX512 \
+//     -DCMAKE_INSTALL_PREFIX=/tmp/onednn312/install && ninja -C /tmp/onednn312/build install
+//   M=/tmp/onednn312/install; g++ -O2 -std=c++17 benchmarks/onednn_versions.cc -I$M/include -L$M/lib -ldnnl \
+//     -Wl,-rpath,$M/lib -o /tmp/conv312
+//
 // Arguments: BATCH SIZE IN_CHANNELS OUT_CHANNELS KERNEL STRIDE GROUPS [CALLS, default 15]; padding KERNEL / 2, NHWC
 // float32 activations, weights given as jaxnets gives them (HWIO) and reordered to the layout the primitive picks in
 // each timed call, as jaxnets' extension does. Prints the oneDNN version, the median ms of CALLS calls after 2

@@ -80,6 +80,15 @@ def test_inference_benchmark_tiny(tmp_path):
     assert "| enas_macro (8px) |" in markdown and "ONNX Runtime ms" in markdown
 
 
+def test_saliency_benchmark_tiny(tmp_path):
+    """Both frameworks' gradient with respect to the pixels timed on a tiny ENAS child, the ratio finite."""
+    report = run_tiny("saliency.py", tmp_path / "saliency.json", ["enas_macro"], "--batch", "2")
+    (row,) = report["models"]
+    assert row["batch"] == 2 and row["jaxnets"]["images_per_s"] > 0 and row["pytorch"]["images_per_s"] > 0
+    assert math.isfinite(row["ratio"]) and not report["environment"]["tensorflow_imported"]
+    assert "| enas_macro (8px) |" in (tmp_path / "saliency.md").read_text()
+
+
 def test_loop_overhead_benchmark_runs_a_short_quickstart(tmp_path):
     json_path = tmp_path / "loop.json"
     command = [sys.executable, "benchmarks/loop_overhead.py", "--epochs", "3", "--log_every_steps", "20",

@@ -339,44 +339,9 @@ std::optional<Plan> MatmulPlan(const MatmulOperands& operands, dnnl::primitive_a
   return plan;
 }
 
-bool IsGemm(const dnnl::primitive_desc_base& pd) {
-  return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
-}
-
-// A JIT kernel of oneDNN's own: neither an im2col + gemm nor the reference loops.
-bool IsDirect(const dnnl::primitive_desc_base& pd) {
-  return !IsGemm(pd) && std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
-}
-
-// `forward`: the forward it is the gradient of (oneDNN's hint), which must outlive any next_impl() on the result:
-// oneDNN 3.2 keeps a pointer to it for that (and crashed where it was a temporary).
-dnnl::convolution_backward_data::primitive_desc InputGradientDesc(
-    const ConvShape& s, const dnnl::convolution_forward::primitive_desc& forward) {
-  return {Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
-          s.PadBegin(), s.PadEnd(), forward, UserScratchpad()};
-}
-
 dnnl::convolution_backward_data::primitive_desc InputGradientDesc(const ConvShape& s) {
-  return InputGradientDesc(s, ForwardDesc(s));
-}
-
-// The input gradient of a dense convolution of fewer than 4 input channels (a network's first, towards the RGB or
-// grey pixels: saliency maps, adversarial examples; a training step never asks for it) runs as oneDNN's im2col +
-// gemm where oneDNN offers one. oneDNN 3.2's first pick there, the forward kernel run on the transpose with 1-3
-// output channels, took 97-175x longer on AVX2 (a batch of 64 RGB images at 32 px into 64 channels: 481 ms
-// against 3.8; one image: 7.4 ms against 0.04) and 1.2-1.9x longer natively at 6 of 8 stem shapes (the other two
-// 0.89-0.91x, as on AVX2's strided 3x3 stem), benchmarks/results/few_channel_input_gradient_xeon167.md.
-constexpr int64_t kFewInputChannels = 4;
-
-dnnl::convolution_backward_data::primitive_desc PickedInputGradientDesc(const ConvShape& s) {
-  if (s.groups == 1 && s.c < kFewInputChannels) {
-    const auto forward = ForwardDesc(s);
-    auto candidate = InputGradientDesc(s, forward);
-    do {
-      if (IsGemm(candidate)) return candidate;
-    } while (candidate.next_impl());
-  }
-  return InputGradientDesc(s);
+  return {Engine(), dnnl::algorithm::convolution_direct, s.Input(), s.KernelAny(), s.Output(), s.Strides(),
+          s.PadBegin(), s.PadEnd(), ForwardDesc(s), UserScratchpad()};
 }
 
 std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
@@ -385,9 +350,18 @@ std::shared_ptr<const Plan> InputGradientPlan(const ConvShape& s) {
     if (matmul) {  // dx = dy x kernel^T
       if (auto plan = MatmulPlan({s.Rows(s.o), s.KernelMatrixTransposed(), s.Rows(s.c)})) return *std::move(plan);
     }
-    auto pd = PickedInputGradientDesc(s);
+    auto pd = InputGradientDesc(s);
     return MakePlan(s, dnnl::convolution_backward_data(pd), pd.weights_desc(), pd.scratchpad_desc(), false);
   });
+}
+
+bool IsGemm(const dnnl::primitive_desc_base& pd) {
+  return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
+}
+
+// A JIT kernel of oneDNN's own: neither an im2col + gemm nor the reference loops.
+bool IsDirect(const dnnl::primitive_desc_base& pd) {
+  return !IsGemm(pd) && std::string(pd.impl_info_str()).rfind("ref", 0) != 0;
 }
 
 // Where oneDNN has no direct kernel for a forward convolution, it computes it as an im2col + gemm, several times

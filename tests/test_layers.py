@@ -291,45 +291,6 @@ def test_onednn_forward_without_a_direct_kernel_runs_as_its_transposes_input_gra
     assert worst < 1e-4, f"transposed forward differs from XLA's by {worst}"
 
 
-# Runs each input gradient (input height, width, in channels, out channels, kernel, stride, padding) through oneDNN
-# and through XLA, and prints the largest difference.
-INPUT_GRADIENTS_AGAINST_XLA = """
-import json, sys
-import jax, jax.numpy as jnp, numpy as np
-from jaxnets.ops import onednn
-worst = 0.0
-for h, w, cin, cout, k, stride, pad in json.loads(sys.argv[1]):
-    rng = np.random.default_rng(h * cin + cout + k)
-    x = jnp.asarray(rng.standard_normal((2, h, w, cin), dtype=np.float32))
-    kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout), dtype=np.float32) / np.sqrt(k * k * cin))
-    xla = lambda x: jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(pad, pad), (pad, pad)],
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    dy = jnp.asarray(rng.standard_normal(xla(x).shape, dtype=np.float32))
-    got = jax.jit(jax.grad(lambda x: jnp.vdot(onednn.conv2d(x, kernel, stride=stride, padding=pad), dy)))(x)
-    want = jax.grad(lambda x: jnp.vdot(xla(x), dy))(x)
-    worst = max(worst, float(jnp.max(jnp.abs(got - want))))
-print("worst", worst)
-"""
-
-# A network's first convolution, towards its RGB or grey pixels (3x3 and a strided 7x7), and one of 4 channels.
-FEW_CHANNEL_INPUT_GRADIENTS = [(32, 32, 3, 64, 3, 1, 1), (16, 16, 1, 32, 3, 1, 1), (32, 32, 3, 16, 7, 2, 3),
-                               (16, 16, 4, 32, 3, 1, 1)]
-
-
-@pytest.mark.skipif(not ONEDNN_WHEEL_EXISTS, reason="oneDNN's wheel exists for Linux x86-64 only")
-@pytest.mark.parametrize("isa", ["native", "AVX2"])
-def test_onednn_input_gradients_into_fewer_than_4_channels_run_as_im2col_gemm(isa):
-    """The gradient with respect to the pixels (saliency maps, adversarial examples) is the input gradient of a
-    convolution with 1-3 input channels, where oneDNN 3.2's own pick ran 97-175x slower on AVX2 than its im2col +
-    gemm (and 1.2-1.9x natively): those run as the gemm, equal to XLA's; from 4 channels on, oneDNN's pick stays."""
-    executed, worst = onednn_run_logged(INPUT_GRADIENTS_AGAINST_XLA, FEW_CHANNEL_INPUT_GRADIENTS,
-                                        isa=None if isa == "native" else isa)
-    input_gradients = [line for line in executed if ",convolution," in line and ",backward_data," in line]
-    implementations = [line.split(",")[4] for line in input_gradients]
-    assert ["gemm" in name for name in implementations] == [True, True, True, False], implementations
-    assert worst < 1e-4, f"an input gradient differs from XLA's by {worst}"
-
-
 # Output channels no kernel block divides (so that the blocks' padding is exercised): dense 3x3 and grouped (a 1x1
 # convolution of few rows is a matmul, with no kernel layout of its own: below).
 PADDED_BLOCK_FORWARDS = [(5, 5, 32, 200, 3, 3, 1, 1), (2, 2, 1024, 1000, 3, 3, 1, 8), (3, 3, 256, 480, 3, 3, 1, 4)]

@@ -1,7 +1,9 @@
 """A convolution's epilogue (BN in inference, residual, ReLU/ReLU6): oneDNN applies it in the convolution, and
 computes what XLA computes after it, forward and backward; models in inference use it, models in training do not."""
 
+import collections
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -207,6 +209,22 @@ def test_an_inference_forward_and_its_input_gradient_equal_the_unfused_ones():
     (logits, saliency), (want_logits, want_saliency) = logits_and_saliency("onednn"), logits_and_saliency("xla")
     np.testing.assert_allclose(logits, want_logits, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(saliency, want_saliency, rtol=1e-4, atol=1e-5)
+
+
+def test_an_inference_models_input_gradient_is_one_backward_data_call_per_convolution():
+    """The gradient of the input through fused convolutions (a saliency map) reads each activation's mask off the
+    layer's output: one fused forward and one backward-data call per convolution, none computed again (which had
+    made ResNeXt-50's saliency maps at 224 px 0.86x PyTorch's: benchmarks/results/saliency_*.md)."""
+    model = create_model("resnext50_32x4d", num_classes=10, stage_sizes=(1, 1), stage_planes=(8, 16), groups=4,
+                         width_per_group=32)
+    x = jnp.ones((2, 16, 16, 3), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    with layers.conv_lowering("onednn", "cpu"):
+        saliency = jax.jit(jax.grad(lambda x: model.apply(variables, x, train=False).max(axis=-1).sum()))
+        compiled = saliency.lower(x).compile().as_text()
+    calls = collections.Counter(re.findall(r'custom_call_target="jaxnets_onednn_conv_(\w+)"', compiled))
+    convolutions = 1 + 2 * 4  # the stem; per stage one block of three convolutions and its projection shortcut
+    assert calls == {"forward_fused": convolutions, "input_gradient": convolutions}, calls
 
 
 def test_inference_affine_is_refused_for_a_bn_that_normalises_by_its_batch():

@@ -133,7 +133,8 @@ def conv2d_fused(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.A
     residual shaped like the output, then "relu", "relu6" or None.
 
     Meant for inference, where it saves the pass over the output that XLA would make; it is differentiable
-    (`jax.grad` of an eval-mode model: saliency, adversarial inputs), its backward recomputing the convolution.
+    (`jax.grad` of an eval-mode model: saliency, adversarial inputs): the activation's mask is read off the output,
+    and the convolution is computed again only for the gradients of the kernel and the scale.
     """
     y_shape = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
     out = y_shape[-1]
@@ -224,19 +225,34 @@ def _fused(operands, activation, stride, padding, groups):
         *operands, activation=np.int64(_ACTIVATION_CODES[activation]), **attrs)
 
 
-def _unfused(operands, activation, stride, padding, groups):
-    """What `_fused` computes, as the convolution and then XLA (what its backward differentiates)."""
-    x, kernel, scale, shift, *residual = operands
-    return apply_epilogue(_conv(x, kernel, stride, padding, groups), scale, shift, *residual, activation=activation)
-
-
 def _fused_forward(operands, activation, stride, padding, groups):
-    return _fused(operands, activation, stride, padding, groups), operands
+    y = _fused(operands, activation, stride, padding, groups)
+    return y, (operands, y)
 
 
-def _fused_backward(activation, stride, padding, groups, operands, dy):
-    _, pullback = jax.vjp(lambda o: _unfused(o, activation, stride, padding, groups), operands)
-    return pullback(dy)
+def _activation_backward(activation, y, dy):
+    """The activation's backward read off its output: ReLU passes dy where y > 0 and ReLU6 where 0 < y < 6, which is
+    where their input was (the same as jax.nn's derivatives, 0 at the kinks)."""
+    if activation is None:
+        return dy
+    passes = (y > 0) if activation == "relu" else (y > 0) & (y < 6)
+    return jnp.where(passes, dy, jnp.zeros_like(dy))
+
+
+def _fused_backward(activation, stride, padding, groups, residuals, dy):
+    """The gradient of `apply_epilogue(conv2d(x, kernel), scale, shift, residual, activation)`, what `_fused`
+    computes. The activation's mask comes from the output, so where only the input's gradient is asked for (a
+    saliency map) the backward is one backward-data call per convolution, as in PyTorch. The convolution's output z
+    is computed again for the scale's gradient alone, and XLA drops that call where nothing uses it (as it drops
+    the kernel gradient's)."""
+    operands, y = residuals
+    x, kernel, scale, shift, *residual = operands
+    d_pre = _activation_backward(activation, y, dy)  # the gradient of z * scale + shift + residual
+    z, conv_pullback = jax.vjp(lambda x, kernel: _conv(x, kernel, stride, padding, groups), x, kernel)
+    _, epilogue_pullback = jax.vjp(lambda z, scale, shift: apply_epilogue(z, scale, shift), z, scale, shift)
+    dz, dscale, dshift = epilogue_pullback(d_pre)
+    dx, dkernel = conv_pullback(dz)
+    return ((dx, dkernel, dscale, dshift, *(d_pre for _ in residual)),)
 
 
 _fused.defvjp(_fused_forward, _fused_backward)

@@ -2,7 +2,10 @@
 // side: does the oneDNN that jaxnets links have a faster kernel than the one it picks first? (benchmarks/README.md:
 // the AVX2 stride-2 input gradient; results/few_channel_input_gradient_*.md: the input gradient into an image's 1-3
 // channels.) NHWC float32 activations, padding KERNEL / 2; the kernel in the layout each implementation picks,
-// reordered once before the clock starts (jaxnets' calls also reorder it: the same for every implementation).
+// reordered from a plain one once before the clock starts (so that its padding is zeros, as in jaxnets' calls, which
+// reorder it each time: the same for every implementation). Denormals are flushed to zero, on the OpenMP threads
+// too, as XLA's threads (which start oneDNN's) run jaxnets' calls: without that, oneDNN 3.2's AVX2 input gradient
+// into 1-3 channels took 100-180x longer on uninitialised padding lanes read as denormals.
 //
 //   V=$PWD/.venv; pip install "onednn-devel-cpu-gomp==2023.2.0"   # the headers of the oneDNN jaxnets builds against
 //   g++ -O2 -std=c++17 benchmarks/onednn_impls.cc -I$V/include -L$V/lib -ldnnl -Wl,-rpath,$V/lib -o /tmp/impls
@@ -13,6 +16,8 @@
 // each implementation in oneDNN's order of preference with its median ms and its speed against the first (> 1:
 // faster than what oneDNN picks). oneDNN's reference loops and SSE4.1 kernels are left out (seconds a call).
 #include <oneapi/dnnl/dnnl.hpp>
+#include <pmmintrin.h>
+#include <xmmintrin.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,7 +59,15 @@ std::vector<Candidate> Candidates(const dnnl::engine& engine, Desc pd, Operands 
     Candidate c{pd.impl_info_str(), Primitive(pd), {}, std::vector<char>(pd.scratchpad_desc().get_size()), {}};
     for (const auto& [arg, desc, filled] : operands(pd)) {
       memory m(desc, engine);
-      if (filled) Fill(m);
+      if (filled && arg == DNNL_ARG_WEIGHTS) {
+        memory plain({desc.get_dims(), memory::data_type::f32, memory::format_tag::oihw}, engine);
+        Fill(plain);
+        dnnl::stream stream(engine);
+        dnnl::reorder(plain, m).execute(stream, plain, m);
+        stream.wait();
+      } else if (filled) {
+        Fill(m);
+      }
       c.args[arg] = m;
     }
     c.args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), engine, c.scratchpad.data());
@@ -72,6 +85,9 @@ struct Operand {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before oneDNN starts its OpenMP threads, which inherit the setting.
+  _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+  _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
   const int batch = argc > 1 ? std::atoi(argv[1]) : 32, size = argc > 2 ? std::atoi(argv[2]) : 32;
   const int in = argc > 3 ? std::atoi(argv[3]) : 128, out = argc > 4 ? std::atoi(argv[4]) : 128;
   const int kernel = argc > 5 ? std::atoi(argv[5]) : 3, stride = argc > 6 ? std::atoi(argv[6]) : 2;

@@ -12,8 +12,9 @@ is computed. PyTorch: the model's twin (tests/torch_twins) in `.eval()`, channel
 `backward()`, its default thread count. Each framework runs in a worker process of its own and the rounds
 interleave their calls (harness/workers.py); ratio = jaxnets images/s / PyTorch's (> 1: jaxnets faster).
 
-The pixels' gradient ends in the input gradient of the first convolution, which has 1-3 input channels, a case
-oneDNN's own choice of kernel handled badly (csrc/onednn_conv.cc, PickedInputGradientDesc).
+In eval mode jaxnets' CPU convolutions apply their BatchNorm, residual and activation as oneDNN post-ops
+(`onednn.conv2d_fused`); their backward reads each activation's mask off the output, so that this gradient is one
+backward-data call per convolution (jaxnets/ops/onednn.py, `_fused_backward`).
 
 Writes --json (default benchmarks/results/saliency.json; --tiny: saliency_tiny.json) and the markdown beside it.
 --tiny runs every code path on toy shapes, for the test.

@@ -134,7 +134,7 @@ def conv2d_fused(x: jax.Array, kernel: jax.Array, scale: jax.Array, shift: jax.A
 
     Meant for inference, where it saves the pass over the output that XLA would make; it is differentiable
     (`jax.grad` of an eval-mode model: saliency, adversarial inputs): the activation's mask is read off the output,
-    and the convolution is computed again only for the gradients of the kernel and the scale.
+    and the convolution is computed again only for the scale's gradient (none where nothing asks for it).
     """
     y_shape = conv2d_shape(x, kernel, stride=stride, padding=padding, groups=groups)
     out = y_shape[-1]
@@ -232,7 +232,8 @@ def _fused_forward(operands, activation, stride, padding, groups):
 
 def _activation_backward(activation, y, dy):
     """The activation's backward read off its output: ReLU passes dy where y > 0 and ReLU6 where 0 < y < 6, which is
-    where their input was (the same as jax.nn's derivatives, 0 at the kinks)."""
+    where their input was (the same as jax.nn's derivatives, 0 at the kinks), rounded to y's dtype as
+    `apply_epilogue` rounds it (in bfloat16, an input just below 6 that rounds to 6 passes nothing)."""
     if activation is None:
         return dy
     passes = (y > 0) if activation == "relu" else (y > 0) & (y < 6)

@@ -80,6 +80,26 @@ def test_onednn_epilogue_in_bfloat16_rounds_once():
     np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-7, atol=0.1)
 
 
+def test_onednn_epilogue_in_bfloat16_differentiates_as_xla_does():
+    """The fused bfloat16 convolution's gradients (its activation's mask read off the bfloat16 output) against
+    XLA's bfloat16 lowering's, within bfloat16's rounding of sums over every position."""
+    from jaxnets.ops import onednn
+
+    if jnp.dtype(jnp.bfloat16) not in onednn.supported_dtypes():
+        pytest.skip("this CPU has no bfloat16 convolutions (AVX-512 or AVX2-VNNI-2): the XLA path computes them")
+    x, kernel, stride, padding, groups = random_case("dense_3x3", jnp.bfloat16)
+    epilogue = random_epilogue(output_shape(x, kernel, stride, padding), True, "relu6", jnp.bfloat16)
+    operands = (x, kernel, epilogue.scale, epilogue.shift, epilogue.residual)
+    _, want_grads = conv_epilogue_and_grads("xla", operands, stride, padding, groups, "relu6")
+    _, grads = conv_epilogue_and_grads("onednn", operands, stride, padding, groups, "relu6")
+    for got_grad, want_grad, name in zip(grads, want_grads, ("input", "kernel", "scale", "shift", "residual"),
+                                         strict=True):
+        assert got_grad.dtype == want_grad.dtype, name
+        want_grad = want_grad.astype(jnp.float32)
+        np.testing.assert_allclose(got_grad.astype(jnp.float32), want_grad, rtol=2**-5,
+                                   atol=2**-5 * float(jnp.max(jnp.abs(want_grad))), err_msg=f"d/d{name}")
+
+
 # Runs fused forwards (input size, in channels, out channels, kernel, padding, groups, activation, residual) through
 # oneDNN and through XLA, and prints the largest difference.
 FUSED_AGAINST_XLA = """

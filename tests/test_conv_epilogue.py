@@ -255,12 +255,13 @@ def test_inference_affine_is_refused_for_a_bn_that_normalises_by_its_batch():
 def test_the_enas_child_runs_each_conv_bn_and_the_relu_after_it_inside_the_convolution():
     """In the ENAS child's inference forward each ConvBN's BN, and the ReLU its output's consumers apply (`post_relu`),
     are the convolution's epilogue: the stem's, each convolution layer's inp_conv and out_conv (a separable one's
-    pointwise), each pool layer's inp_conv; not the skip convolutions (a sum of 1x1s) nor the factorized reductions
-    (a concatenation). Its logits equal those of XLA's lowering (randomised BN statistics)."""
+    pointwise), each pool layer's inp_conv, and the BN of each later layer's skip 1x1 (one convolution of the
+    concatenation in inference, a sum of 1x1s in training); not the factorized reductions (a concatenation of two
+    convolutions). Its logits equal those of XLA's lowering (randomised BN statistics)."""
     arc = "1 4 1 2 0 1"  # separable 3x3; average pool with the skip from layer 0; 5x5 with the skip from layer 1
     model = create_model("enas_macro", num_classes=10, arc=arc, num_layers=3, num_filters=8, num_branches=6)
     shape = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
-    assert fused_calls(model, shape, train=False) == 1 + 2 + 1 + 2
+    assert fused_calls(model, shape, train=False) == 1 + 2 + 1 + 2 + 2
     assert fused_calls(model, shape, train=True) == 0
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape.shape), jnp.float32)

@@ -72,7 +72,8 @@ def pool3x3(x: jax.Array, op: int) -> jax.Array:
 
 
 class ConvBN(nn.Module):
-    """[ReLU ->] conv (no bias) -> BN [-> ReLU]; the one place the ENAS networks build a conv.
+    """[ReLU ->] conv (no bias) -> BN [-> ReLU]; the one place the ENAS networks build a conv but for the skip
+    connections' 1x1 (`ConcatConvBN`) and the factorized reductions'.
 
     `separable`: depthwise kxk (multiplier 1) then pointwise 1x1, nothing between. With a `mask` the BN
     is a `MaskedBatchNorm` (same variables), for the search network's channel mode. `post_relu`: the ReLU that
@@ -118,13 +119,16 @@ class _Kernel(nn.Module):
 
 
 class ConcatConvBN(nn.Module):
-    """1x1 conv -> BN of the channel concatenation of `inputs` (ReLU'd by the caller), without building it.
+    """1x1 conv -> BN of the channel concatenation of `inputs` (ReLU'd by the caller); in training without
+    building it.
 
     The same maths and parameters as `ConvBN()` on `jnp.concatenate(inputs, -1)` (`conv/kernel`
-    [1, 1, sum of the inputs' channels, features], `bn`): the sum of each input's 1x1 conv with its rows of the
-    kernel. A layer of the released child concatenates up to 9 x 96 channels at 32x32; not copying them (nor
-    their gradient) took its training step (batch 64, 2-core CPU) from 6.6 s to 5.2 s and its peak memory from
-    7.1 to 5.1 GB (benchmarks/cpu.py).
+    [1, 1, sum of the inputs' channels, features], `bn`). In training, the sum of each input's 1x1 conv with its
+    rows of the kernel: a layer of the released child concatenates up to 9 x 96 channels at 32x32, and not copying
+    them (nor their gradient) took its training step (batch 64, 2-core CPU) from 6.6 s to 5.2 s and its peak memory
+    from 7.1 to 5.1 GB (benchmarks/cpu.py). In inference, one convolution of the concatenation, its BN as the
+    convolution's epilogue (`layers.conv_batch_norm`): a third of the calls, which made the released child's
+    forward of one image 1.36x faster and left 32 images a call as fast (0.99x; benchmarks/README.md).
     """
 
     features: int
@@ -133,12 +137,17 @@ class ConcatConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool):
+        norm = batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")
+        if not train:
+            x = jnp.concatenate([x.astype(self.dtype) for x in inputs], axis=-1)
+            conv = Conv(self.features, 1, dtype=self.dtype, kernel_init=he_normal, name="conv")
+            return conv_batch_norm(x, conv, norm)
         widths = [x.shape[-1] for x in inputs]
         kernel = _Kernel((1, 1, sum(widths), self.features), name="conv")().astype(self.dtype)
         starts = [sum(widths[:i]) for i in range(len(widths))]
         y = sum(conv2d(x.astype(self.dtype), kernel[:, :, start : start + width, :])
                 for x, start, width in zip(inputs, starts, widths, strict=True))
-        return batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(y)
+        return norm(y)
 
 
 class FactorizedReduction(nn.Module):

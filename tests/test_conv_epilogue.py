@@ -262,6 +262,9 @@ def test_the_enas_child_runs_each_conv_bn_and_the_relu_after_it_inside_the_convo
     model = create_model("enas_macro", num_classes=10, arc=arc, num_layers=3, num_filters=8, num_branches=6)
     shape = jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32)
     assert fused_calls(model, shape, train=False) == 1 + 2 + 1 + 2 + 2
+    # A batch whose concatenations would pass INFERENCE_CONCATENATION_BYTES keeps the sums (no copy of the inputs).
+    large = jax.ShapeDtypeStruct((2**20, 16, 16, 3), jnp.float32)  # (traced only)
+    assert fused_calls(model, large, train=False) == 1 + 2 + 1 + 2
     assert fused_calls(model, shape, train=True) == 0
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(shape.shape), jnp.float32)

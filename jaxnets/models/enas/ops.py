@@ -118,6 +118,11 @@ class _Kernel(nn.Module):
         return self.param("kernel", he_normal, self.shape)
 
 
+# The largest concatenation of skip inputs ConcatConvBN builds in inference: the released child's at 64 images of
+# 32x32 (9 x 96 channels, 226 MB), where it was measured as fast as the sum.
+INFERENCE_CONCATENATION_BYTES = 256 * 2**20
+
+
 class ConcatConvBN(nn.Module):
     """1x1 conv -> BN of the channel concatenation of `inputs` (ReLU'd by the caller); in training without
     building it.
@@ -126,9 +131,12 @@ class ConcatConvBN(nn.Module):
     [1, 1, sum of the inputs' channels, features], `bn`). In training, the sum of each input's 1x1 conv with its
     rows of the kernel: a layer of the released child concatenates up to 9 x 96 channels at 32x32, and not copying
     them (nor their gradient) took its training step (batch 64, 2-core CPU) from 6.6 s to 5.2 s and its peak memory
-    from 7.1 to 5.1 GB (benchmarks/cpu.py). In inference, one convolution of the concatenation, its BN as the
-    convolution's epilogue (`layers.conv_batch_norm`): a third of the calls, which made the released child's
-    forward of one image 1.36x faster and left 32 images a call as fast (0.99x; benchmarks/README.md).
+    from 7.1 to 5.1 GB (benchmarks/cpu.py). In inference, where the concatenation takes at most
+    `INFERENCE_CONCATENATION_BYTES`, one convolution of it, its BN as the convolution's epilogue
+    (`layers.conv_batch_norm`): a third of the calls, which made the released child's forward of one image 1.36x
+    faster natively and 1.25x with AVX2, 4 images 1.27x, and left 64 images a call as fast (1.03x and 1.00x;
+    benchmarks/results/enas_skip_ab_xeon167*.md). Larger batches keep the sum: the concatenation is a copy of
+    every input, 1.7 GB at the released child's evaluation batch of 500.
     """
 
     features: int
@@ -138,7 +146,8 @@ class ConcatConvBN(nn.Module):
     @nn.compact
     def __call__(self, inputs, train: bool):
         norm = batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")
-        if not train:
+        concatenated_bytes = sum(x.size for x in inputs) * jnp.dtype(self.dtype).itemsize
+        if not train and concatenated_bytes <= INFERENCE_CONCATENATION_BYTES:
             x = jnp.concatenate([x.astype(self.dtype) for x in inputs], axis=-1)
             conv = Conv(self.features, 1, dtype=self.dtype, kernel_init=he_normal, name="conv")
             return conv_batch_norm(x, conv, norm)

@@ -123,6 +123,14 @@ class _Kernel(nn.Module):
 INFERENCE_CONCATENATION_BYTES = 256 * 2**20
 
 
+def _concatenation_fits(inputs, dtype) -> bool:
+    """Whether the inputs' concatenation takes at most INFERENCE_CONCATENATION_BYTES. An export's symbolic batch
+    (jaxnets.export) fits: its program serves any batch, and gets the reference's one convolution per skip."""
+    if any(jax.export.is_symbolic_dim(d) for x in inputs for d in x.shape):
+        return True
+    return sum(x.size for x in inputs) * jnp.dtype(dtype).itemsize <= INFERENCE_CONCATENATION_BYTES
+
+
 class ConcatConvBN(nn.Module):
     """1x1 conv -> BN of the channel concatenation of `inputs` (ReLU'd by the caller); in training without
     building it.
@@ -146,8 +154,7 @@ class ConcatConvBN(nn.Module):
     @nn.compact
     def __call__(self, inputs, train: bool):
         norm = batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")
-        concatenated_bytes = sum(x.size for x in inputs) * jnp.dtype(self.dtype).itemsize
-        if not train and concatenated_bytes <= INFERENCE_CONCATENATION_BYTES:
+        if not train and _concatenation_fits(inputs, self.dtype):
             x = jnp.concatenate([x.astype(self.dtype) for x in inputs], axis=-1)
             conv = Conv(self.features, 1, dtype=self.dtype, kernel_init=he_normal, name="conv")
             return conv_batch_norm(x, conv, norm)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
-from harness import environment, results, train_py_environment
+from harness import environment, requested_models, results, tiny_enas_child, train_py_environment
 from harness.batches import random_batch
 from harness.memory import in_child, share_compilations
 from harness.rounds import freeze_loaded_objects, interleave, release_memory, timed
@@ -53,7 +53,7 @@ from harness.torch_runners import twin
 from harness.workers import OPENMP_SPIN_SECONDS, serve, workers
 from memory_probe import MEMORY_STEPS, build_runner
 
-from jaxnets.models import create_model, layers, list_models, model_entry
+from jaxnets.models import create_model, layers, model_entry
 from jaxnets.models.enas import random_arc
 
 NUM_CLASSES = 10
@@ -91,9 +91,7 @@ class ModelSpec:  # what memory_probe.build_runner takes, as a dict (dataclasses
 
 def model_spec(name: str, tiny: bool) -> ModelSpec:
     size, batch = (TINY_SIZES if tiny else SIZES)[model_entry(name).reference.image_size]
-    overrides = {}
-    if tiny and name == "enas_macro":  # not the released 24 x 96 child (a minute to compile): 3 layers of 8
-        overrides = dict(num_layers=3, num_filters=8, arc=" ".join(map(str, random_arc(0, 3, 4))))
+    overrides = tiny_enas_child() if tiny and name == "enas_macro" else {}
     return ModelSpec(name, size, batch, NUM_CLASSES, overrides, model_entry(name).reference.twin)
 
 
@@ -484,11 +482,7 @@ def main() -> None:
         op_worker(args.op_worker, args.tiny)
         return
 
-    models = args.models.split(",") if args.models else ["mobilenet_v2", "enas_macro"] if args.tiny \
-        else list(DEFAULT_MODELS)
-    unknown = sorted(set(models) - set(list_models()))
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    models = requested_models(parser, args.models, ["mobilenet_v2", "enas_macro"] if args.tiny else DEFAULT_MODELS)
     odd = [m for m in models if model_entry(m).reference.image_size not in SIZES]
     if odd:
         parser.error(f"no benchmark size for {', '.join(odd)}: its reference image size is not one of {list(SIZES)}")

@@ -34,13 +34,13 @@ import os
 import jax
 import jax.numpy as jnp
 import torch
-from harness import environment, results
+from harness import environment, requested_models, results
 from harness.batches import random_batch
 from harness.rounds import freeze_loaded_objects, interleave, timed
 from harness.runners import JaxRunner, host_variables
 from harness.torch_runners import TorchRunner, twin
 
-from jaxnets.models import create_model, list_models, model_entry
+from jaxnets.models import create_model, model_entry
 
 MODELS = ("resnext50_32x4d", "mobilenet_v2")
 NUM_CLASSES = 1000
@@ -201,10 +201,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the same code on the CPU at tiny sizes, for the test")
     args = parser.parse_args()
 
-    models = args.models.split(",")
-    unknown = sorted(set(models) - set(list_models()))
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    models = requested_models(parser, args.models, MODELS)
     no_pytorch = [m for m in models if torch_model(m) is None]
     if no_pytorch:
         parser.error(f"no PyTorch model for {', '.join(no_pytorch)}: neither torchvision nor a twin in its registry "

@@ -35,14 +35,13 @@ import tempfile
 import jax
 import numpy as np
 import torch
-from harness import REPO, environment, results
+from harness import REPO, environment, requested_models, results, tiny_enas_child
 from harness.rounds import freeze_loaded_objects, interleave
 from harness.runners import host_variables
 from harness.torch_runners import twin
 from harness.workers import serve, workers
 
-from jaxnets.models import create_model, layers, list_models, model_entry
-from jaxnets.models.enas import random_arc
+from jaxnets.models import create_model, layers, model_entry
 
 NUM_CLASSES = 10
 THROUGHPUT_BATCH = 32
@@ -69,8 +68,8 @@ for format in ("tflite", "onnx"):
 
 
 def model_overrides(name: str, tiny: bool) -> dict:
-    if tiny and name == "enas_macro":  # 3 layers of 8 filters, not the released 24 x 96 child
-        return {"num_layers": 3, "num_filters": 8, "arc": " ".join(map(str, random_arc(0, 3, 4)))}
+    if tiny and name == "enas_macro":
+        return tiny_enas_child()
     if tiny and name == "mobilenet_v2":
         return {"width_multiplier": 0.25}
     return {}
@@ -223,10 +222,7 @@ def main() -> None:
     if args.worker:
         contender_worker(*args.worker, args.tiny)
         return
-    models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
-    unknown = sorted(set(models) - set(list_models()))
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    models = requested_models(parser, args.models, ["enas_macro"] if args.tiny else DEFAULT_MODELS)
     rounds = args.rounds or (1 if args.tiny else 5)
     freeze_loaded_objects()
     report = {"environment": environment.capture(), "tiny": args.tiny, "rounds": rounds, "models": []}

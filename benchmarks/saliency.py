@@ -31,14 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from harness import environment, results
+from harness import environment, requested_models, results, tiny_enas_child
 from harness.rounds import freeze_loaded_objects, interleave
 from harness.runners import host_variables
 from harness.torch_runners import twin
 from harness.workers import serve, workers
 
-from jaxnets.models import create_model, layers, list_models, model_entry
-from jaxnets.models.enas import random_arc
+from jaxnets.models import create_model, layers, model_entry
 
 NUM_CLASSES = 10
 DEFAULT_MODELS = ("cifar_mobilenet_v2", "enas_macro", "mobilenet_v2", "resnext50_32x4d")
@@ -46,9 +45,7 @@ DEFAULT_BATCH = 16
 
 
 def model_overrides(name: str, tiny: bool) -> dict:
-    if tiny and name == "enas_macro":  # 3 layers of 8 filters, not the released 24 x 96 child
-        return {"num_layers": 3, "num_filters": 8, "arc": " ".join(map(str, random_arc(0, 3, 4)))}
-    return {}
+    return tiny_enas_child() if tiny and name == "enas_macro" else {}
 
 
 def image_size(name: str, tiny: bool) -> int:
@@ -139,10 +136,7 @@ def main() -> None:
         name, framework, batch = args.worker
         framework_worker(name, framework, int(batch), args.tiny)
         return
-    models = args.models.split(",") if args.models else ["enas_macro"] if args.tiny else list(DEFAULT_MODELS)
-    unknown = sorted(set(models) - set(list_models()))
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    models = requested_models(parser, args.models, ["enas_macro"] if args.tiny else DEFAULT_MODELS)
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, not {args.batch}")
     rounds = args.rounds or (1 if args.tiny else 5)

@@ -63,6 +63,26 @@ def train_py_huge_pages_environment() -> dict[str, str] | None:
     return _train_py().malloc_huge_pages_environment()
 
 
+def requested_models(parser: argparse.ArgumentParser, value: str | None, default) -> list[str]:
+    """--models' comma-separated names (`default` where it is not given), each a registered model; otherwise one
+    line from `parser` naming the unknown ones and the choices."""
+    from jaxnets.models import list_models
+
+    models = value.split(",") if value else list(default)
+    unknown = sorted(set(models) - set(list_models()))
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(list_models())}")
+    return models
+
+
+def tiny_enas_child() -> dict:
+    """The ENAS child's overrides in --tiny runs: 3 layers of 8 filters on a fixed random arc, not the released
+    24 x 96 child (a minute to compile)."""
+    from jaxnets.models.enas import random_arc
+
+    return {"num_layers": 3, "num_filters": 8, "arc": " ".join(map(str, random_arc(0, 3, 4)))}
+
+
 def model_ab_arguments(doc: str, default_models: tuple[str, ...], result_name: str) -> argparse.Namespace:
     """The command line the model A/B scripts share (`--models`, `--rounds`, `--json`, `--tiny`), parsed: `models`
     as a list (default `default_models`; --tiny: the ENAS child) and `rounds` resolved (default 5; --tiny: 1)."""

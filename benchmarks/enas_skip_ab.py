@@ -1,12 +1,13 @@
 """The ENAS child's eval forward with its skip connections' 1x1 as one convolution of the concatenation (what
-`enas.ops.ConcatConvBN` runs in inference) against the sum of per-input 1x1s (what it runs in training, and ran in
-inference before), one program beside the other.
+`enas.ops.ConcatConvBN` runs in inference up to `INFERENCE_CONCATENATION_BYTES`; here at any batch) against the sum of
+per-input 1x1s (what it runs in training and beyond that bound), one program beside the other.
 
     python benchmarks/enas_skip_ab.py [--batches 1,64] [--rounds 9] [--json PATH]
 
 The released child (24 layers of 96 filters, its published arc) at 32x32, cpu.py's He-normal kernels and running
 statistics 1 and 0; both programs compiled in this one process from the same variables and called alternately,
-the order flipped every round, each timed call following an untimed one (a batch of one: 16 calls a round).
+the order flipped every round, each timed call following an untimed one (`harness.rounds.alternate`; a batch of
+one: 16 calls in each, timed and untimed).
 Reported per batch size: the median ms per call of each, the median of the per-round ratios (sum / concatenation:
 > 1 means the concatenation is faster) with their range, and the largest difference of their logits relative to
 the largest logit.
@@ -16,73 +17,53 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
-from typing import Any
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from harness import environment, results
+from harness.rounds import alternate, compared
 from harness.runners import host_variables
 
 from jaxnets.models import create_model, layers
-from jaxnets.models.enas import fixed, ops
+from jaxnets.models.enas import ops
 
 SIZE = 32
 
 
-class SumOfConvsBN(nn.Module):
-    """`ConcatConvBN` as it runs in training: each input's 1x1 with its rows of the kernel, summed, then the BN (the
-    same parameters)."""
-
-    features: int
-    epsilon: float = ops.BN_EPSILON
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, inputs, train: bool):
-        widths = [x.shape[-1] for x in inputs]
-        kernel = ops._Kernel((1, 1, sum(widths), self.features), name="conv")().astype(self.dtype)
-        starts = [sum(widths[:i]) for i in range(len(widths))]
-        y = sum(layers.conv2d(x.astype(self.dtype), kernel[:, :, start:start + width, :])
-                for x, start, width in zip(inputs, starts, widths, strict=True))
-        return layers.batch_norm(train, self.dtype, epsilon=self.epsilon)(name="bn")(y)
-
-
-def compiled(model, variables, x, skip_module):
-    """The eval forward, traced with `fixed.ConcatConvBN` as `skip_module`."""
-    original = fixed.ConcatConvBN
-    fixed.ConcatConvBN = skip_module
+def compiled(model, variables, x, concatenation_bytes: float):
+    """The eval forward, traced with ConcatConvBN's bound on its inference concatenation at `concatenation_bytes`
+    (-1: never, so that it runs its training path, the sum of per-input 1x1s)."""
+    bound = ops.INFERENCE_CONCATENATION_BYTES
+    ops.INFERENCE_CONCATENATION_BYTES = concatenation_bytes
     try:
         with layers.conv_lowering("auto", "cpu"):
             return jax.jit(functools.partial(model.apply, train=False)).lower(variables, x).compile()
     finally:
-        fixed.ConcatConvBN = original
+        ops.INFERENCE_CONCATENATION_BYTES = bound
 
 
 def measure(batch: int, rounds: int) -> dict:
     model = create_model("enas_macro", num_classes=10)
     x = jax.device_put(np.random.default_rng(0).standard_normal((batch, SIZE, SIZE, 3), dtype=np.float32))
     variables = jax.device_put(host_variables(model, x))
-    programs = {"concatenation": compiled(model, variables, x, ops.ConcatConvBN),
-                "sum": compiled(model, variables, x, SumOfConvsBN)}
+    programs = {"concatenation": compiled(model, variables, x, math.inf), "sum": compiled(model, variables, x, -1)}
     logits = {kind: program(variables, x) for kind, program in programs.items()}
     difference = float(jnp.max(jnp.abs(logits["concatenation"] - logits["sum"])) / jnp.max(jnp.abs(logits["sum"])))
     calls = max(1, 16 // batch)
-    seconds = {kind: [] for kind in programs}
-    for round_ in range(rounds):
-        for kind in sorted(programs, reverse=bool(round_ % 2)):
-            jax.block_until_ready(programs[kind](variables, x))  # untimed: the timed calls follow their own kind
-            began = time.perf_counter()
+
+    def call(kind):
+        def run():
             for _ in range(calls):
                 jax.block_until_ready(programs[kind](variables, x))
-            seconds[kind].append((time.perf_counter() - began) / calls)
+        return run
+
+    seconds = alternate({kind: call(kind) for kind in programs}, rounds)
+    seconds = {kind: [s / calls for s in values] for kind, values in seconds.items()}
     ratios = [s / c for s, c in zip(seconds["sum"], seconds["concatenation"], strict=True)]
-    return {"batch": batch, "seconds": seconds, "ratio": statistics.median(ratios), "ratio_range": [min(ratios),
-            max(ratios)], "concatenation_ms": 1e3 * statistics.median(seconds["concatenation"]),
-            "sum_ms": 1e3 * statistics.median(seconds["sum"]), "logit_difference": difference}
+    return {"batch": batch, **compared(seconds, "concatenation", "sum"), "ratio_range": [min(ratios), max(ratios)],
+            "logit_difference": difference}
 
 
 def main() -> None:

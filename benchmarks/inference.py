@@ -15,7 +15,8 @@ convolutions) in a child process, so that this one imports no TensorFlow, run by
 weights in jaxnets and the files (a fixed draw); the twin keeps its own initialisation (a forward's speed does
 not depend on the weights' values).
 Each contender runs in a worker process of its own (harness/workers.py: in one process frameworks change each
-other's speed); rounds interleave their calls; ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
+other's speed); rounds interleave their calls, each after a quiet 0.1 s and an untimed call of its kind (one image:
+the median of 7 calls back to back); ratio = jaxnets images/s / the other's (> 1: jaxnets faster).
 
 Writes --json (default benchmarks/results/inference.json; --tiny: inference_tiny.json) and the markdown beside
 it. --tiny runs every code path on toy shapes, for the test.
@@ -39,7 +40,7 @@ from harness import REPO, environment, requested_models, results, tiny_enas_chil
 from harness.rounds import freeze_loaded_objects, interleave
 from harness.runners import host_variables
 from harness.torch_runners import twin
-from harness.workers import serve, workers
+from harness.workers import OPENMP_SPIN_SECONDS, serve, workers
 
 from jaxnets.models import create_model, layers, model_entry
 
@@ -47,6 +48,7 @@ NUM_CLASSES = 10
 THROUGHPUT_BATCH = 32
 DEFAULT_MODELS = ("resnext50_32x4d", "mobilenet_v2", "enas_macro")
 OTHERS = ("pytorch", "litert", "onnxruntime")  # what jaxnets is compared with
+LATENCY_REPEAT = 7  # one-image calls timed back to back per round (their median)
 
 # The child that writes the .tflite and .onnx files: the same model and variables (harness.runners.host_variables'
 # fixed draw), served as jaxnets.export serves a run (uint8 in, the normalisation inside, BatchNorm folded).
@@ -172,6 +174,15 @@ def contender_worker(name: str, contender: str, exported: str, tiny: bool) -> No
     serve(calls, {})
 
 
+def timed_call(worker, batch: int):
+    """The worker's call of `batch` images, as one round times it: after a quiet moment (the other workers' OpenMP
+    threads stop spinning) and an untimed call of the same kind (the timed one follows its own, as in a serving
+    loop); one image a call timed LATENCY_REPEAT times back to back, their median (a single call of a few ms moved
+    the latency ratios by 0.12 between runs an hour apart)."""
+    return worker.timed(str(batch), untimed_before=1, quiet_before=OPENMP_SPIN_SECONDS,
+                        repeat=LATENCY_REPEAT if batch == 1 else 1)
+
+
 def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     size = image_size(name, tiny)
     overrides = model_overrides(name, tiny)
@@ -180,7 +191,7 @@ def measure(name: str, rounds: int, tiny: bool, directory: str) -> dict:
     contenders = ["jaxnets", *(["pytorch"] if has_twin else []), "litert", "onnxruntime"]
     with workers({contender: [os.path.abspath(__file__), "--worker", name, contender, exported,
                               *(["--tiny"] if tiny else [])] for contender in contenders}) as started:
-        calls = {f"{contender} {batch}": (lambda w=started[contender], b=batch: w.timed(str(b))() / b)
+        calls = {f"{contender} {batch}": (lambda w=started[contender], b=batch: timed_call(w, b)() / b)
                  for contender in contenders for batch in (1, THROUGHPUT_BATCH)}
         measured = interleave(calls, rounds)
     row = {"model": name, "image_size": size, "overrides": overrides, "processes": "one worker process per contender"}
@@ -207,7 +218,9 @@ def markdown_body(report: dict) -> list[str]:
             ["model", *(f"{name} {unit}" for name in names.values()),
              *(f"vs {names[other]}" for other in OTHERS)], rows), ""]
     return [f"Float32, eval mode, medians of {report['rounds']} interleaved rounds, each contender in a worker "
-            "process of its own. Ratios: jaxnets faster when > 1.",
+            f"process of its own; in each round a contender's call follows {OPENMP_SPIN_SECONDS} s of quiet and an "
+            f"untimed call of its kind, and one image a call is the median of {LATENCY_REPEAT} calls back to back. "
+            "Ratios: jaxnets faster when > 1.",
             "", *tables[:-1]]
 
 
@@ -225,7 +238,9 @@ def main() -> None:
     models = requested_models(parser, args.models, ["enas_macro"] if args.tiny else DEFAULT_MODELS)
     rounds = args.rounds or (1 if args.tiny else 5)
     freeze_loaded_objects()
-    report = {"environment": environment.capture(), "tiny": args.tiny, "rounds": rounds, "models": []}
+    report = {"environment": environment.capture(), "tiny": args.tiny, "rounds": rounds,
+              "latency_calls_per_round": LATENCY_REPEAT, "quiet_seconds_before_each_call": OPENMP_SPIN_SECONDS,
+              "models": []}
     with tempfile.TemporaryDirectory() as directory:
         for name in models:
             report["models"].append(row := measure(name, rounds, args.tiny, directory))
